@@ -1,0 +1,69 @@
+"""Array-namespace choice, made once at the boundary.
+
+Kernels receive arrays and ask :func:`get_namespace` for their namespace; they never import NumPy or
+CuPy themselves.  CuPy is imported lazily, only when a CuPy array is handed in or a GPU is asked for.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+__all__ = ["get_namespace", "to_numpy", "gpu_available", "is_numpy_namespace", "asarray_on"]
+
+
+def get_namespace(*arrays):
+    """Return the array-API namespace of ``arrays`` (NumPy, CuPy, array-api-strict, ...)."""
+    import array_api_compat
+
+    arrays = [a for a in arrays if a is not None and not isinstance(a, (int, float))]
+    return array_api_compat.array_namespace(*arrays)
+
+
+def is_numpy_namespace(xp) -> bool:
+    import array_api_compat
+
+    return array_api_compat.is_numpy_namespace(xp)
+
+
+def to_numpy(a):
+    """Copy any array (NumPy, CuPy, torch, array-api-strict) to a NumPy array on the host."""
+    if a is None or isinstance(a, np.ndarray):
+        return a
+    mod = type(a).__module__
+    if mod.startswith("cupy"):
+        return a.get()
+    if mod.startswith("torch"):
+        return a.detach().cpu().numpy()
+    if mod.startswith("array_api_strict"):
+        import array_api_strict
+
+        return np.asarray(_strict_to_list(a))
+    return np.asarray(a)
+
+
+def _strict_to_list(a):
+    # array-api-strict deliberately refuses __array__ in recent versions; go through DLPack
+    try:
+        return np.from_dlpack(a)
+    except Exception:  # pragma: no cover - very old versions
+        return np.asarray(a._array)
+
+
+def asarray_on(xp, a, dtype=None):
+    """``a`` (NumPy or scalar) as an array of namespace ``xp`` (a host-to-device copy for CuPy)."""
+    if dtype is not None:
+        return xp.asarray(a, dtype=dtype)
+    return xp.asarray(a)
+
+
+def gpu_available() -> bool:
+    """True when a CUDA device is present and CuPy can use it (checked without importing CuPy first)."""
+    if not os.path.exists("/dev/nvidia0"):
+        return False
+    try:
+        import cupy
+
+        return cupy.cuda.runtime.getDeviceCount() > 0
+    except Exception:
+        return False

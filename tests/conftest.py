@@ -1,0 +1,44 @@
+"""Shared fixtures: a real Dask LocalCluster with worker processes, MNIST path, temp stores."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("MPLBACKEND", "Agg")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def dask_client():
+    """A LocalCluster with 2 worker processes (1 thread each), bound to 127.0.0.1, ephemeral ports."""
+    from distributed import Client, LocalCluster
+
+    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, memory_limit="3GiB",
+                           host="127.0.0.1", dashboard_address=":0", scheduler_port=0)
+    client = Client(cluster)
+    yield client
+    client.close()
+    cluster.close()
+
+
+@pytest.fixture(scope="session")
+def mnist_dir():
+    from kmeans_dist.data import find_mnist_dir
+
+    d = find_mnist_dir()
+    if d is None:
+        pytest.skip("MNIST not available (set MNIST_DIR)")
+    return d
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
