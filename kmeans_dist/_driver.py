@@ -1,0 +1,312 @@
+"""Chunked drivers: map a per-block kernel over the row blocks of X and reduce the partials.
+
+The data is cut into *canonical blocks* of ``block_rows`` rows, aligned at row 0 and independent of
+how the input happened to be chunked.  Every pass maps a kernel over the blocks and combines their
+partials with :func:`kmeans_dist.kernels.tree_combine` in block order (a ``split_every``-ary tree, the
+same tree ``dask.array.reduction`` builds).  Therefore results are bit-identical whatever the input
+chunking, the number of workers, or where the data lives.
+
+Three transports share that contract:
+
+- :class:`LocalBlocks`: blocks in this process (NumPy or CuPy); no scheduler at all.
+- :class:`DaskBlocks`: blocks persisted in the memory of Dask workers; one pass = one task per worker
+  (each runs the kernel over the blocks it holds) = one scheduler round trip.
+- :class:`StreamBlocks`: data too large for worker memory; each pass is a Dask graph that reads the
+  blocks from the store, maps the kernel and reduces the partials as a tree inside the graph.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .kernels import tree_combine
+
+__all__ = ["make_blocks", "LocalBlocks", "DaskBlocks", "StreamBlocks", "resolve_block_rows", "get_client"]
+
+BLOCK_BYTES = 32 * 2**20
+
+
+def resolve_block_rows(n: int, d: int, itemsize: int, block_rows="auto") -> int:
+    if block_rows in (None, "auto"):
+        rows = max(1024, BLOCK_BYTES // max(1, d * itemsize))
+    else:
+        rows = int(block_rows)
+    return int(max(1, min(rows, n)))
+
+
+def get_client(client=None):
+    """The given client, else the current default distributed client, else None."""
+    if client is not None:
+        return client
+    try:
+        from distributed import default_client
+
+        return default_client()
+    except (ImportError, ValueError):
+        return None
+
+
+# ------------------------------------------------------------------------------------------------
+# per-block helpers (run on workers)
+# ------------------------------------------------------------------------------------------------
+
+@dataclass
+class Block:
+    X: object
+    w: object
+    offset: int
+    index: int
+
+
+def _make_block(x, w, offset, index):
+    return Block(x, w, offset, index)
+
+
+def _apply(fn, block, args, kwargs):
+    return fn(block.X, block.w, block.offset, *args, **kwargs)
+
+
+def _apply_group(fn, blocks, args, kwargs):
+    return [fn(b.X, b.w, b.offset, *args, **kwargs) for b in blocks]
+
+
+def _apply_state(fn, block, state, args, kwargs):
+    prev = None if state is None else state[0]
+    return fn(block.X, block.w, block.offset, prev, *args, **kwargs)
+
+
+def _second(t):
+    return t[1]
+
+
+# ------------------------------------------------------------------------------------------------
+# transports
+# ------------------------------------------------------------------------------------------------
+
+class _Blocks:
+    def __init__(self, n: int, d: int, dtype, rows: int, split_every: int):
+        self.n_samples = int(n)
+        self.n_features = int(d)
+        self.dtype = np.dtype(dtype)
+        self.block_rows = int(rows)
+        self.split_every = int(split_every)
+        self.offsets = list(range(0, n, rows))
+        self.sizes = [min(rows, n - o) for o in self.offsets]
+        self.n_blocks = len(self.offsets)
+
+    def map_reduce(self, fn, combine, *args, **kwargs):
+        """``combine``-tree over ``fn(X_b, w_b, offset_b, *args)`` of all blocks (block order)."""
+        return tree_combine(self.map(fn, *args, **kwargs), combine, self.split_every)
+
+    def block_of(self, row: int) -> int:
+        return int(row // self.block_rows)
+
+    def release(self):  # pragma: no cover - overridden
+        pass
+
+
+class LocalBlocks(_Blocks):
+    """Blocks held in this process (NumPy or CuPy arrays)."""
+
+    kind = "local"
+
+    def __init__(self, X, w, rows: int, split_every: int = 8):
+        super().__init__(X.shape[0], X.shape[1], X.dtype, rows, split_every)
+        self.blocks = [Block(X[o:o + s, ...], None if w is None else w[o:o + s], o, i)
+                       for i, (o, s) in enumerate(zip(self.offsets, self.sizes))]
+
+    def map(self, fn, *args, **kwargs):
+        return [fn(b.X, b.w, b.offset, *args, **kwargs) for b in self.blocks]
+
+    def map_state(self, fn, states, *args, only=None, **kwargs):
+        states = states or [None] * self.n_blocks
+        out_states, results = list(states), [None] * self.n_blocks
+        for i, b in enumerate(self.blocks):
+            if only is not None and i not in only:
+                continue
+            st, res = fn(b.X, b.w, b.offset, states[i], *args, **kwargs)
+            out_states[i], results[i] = st, res
+        return out_states, results
+
+    def release(self):
+        self.blocks = []
+
+
+class DaskBlocks(_Blocks):
+    """Blocks persisted in Dask worker memory; one task per worker per pass."""
+
+    kind = "dask"
+
+    def __init__(self, client, Xd, wd, rows: int, split_every: int = 8):
+        from dask import delayed
+
+        super().__init__(Xd.shape[0], Xd.shape[1], Xd.dtype, rows, split_every)
+        self.client = client
+        Xr = Xd.rechunk({0: rows, 1: -1})
+        xs = Xr.to_delayed().ravel()
+        ws = [None] * len(xs) if wd is None else wd.rechunk({0: rows}).to_delayed().ravel()
+        parts = [delayed(_make_block, pure=True)(x, w, o, i)
+                 for i, (x, w, o) in enumerate(zip(xs, ws, self.offsets))]
+        self.futures = client.compute(parts)
+        self._groups = None
+
+    def _worker_groups(self):
+        """{worker address: [block indices]} from the scheduler; refreshed when workers change."""
+        from distributed import wait
+
+        wait(self.futures)
+        who = self.client.who_has(self.futures)
+        groups: dict[str, list[int]] = {}
+        for i, f in enumerate(self.futures):
+            addrs = sorted(who.get(f.key, ()))
+            addr = addrs[0] if addrs else None
+            groups.setdefault(addr, []).append(i)
+        return groups
+
+    def map(self, fn, *args, **kwargs):
+        from distributed import CancelledError  # noqa: F401  (re-raised as is)
+
+        if self._groups is None:
+            self._groups = self._worker_groups()
+        workers = _worker_addresses(self.client)
+        if any(a is not None and a not in workers for a in self._groups):
+            self._groups = self._worker_groups()
+        futs, order = [], []
+        for addr, idx in self._groups.items():
+            kw = {"workers": [addr], "allow_other_workers": True} if addr else {}
+            futs.append(self.client.submit(_apply_group, fn, [self.futures[i] for i in idx], args, kwargs,
+                                           pure=False, **kw))
+            order.append(idx)
+        results = [None] * self.n_blocks
+        for idx, res in zip(order, self.client.gather(futs)):
+            for i, r in zip(idx, res):
+                results[i] = r
+        return results
+
+    def map_state(self, fn, states, *args, only=None, **kwargs):
+        """Per-block stateful step: ``fn(X, w, offset, state, *args) -> (state, small)``.
+
+        States stay on the workers (as futures); only the small results travel.
+        """
+        states = states or [None] * self.n_blocks
+        idx = range(self.n_blocks) if only is None else sorted(only)
+        new_states = list(states)
+        outs = {}
+        for i in idx:
+            f = self.client.submit(_apply_state, fn, self.futures[i], states[i], args, kwargs, pure=False)
+            new_states[i] = f
+            outs[i] = self.client.submit(_second, f, pure=False)
+        gathered = self.client.gather([outs[i] for i in idx])
+        results = [None] * self.n_blocks
+        for i, r in zip(idx, gathered):
+            results[i] = r
+        return new_states, results
+
+    def release(self):
+        for f in self.futures:
+            f.release()
+        self.futures = []
+
+
+class StreamBlocks(_Blocks):
+    """Blocks read from the source on every pass (data larger than worker memory)."""
+
+    kind = "stream"
+
+    def __init__(self, Xd, wd, rows: int, split_every: int = 8, client=None):
+        super().__init__(Xd.shape[0], Xd.shape[1], Xd.dtype, rows, split_every)
+        from dask import delayed
+
+        self.client = client
+        xs = Xd.rechunk({0: rows, 1: -1}).to_delayed().ravel()
+        ws = [None] * len(xs) if wd is None else wd.rechunk({0: rows}).to_delayed().ravel()
+        self.blocks = [delayed(_make_block, pure=True)(x, w, o, i)
+                       for i, (x, w, o) in enumerate(zip(xs, ws, self.offsets))]
+
+    def _compute(self, *objs):
+        import dask
+
+        if self.client is not None:
+            return self.client.gather(self.client.compute(list(objs)))
+        return dask.compute(*objs)
+
+    def map(self, fn, *args, **kwargs):
+        from dask import delayed
+
+        tasks = [delayed(_apply, pure=False)(fn, b, args, kwargs) for b in self.blocks]
+        return list(self._compute(*tasks))
+
+    def map_reduce(self, fn, combine, *args, **kwargs):
+        from dask import delayed
+
+        tasks = [delayed(_apply, pure=False)(fn, b, args, kwargs) for b in self.blocks]
+        root = tree_combine(tasks, delayed(combine, pure=True), self.split_every)
+        return self._compute(root)[0]
+
+    def map_state(self, fn, states, *args, only=None, **kwargs):
+        from dask import delayed
+
+        states = states or [None] * self.n_blocks
+        idx = list(range(self.n_blocks)) if only is None else sorted(only)
+        tasks = [delayed(_apply_state, pure=False)(fn, self.blocks[i], (states[i], None), args, kwargs) for i in idx]
+        out = self._compute(*tasks)
+        new_states, results = list(states), [None] * self.n_blocks
+        for i, (st, res) in zip(idx, out):
+            new_states[i], results[i] = st, res
+        return new_states, results
+
+    def release(self):
+        self.blocks = []
+
+
+def make_blocks(X, sample_weight=None, *, block_rows="auto", split_every: int = 8, client=None,
+                persist="auto", worker_memory_fraction: float = 0.5):
+    """Choose a transport for X (validated 2-D dask array, NumPy or CuPy array) and cut it into blocks.
+
+    ``persist``: ``True`` keeps the blocks in worker memory, ``False`` streams them from the source on
+    every pass, ``"auto"`` persists when X takes at most half the cluster's memory.
+    """
+    import dask.array as da
+
+    n, d = X.shape
+    rows = resolve_block_rows(n, d, np.dtype(X.dtype).itemsize, block_rows)
+    client = get_client(client)
+    if not isinstance(X, da.Array):
+        if client is None:
+            return LocalBlocks(X, sample_weight, rows, split_every)
+        X = da.from_array(X, chunks=(rows, d))
+        if sample_weight is not None:
+            sample_weight = da.from_array(sample_weight, chunks=(rows,))
+    elif sample_weight is not None and not isinstance(sample_weight, da.Array):
+        sample_weight = da.from_array(np.asarray(sample_weight), chunks=(rows,))
+    nbytes = X.nbytes
+    if client is None:
+        if persist is True or (persist == "auto" and nbytes <= 2 * 2**30):
+            import dask
+
+            Xm = X.compute()
+            wm = None if sample_weight is None else np.asarray(dask.compute(sample_weight)[0])
+            return LocalBlocks(Xm, wm, rows, split_every)
+        return StreamBlocks(X, sample_weight, rows, split_every)
+    if persist == "auto":
+        mem = sum(w.get("memory_limit", 0) or 0 for w in _scheduler_info(client)["workers"].values())
+        persist = mem == 0 or nbytes <= worker_memory_fraction * mem
+    if persist:
+        return DaskBlocks(client, X, sample_weight, rows, split_every)
+    return StreamBlocks(X, sample_weight, rows, split_every, client=client)
+
+
+def _scheduler_info(client):
+    import inspect
+
+    try:
+        if "n_workers" in inspect.signature(client.scheduler_info).parameters:
+            return client.scheduler_info(n_workers=-1)
+    except (TypeError, ValueError):  # pragma: no cover
+        pass
+    return client.scheduler_info()
+
+
+def _worker_addresses(client) -> set:
+    return set(_scheduler_info(client)["workers"])

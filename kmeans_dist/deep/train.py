@@ -1,0 +1,540 @@
+"""Plain-PyTorch training of the deep k-means methods (no Ray, no Prefect here).
+
+- :func:`pretrain` / :func:`train_epoch`: mini-batch Adam on reconstruction (+ lambda x clustering loss);
+- :func:`embed`: embeddings of a whole data set; :func:`reinit_centroids`: classical k-means on them
+  with the project's own kernels (:func:`kmeans_dist.kernels.kmeans_inmemory`), the torch tensor being
+  handed over through DLPack (``numpy.from_dlpack`` on CPU, ``cupy.from_dlpack`` on a GPU: no host copy);
+- the methods as small strategy objects: :class:`AEKM`, :class:`DCN`, :class:`DKM`, :class:`CT`
+  (with the ablations ``CT(reinit=False)`` and ``DKM(reinit=True)``);
+- :func:`fit_method`: the whole finetuning loop in one process, used by the benchmark and the tests
+  (the Ray stage in ``pipelines/deep.py`` runs the same :func:`train_epoch` under DDP).
+"""
+from __future__ import annotations
+
+import math
+import time
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+
+from ..kernels import assign_labels, kmeans_inmemory
+from .losses import (ct_loss, dcn_loss, dkm_loss, get_membership, pairwise_sq_dist, reconstruction_loss,
+                     softmax_membership)
+from .model import Autoencoder, unwrap
+
+__all__ = [
+    "BatchLoader", "train_epoch", "pretrain", "embed", "to_kernel_array", "reinit_centroids",
+    "nearest_centroid", "Method", "AEKM", "DCN", "DKM", "CT", "make_method", "METHODS", "fit_method",
+    "max_membership",
+]
+
+
+# --------------------------------------------------------------------------------------------------
+# data
+# --------------------------------------------------------------------------------------------------
+
+class BatchLoader:
+    """Mini-batches of rows of an in-memory tensor, reshuffled each epoch from ``(seed, epoch)``.
+
+    Much cheaper than a ``DataLoader`` over a ``TensorDataset`` (one gather per batch).  With
+    ``rank``/``world_size`` each process takes every ``world_size``-th batch of the same permutation.
+    """
+
+    def __init__(self, X: torch.Tensor, batch_size: int = 256, *, shuffle: bool = True, seed: int = 0,
+                 rank: int = 0, world_size: int = 1):
+        self.X = X
+        self.batch_size = int(batch_size)
+        self.shuffle = shuffle
+        self.seed = int(seed)
+        self.epoch = 0
+        self.rank, self.world_size = int(rank), int(world_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        nb = math.ceil(self.X.shape[0] / self.batch_size)
+        return len(range(self.rank, nb, self.world_size))
+
+    def __iter__(self):
+        n = self.X.shape[0]
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            idx = torch.randperm(n, generator=g)
+        else:
+            idx = torch.arange(n)
+        starts = list(range(0, n, self.batch_size))[self.rank::self.world_size]
+        for s in starts:
+            yield self.X[idx[s:s + self.batch_size]]
+
+
+# --------------------------------------------------------------------------------------------------
+# one epoch
+# --------------------------------------------------------------------------------------------------
+
+def train_epoch(model, optimizer, loader: Iterable, method: "Method | None" = None, *, device=None,
+                finetune: bool = True) -> dict:
+    """One pass over ``loader`` (batches of inputs, or tuples whose first item is the input).
+
+    Loss = reconstruction + ``method.lam`` x ``method.batch_loss(z)`` when ``method`` finetunes;
+    reconstruction only otherwise (pretraining).  Returns the sample-weighted mean losses.
+    """
+    model.train()
+    tot_rec = tot_clu = 0.0
+    n_seen = 0
+    use_clu = method is not None and finetune and method.finetunes
+    for batch in loader:
+        x = batch[0] if isinstance(batch, (list, tuple)) else batch
+        if device is not None:
+            x = x.to(device, non_blocking=True)
+        z, x_hat = model(x)
+        rec = reconstruction_loss(x_hat, x)
+        if use_clu:
+            clu = method.batch_loss(z)
+            loss = rec + method.lam * clu
+        else:
+            clu = None
+            loss = rec
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if use_clu:
+            method.before_step()
+        optimizer.step()
+        if use_clu:
+            method.after_step(z.detach())
+        b = x.shape[0]
+        n_seen += b
+        tot_rec += float(rec.detach()) * b
+        tot_clu += (float(clu.detach()) if clu is not None else 0.0) * b
+    n_seen = max(n_seen, 1)
+    return {"rec_loss": tot_rec / n_seen, "clu_loss": tot_clu / n_seen, "n_samples": n_seen}
+
+
+def pretrain(model, X: torch.Tensor, *, epochs: int = 50, batch_size: int = 256, lr: float = 1e-3, seed: int = 0,
+             callback: Callable[[dict], None] | None = None, device=None) -> list[dict]:
+    """Train the autoencoder on reconstruction alone; returns the per-epoch history."""
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    loader = BatchLoader(X, batch_size, seed=seed)
+    hist = []
+    for ep in range(epochs):
+        loader.set_epoch(ep)
+        t0 = time.perf_counter()
+        m = train_epoch(model, opt, loader, None, device=device, finetune=False)
+        m.update(epoch=ep + 1, phase="pretrain", seconds=time.perf_counter() - t0)
+        hist.append(m)
+        if callback is not None:
+            callback(m)
+    return hist
+
+
+# --------------------------------------------------------------------------------------------------
+# embeddings and the k-means in latent space
+# --------------------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def embed(model, X: torch.Tensor, batch_size: int = 4096, device=None) -> torch.Tensor:
+    """Embeddings of all rows of ``X`` (eval mode, no grad), on ``X``'s (or ``device``'s) device."""
+    net = unwrap(model)
+    was_training = net.training
+    net.eval()
+    out = []
+    for s in range(0, X.shape[0], batch_size):
+        xb = X[s:s + batch_size]
+        if device is not None:
+            xb = xb.to(device)
+        out.append(net.encode(xb))
+    net.train(was_training)
+    return torch.cat(out).contiguous()
+
+
+def to_kernel_array(t: torch.Tensor):
+    """A torch tensor as an array the kernels take, sharing memory through DLPack (no host copy):
+    NumPy on CPU, CuPy on CUDA."""
+    t = t.detach().contiguous()
+    if t.is_cuda:
+        import cupy
+
+        return cupy.from_dlpack(t)
+    return np.from_dlpack(t)
+
+
+def from_kernel_array(a, like: torch.Tensor) -> torch.Tensor:
+    """A kernel result (NumPy/CuPy) back as a torch tensor on ``like``'s device, dtype of ``like``."""
+    t = torch.from_dlpack(a) if not isinstance(a, np.ndarray) else torch.from_numpy(np.ascontiguousarray(a))
+    return t.to(device=like.device, dtype=like.dtype)
+
+
+def reinit_centroids(Z: torch.Tensor, n_clusters: int, *, n_init: int = 10, max_iter: int = 300, tol: float = 1e-4,
+                     random_state=None):
+    """Classical k-means (k-means++, ``n_init`` restarts, Lloyd) on embeddings ``Z``.
+
+    Runs :func:`kmeans_dist.kernels.kmeans_inmemory` on a DLPack view of ``Z``.  Returns
+    ``(centers, labels, inertia)`` with centers/labels as torch tensors on ``Z``'s device.
+    """
+    arr = to_kernel_array(Z)
+    res = kmeans_inmemory(arr, int(n_clusters), n_init=n_init, max_iter=max_iter, tol=tol,
+                          random_state=random_state)
+    centers = from_kernel_array(res.centers, Z)
+    labels = from_kernel_array(res.labels, torch.empty(0, dtype=torch.int64, device=Z.device))
+    return centers, labels, float(res.inertia)
+
+
+def nearest_centroid(Z: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
+    """Index of the nearest centroid of each embedding (the kernels' ``assign_labels`` on DLPack views)."""
+    lab, _ = assign_labels(to_kernel_array(Z), to_kernel_array(mu.to(Z.dtype)))
+    return from_kernel_array(lab, torch.empty(0, dtype=torch.int64, device=Z.device))
+
+
+@torch.no_grad()
+def max_membership(Z: torch.Tensor, mu: torch.Tensor, membership=None) -> np.ndarray:
+    """Each point's highest membership ``max_k G_ik`` (the paper's Figure 3), as NumPy."""
+    if membership is None:
+        membership = get_membership("softmax", alpha=3.0)
+    out = []
+    for s in range(0, Z.shape[0], 8192):
+        out.append(membership(pairwise_sq_dist(Z[s:s + 8192], mu.to(Z.dtype))).max(dim=1).values)
+    return torch.cat(out).cpu().numpy()
+
+
+# --------------------------------------------------------------------------------------------------
+# the methods
+# --------------------------------------------------------------------------------------------------
+
+class Method:
+    """A deep k-means method: centroids, a per-batch clustering loss and per-batch/per-epoch updates.
+
+    Distributed hooks (set by the Ray stage, None in one process): ``allreduce(t)`` sums a tensor
+    over the workers in place; ``broadcast(t)`` copies rank 0's tensor to every worker in place.
+    """
+
+    name = "method"
+    finetunes = True
+
+    def __init__(self, n_clusters: int = 10, *, lam: float = 1.0, n_init: int = 10, seed: int = 0):
+        self.n_clusters = int(n_clusters)
+        self.lam = float(lam)
+        self.n_init = int(n_init)
+        self.seed = int(seed)
+        self.centroids: torch.Tensor | None = None
+        self.allreduce = None
+        self.broadcast = None
+
+    # lifecycle -------------------------------------------------------------------------------
+    def initialize(self, Z: torch.Tensor) -> torch.Tensor:
+        """Centroids from k-means on the embeddings of the pretrained autoencoder; returns labels."""
+        c, labels, _ = reinit_centroids(Z, self.n_clusters, n_init=self.n_init, random_state=self.seed)
+        self._set_centroids(c)
+        return labels
+
+    def _set_centroids(self, c: torch.Tensor) -> None:
+        self.centroids = c.detach().clone()
+
+    def parameters(self) -> list:
+        return []
+
+    def batch_loss(self, z: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def before_step(self) -> None:
+        pass
+
+    def after_step(self, z: torch.Tensor) -> None:
+        pass
+
+    def end_epoch(self, Z: torch.Tensor, epoch: int) -> torch.Tensor | None:
+        """Called with the embeddings of the whole data set after each finetuning epoch; may return
+        the labels it computed (k-means labels after a re-initialisation)."""
+        return None
+
+    def membership(self):
+        return get_membership("softmax", alpha=3.0)
+
+    def predict(self, Z: torch.Tensor) -> torch.Tensor:
+        return nearest_centroid(Z, self.centroids)
+
+    # state -----------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"centroids": None if self.centroids is None else self.centroids.detach().cpu().clone()}
+
+    def load_state_dict(self, state: dict, device=None) -> None:
+        c = state.get("centroids")
+        if c is not None:
+            self._set_centroids(c.to(device) if device is not None else c)
+
+    def describe(self) -> dict:
+        return {"name": self.name, "lam": self.lam}
+
+
+class AEKM(Method):
+    """Autoencoder + k-means: no finetuning, k-means (k-means++, n_init 10) on the pretrained embeddings."""
+
+    name = "AEKM"
+    finetunes = False
+
+
+class DCN(Method):
+    """Deep Clustering Network (Yang et al. 2017): ``rec + lam * ||z - c_{s(z)}||^2`` with hard
+    assignments; after each mini-batch the assigned centers move by per-center counts
+    (``c_k <- c_k - (1 / n_k)(c_k - z_i)``, applied batch-wise as Sculley's update)."""
+
+    name = "DCN"
+
+    def __init__(self, n_clusters=10, *, lam: float = 1.0, **kw):
+        super().__init__(n_clusters, lam=lam, **kw)
+        self.counts: torch.Tensor | None = None
+
+    def initialize(self, Z):
+        labels = super().initialize(Z)
+        self.counts = torch.bincount(labels, minlength=self.n_clusters).to(torch.float64)
+        return labels
+
+    def batch_loss(self, z):
+        with torch.no_grad():
+            s = torch.argmin(pairwise_sq_dist(z, self.centroids), dim=1)
+        return dcn_loss(z, self.centroids, s)
+
+    @torch.no_grad()
+    def after_step(self, z):
+        mu = self.centroids
+        s = torch.argmin(pairwise_sq_dist(z, mu), dim=1)
+        onehot = torch.nn.functional.one_hot(s, self.n_clusters).to(torch.float64)
+        sums = onehot.T @ z.to(torch.float64)
+        cnt = onehot.sum(dim=0)
+        if self.allreduce is not None:
+            self.allreduce(sums)
+            self.allreduce(cnt)
+        W = self.counts.to(mu.device)
+        hit = cnt > 0
+        new = mu.to(torch.float64).clone()
+        new[hit] = (new[hit] * W[hit, None] + sums[hit]) / (W[hit] + cnt[hit])[:, None]
+        self.centroids = new.to(mu.dtype)
+        self.counts = W + cnt
+
+    def state_dict(self):
+        d = super().state_dict()
+        d["counts"] = None if self.counts is None else self.counts.cpu().clone()
+        return d
+
+    def load_state_dict(self, state, device=None):
+        super().load_state_dict(state, device)
+        if state.get("counts") is not None:
+            self.counts = state["counts"].to(device) if device is not None else state["counts"].clone()
+
+    def describe(self):
+        return {**super().describe()}
+
+
+class DKM(Method):
+    """Deep k-Means (Moradi Fard et al. 2020): ``rec + lam * sum_k ||z - r_k||^2 softmax_k(-alpha ||z - r_k||^2)``
+    with the centroids ``r`` trained jointly by the same optimizer.
+
+    ``alpha`` is constant after pretraining (default 1000, DKM's constant setting) or, with
+    ``anneal=True``, starts at ``alpha0`` = 0.1 and grows each epoch as ``alpha <- 2^(1/log(n)^2) alpha``
+    (DKM's schedule).  ``reinit=True`` is the paper's ablation "DKM with re-initialisation": after each
+    epoch the centroids are reset to the k-means centers of the embeddings.
+    """
+
+    name = "DKM"
+
+    def __init__(self, n_clusters=10, *, lam: float = 1.0, alpha: float = 1000.0, anneal: bool = False,
+                 alpha0: float = 0.1, reinit: bool = False, **kw):
+        super().__init__(n_clusters, lam=lam, **kw)
+        self.alpha = float(alpha0 if anneal else alpha)
+        self.anneal = bool(anneal)
+        self.reinit = bool(reinit)
+        self._param: torch.nn.Parameter | None = None
+        if reinit:
+            self.name = "DKM+reinit"
+
+    def _set_centroids(self, c):
+        if self._param is None:
+            self._param = torch.nn.Parameter(c.detach().clone())
+        else:
+            with torch.no_grad():
+                self._param.copy_(c)
+        self.centroids = self._param
+
+    def parameters(self):
+        return [self._param] if self._param is not None else []
+
+    def batch_loss(self, z):
+        return dkm_loss(z, self._param, self.alpha)
+
+    def before_step(self):
+        if self.allreduce is not None and self._param.grad is not None:
+            self.allreduce(self._param.grad)
+            self._param.grad /= self._world_size()
+
+    def _world_size(self) -> int:
+        import torch.distributed as dist
+
+        return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+    def end_epoch(self, Z, epoch):
+        if self.anneal:
+            n = epoch + 2
+            self.alpha *= 2.0 ** (1.0 / math.log(n) ** 2)
+        if self.reinit:
+            c, labels, _ = reinit_centroids(Z, self.n_clusters, n_init=self.n_init,
+                                            random_state=self.seed * 10_007 + epoch + 1)
+            if self.broadcast is not None:
+                self.broadcast(c)
+            self._set_centroids(c)
+            return labels if self.broadcast is None else None
+        return None
+
+    def membership(self):
+        return get_membership("softmax", alpha=self.alpha)
+
+    def state_dict(self):
+        d = super().state_dict()
+        d["alpha"] = self.alpha
+        return d
+
+    def load_state_dict(self, state, device=None):
+        super().load_state_dict(state, device)
+        self.alpha = float(state.get("alpha", self.alpha))
+
+    def describe(self):
+        return {**super().describe(), "alpha": self.alpha, "anneal": self.anneal, "reinit": self.reinit}
+
+
+class CT(Method):
+    """The paper's method (Roy, ICPR 2024): ``rec + lam * CT`` with the centroids frozen during each
+    epoch, then re-initialised by classical k-means on the embeddings of the whole data set.
+
+    CT is our reconstruction of the paper's lost equations 10-11 (see :mod:`kmeans_dist.deep.losses`):
+    ``G_ik = softmax_k(-alpha d_ik)``, ``d_ik = ||h(x_i) - mu_k||^2``, ``CT = mean_i sum_k d_ik G_ik``;
+    alpha = 3, lambda = 10 on MNIST (Table 4).  ``membership`` is pluggable: "softmax" (``alpha``),
+    "fcm" (fuzzy c-means memberships, fuzzifier ``m``), "student" (``nu``), or a callable on ``d``.
+    ``reinit=False`` is the ablation "CT without re-initialisation" (centroids stay at the initial
+    k-means centers).
+    """
+
+    name = "CT"
+
+    def __init__(self, n_clusters=10, *, lam: float = 10.0, alpha: float = 3.0, membership="softmax",
+                 m: float = 2.0, nu: float = 1.0, reinit: bool = True, detach_membership: bool = False, **kw):
+        super().__init__(n_clusters, lam=lam, **kw)
+        self.alpha = float(alpha)
+        self.membership_name = membership if isinstance(membership, str) else getattr(membership, "__name__", "custom")
+        if callable(membership):
+            self._membership = membership
+        elif membership == "softmax":
+            self._membership = get_membership("softmax", alpha=self.alpha)
+        elif membership == "fcm":
+            self._membership = get_membership("fcm", m=m)
+        elif membership == "student":
+            self._membership = get_membership("student", nu=nu)
+        else:
+            raise ValueError(f"unknown membership {membership!r}")
+        self.m, self.nu = float(m), float(nu)
+        self.reinit = bool(reinit)
+        self.detach_membership = bool(detach_membership)
+        if not reinit:
+            self.name = "CT-noreinit"
+        elif self.membership_name == "fcm":
+            self.name = "CT-fcm"
+
+    def batch_loss(self, z):
+        return ct_loss(z, self.centroids, self._membership, detach_membership=self.detach_membership)
+
+    def end_epoch(self, Z, epoch):
+        if not self.reinit:
+            return None
+        c, labels, _ = reinit_centroids(Z, self.n_clusters, n_init=self.n_init,
+                                        random_state=self.seed * 10_007 + epoch + 1)
+        if self.broadcast is not None:
+            self.broadcast(c)
+            labels = None
+        self._set_centroids(c)
+        return labels
+
+    def membership(self):
+        return self._membership
+
+    def describe(self):
+        return {**super().describe(), "alpha": self.alpha, "membership": self.membership_name,
+                "m": self.m, "reinit": self.reinit}
+
+
+METHODS = {
+    "AEKM": lambda k, **kw: AEKM(k, **kw),
+    "DCN": lambda k, **kw: DCN(k, **kw),
+    "DKM": lambda k, **kw: DKM(k, **kw),
+    "DKM-anneal": lambda k, **kw: DKM(k, anneal=True, **kw),
+    "DKM+reinit": lambda k, **kw: DKM(k, reinit=True, **kw),
+    "CT": lambda k, **kw: CT(k, **kw),
+    "CT-fcm": lambda k, **kw: CT(k, membership="fcm", **kw),
+    "CT-noreinit": lambda k, **kw: CT(k, reinit=False, **kw),
+}
+
+
+def make_method(name: str, n_clusters: int = 10, **kw) -> Method:
+    """A method by name: AEKM, DCN, DKM, DKM-anneal, DKM+reinit, CT, CT-fcm, CT-noreinit."""
+    try:
+        return METHODS[name](n_clusters, **kw)
+    except KeyError:
+        raise ValueError(f"unknown method {name!r}; choose one of {sorted(METHODS)}") from None
+
+
+# --------------------------------------------------------------------------------------------------
+# the whole finetuning loop in one process
+# --------------------------------------------------------------------------------------------------
+
+def fit_method(model: Autoencoder, X: torch.Tensor, method: Method, *, y=None, epochs: int = 100,
+               batch_size: int = 256, lr: float = 1e-3, seed: int = 0, snapshot_epochs=(),
+               snapshot_size: int = 2000, callback: Callable[[dict], None] | None = None, device=None) -> dict:
+    """Finetune a pretrained ``model`` with ``method`` for ``epochs`` epochs (0 for AEKM).
+
+    Returns ``{"history": [per-epoch dicts], "labels": final labels (NumPy), "centroids", "max_membership_before",
+    "max_membership_after", "snapshots": {epoch: (Z_sample, labels_sample)}, "sample_index"}``.
+    Epoch 0 in the history is the state after pretraining and the initial k-means.
+    """
+    from .evaluate import clustering_scores
+
+    y_np = None if y is None else np.asarray(y)
+    Z = embed(model, X)
+    labels = method.initialize(Z)
+    rs = np.random.default_rng(seed)
+    sample = np.sort(rs.choice(X.shape[0], size=min(snapshot_size, X.shape[0]), replace=False))
+    snapshots = {}
+
+    def record(ep, Z, labels, train_m, t_train, t_end):
+        lab = labels.cpu().numpy()
+        m = {"epoch": ep, "method": method.name, "phase": "finetune" if ep else "init",
+             "rec_loss": train_m.get("rec_loss"), "clu_loss": train_m.get("clu_loss"),
+             "train_seconds": t_train, "end_epoch_seconds": t_end}
+        if y_np is not None:
+            m.update(clustering_scores(y_np, lab))
+        if ep in snapshot_epochs or ep == 0:
+            snapshots[ep] = (Z[sample].cpu().numpy(), lab[sample])
+        return m
+
+    before = max_membership(Z, method.centroids, method.membership())
+    hist = [record(0, Z, labels, {}, 0.0, 0.0)]
+    if callback:
+        callback(hist[-1])
+    n_ep = epochs if method.finetunes else 0
+    if n_ep:
+        params = list(model.parameters()) + method.parameters()
+        opt = torch.optim.Adam(params, lr=lr)
+        loader = BatchLoader(X, batch_size, seed=seed + 1)
+        for ep in range(1, n_ep + 1):
+            loader.set_epoch(ep)
+            t0 = time.perf_counter()
+            tm = train_epoch(model, opt, loader, method, device=device)
+            t1 = time.perf_counter()
+            Z = embed(model, X)
+            labels = method.end_epoch(Z, ep)
+            if labels is None:
+                labels = method.predict(Z)
+            t2 = time.perf_counter()
+            hist.append(record(ep, Z, labels, tm, t1 - t0, t2 - t1))
+            if callback:
+                callback(hist[-1])
+    after = max_membership(Z, method.centroids, method.membership())
+    return {"history": hist, "labels": labels.cpu().numpy(), "centroids": method.centroids.detach().cpu().numpy(),
+            "max_membership_before": before, "max_membership_after": after, "snapshots": snapshots,
+            "sample_index": sample}

@@ -1,0 +1,554 @@
+"""scikit-learn compatible estimators: :class:`KMeans` and :class:`MiniBatchKMeans`.
+
+Three layers, as scikit-learn's ``_kmeans.py``: the public ``fit`` validates once (parameters as data,
+input from metadata, finiteness within the first pass), the private computations in
+:mod:`kmeans_dist.lloyd` / :mod:`kmeans_dist.seeding` assume valid input, and the per-chunk kernels in
+:mod:`kmeans_dist.kernels` never validate.  Constructor arguments are stored as given; resolved
+values live in private attributes.
+"""
+from __future__ import annotations
+
+import time
+import warnings
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClusterMixin, TransformerMixin
+from sklearn.exceptions import ConvergenceWarning, NotFittedError
+
+from ._validation import (ANY, ARRAY_LIKE, BOOLEAN, CALLABLE, NONE, RANDOM_STATE, Interval, Options,
+                          validate_params)
+from ._xp import get_namespace, to_numpy
+from .kernels import assign_labels, lloyd_partial, sq_distances
+from .lloyd import data_stats, final_pass, lloyd_on_blocks, minibatch_on_blocks, minibatch_step
+from .seeding import SEEDING_METHODS, _seed_from, init_centers
+
+__all__ = ["KMeans", "MiniBatchKMeans"]
+
+
+def _is_lazy(X) -> bool:
+    import dask.array as da
+
+    if isinstance(X, da.Array):
+        return True
+    try:
+        import xarray as xr
+
+        if isinstance(X, xr.DataArray):
+            return isinstance(X.data, da.Array)
+    except ImportError:  # pragma: no cover
+        pass
+    import os
+
+    return isinstance(X, (str, os.PathLike))
+
+
+def _is_device_array(X) -> bool:
+    return hasattr(X, "__cuda_array_interface__")
+
+
+def _prepare_X(X, name="X"):
+    """(array for the driver, is_lazy): dask for lazy inputs, an in-memory array otherwise."""
+    from .data import as_dask_array
+
+    Xd = as_dask_array(X, name=name)  # metadata-only checks: ndim, dtype, empty
+    if _is_lazy(X):
+        return Xd, True
+    if _is_device_array(X):
+        xp = get_namespace(X)
+        return (X if X.dtype == Xd.dtype else xp.astype(X, Xd.dtype)), False
+    try:
+        import xarray as xr
+
+        if isinstance(X, xr.DataArray):
+            X = X.transpose("sample", "feature").values if set(X.dims) == {"sample", "feature"} else X.values
+    except ImportError:  # pragma: no cover
+        pass
+    return np.ascontiguousarray(np.asarray(X), dtype=Xd.dtype), False
+
+
+def _prepare_weight(sample_weight, n, dtype, lazy):
+    if sample_weight is None:
+        return None
+    import dask.array as da
+
+    if isinstance(sample_weight, da.Array):
+        if sample_weight.shape != (n,):
+            raise ValueError(f"sample_weight.shape == {sample_weight.shape}, expected {(n,)}!")
+        return sample_weight.astype(dtype)
+    w = np.asarray(to_numpy(sample_weight) if not np.isscalar(sample_weight) else sample_weight, dtype=np.float64)
+    if w.ndim == 0:
+        w = np.full(n, float(w))
+    if w.ndim != 1:
+        raise ValueError("Sample weights must be 1D array or scalar")
+    if w.shape != (n,):
+        raise ValueError(f"sample_weight.shape == {w.shape}, expected {(n,)}!")
+    if not np.all(np.isfinite(w)):
+        raise ValueError("Input sample_weight contains NaN or infinity.")
+    if np.any(w < 0):
+        raise ValueError("Negative values in data passed to sample_weight")
+    return w.astype(dtype)
+
+
+class _BaseKMeans(TransformerMixin, ClusterMixin, BaseEstimator):
+    _common_constraints = {
+        "n_clusters": [Interval(int, 1, None, "left")],
+        "max_iter": [Interval(int, 1, None, "left")],
+        "tol": [Interval(float, 0, None, "left")],
+        "random_state": [RANDOM_STATE],
+        "block_rows": [Options(str, ("auto",)), Interval(int, 1, None, "left")],
+        "split_every": [Interval(int, 2, None, "left")],
+        "persist": [Options(str, ("auto",)), BOOLEAN],
+        "client": [ANY],
+        "verbose": [Interval(int, 0, None, "left"), BOOLEAN],
+        "callback": [CALLABLE, NONE],
+    }
+
+    # -------------------------------------------------------------------------------- validation
+    def _validate_params(self):
+        cons = {**self._common_constraints, **self._parameter_constraints}
+        validate_params(cons, self.get_params(deep=False), type(self).__name__)
+
+    def _check_n_clusters(self, n_samples):
+        if n_samples < self.n_clusters:
+            raise ValueError(f"n_samples={n_samples} should be >= n_clusters={self.n_clusters}.")
+
+    def _check_init_array(self, init, n_features, dtype):
+        init = np.asarray(to_numpy(init), dtype=dtype)
+        if init.ndim != 2 or init.shape[0] != self.n_clusters:
+            raise ValueError(f"The shape of the initial centers {init.shape} does not match the number of "
+                             f"clusters {self.n_clusters}.")
+        if init.shape[1] != n_features:
+            raise ValueError(f"The shape of the initial centers {init.shape} does not match the number of "
+                             f"features of the data {n_features}.")
+        if not np.all(np.isfinite(init)):
+            raise ValueError("The initial centers contain NaN or infinity.")
+        return init
+
+    def _check_fitted(self):
+        if not hasattr(self, "cluster_centers_"):
+            raise NotFittedError(f"This {type(self).__name__} instance is not fitted yet. Call 'fit' with "
+                                 "appropriate arguments before using this estimator.")
+
+    def _check_test_X(self, X):
+        self._check_fitted()
+        Xa, lazy = _prepare_X(X)
+        if Xa.shape[1] != self.n_features_in_:
+            raise ValueError(f"X has {Xa.shape[1]} features, but {type(self).__name__} is expecting "
+                             f"{self.n_features_in_} features as input.")
+        return Xa, lazy
+
+    def _blocks(self, Xa, w):
+        from ._driver import make_blocks
+
+        return make_blocks(Xa, w, block_rows=self.block_rows, split_every=self.split_every, client=self.client,
+                           persist=self.persist)
+
+    def _progress(self, total, desc):
+        """A rich progress bar when verbose, else a no-op context."""
+        if not self.verbose:
+            return _NullProgress()
+        return _RichProgress(total, desc, self.client)
+
+    # -------------------------------------------------------------------------------- predict & co
+    def _centers_like(self, X):
+        xp = get_namespace(X)
+        C = self.cluster_centers_.astype(X.dtype, copy=False)
+        return C if not _is_device_array(X) else xp.asarray(C)
+
+    def predict(self, X):
+        """Index of the closest center for each sample (lazy dask array for lazy input)."""
+        Xa, lazy = self._check_test_X(X)
+        if lazy:
+            C = self.cluster_centers_.astype(Xa.dtype, copy=False)
+            return Xa.map_blocks(_predict_block, C, drop_axis=1, dtype=np.int64)
+        labels, _ = assign_labels(Xa, self._centers_like(Xa))
+        return labels
+
+    def transform(self, X):
+        """Euclidean distances to every center, shape (n_samples, n_clusters)."""
+        Xa, lazy = self._check_test_X(X)
+        if lazy:
+            C = self.cluster_centers_.astype(Xa.dtype, copy=False)
+            return Xa.map_blocks(_transform_block, C, chunks=(Xa.chunks[0], (C.shape[0],)), dtype=Xa.dtype)
+        xp = get_namespace(Xa)
+        return xp.sqrt(sq_distances(Xa, self._centers_like(Xa)))
+
+    def fit_predict(self, X, y=None, sample_weight=None):
+        return self.fit(X, sample_weight=sample_weight).labels_
+
+    def fit_transform(self, X, y=None, sample_weight=None):
+        return self.fit(X, sample_weight=sample_weight).transform(X)
+
+    def score(self, X, y=None, sample_weight=None):
+        """Opposite of the inertia of X on the fitted centers (one pass)."""
+        Xa, lazy = self._check_test_X(X)
+        w = _prepare_weight(sample_weight, Xa.shape[0], Xa.dtype, lazy)
+        blocks = self._blocks(Xa, w)
+        try:
+            return -float(final_pass(blocks, self.cluster_centers_)["inertia"])
+        finally:
+            blocks.release()
+
+    def save(self, path, overwrite: bool = True):
+        """Save without pickle (JSON + npz), atomically.  Load with :func:`kmeans_dist.load_model`."""
+        from .io import save_model
+
+        return save_model(self, path, overwrite=overwrite)
+
+    def _set_labels(self, Xa, lazy):
+        if lazy:
+            C = self.cluster_centers_.astype(Xa.dtype, copy=False)
+            self.labels_ = Xa.map_blocks(_predict_block, C, drop_axis=1, dtype=np.int64)
+        else:
+            self.labels_, _ = assign_labels(Xa, self._centers_like(Xa))
+
+    def _warn_distinct(self, counts):
+        n_distinct = int(np.count_nonzero(counts))
+        if n_distinct < self.n_clusters:
+            warnings.warn(f"Number of distinct clusters ({n_distinct}) found smaller than n_clusters "
+                          f"({self.n_clusters}). Possibly due to duplicate points in X.", ConvergenceWarning,
+                          stacklevel=3)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        return tags
+
+
+def _predict_block(x, C):
+    labels, _ = assign_labels(x, C)
+    return labels
+
+
+def _transform_block(x, C):
+    xp = get_namespace(x)
+    return xp.sqrt(sq_distances(x, xp.asarray(C)))
+
+
+class _NullProgress:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
+
+    def update(self, rec):
+        pass
+
+
+class _RichProgress:
+    def __init__(self, total, desc, client):
+        self.total, self.desc, self.client = total, desc, client
+
+    def __enter__(self):
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+        from ._driver import get_client
+
+        c = get_client(self.client)
+        if c is not None and getattr(c, "dashboard_link", None):
+            from rich import print as rprint
+
+            rprint(f"[dim]Dask dashboard: {c.dashboard_link}[/dim]")
+        self.p = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                          TextColumn("inertia {task.fields[inertia]:.6g}"), TimeElapsedColumn(), transient=False)
+        self.p.__enter__()
+        self.t = self.p.add_task(self.desc, total=self.total, inertia=float("nan"))
+        return self
+
+    def __exit__(self, *a):
+        return self.p.__exit__(*a)
+
+    def update(self, rec):
+        self.p.update(self.t, completed=rec["iteration"], inertia=rec.get("inertia", float("nan")))
+
+
+class KMeans(_BaseKMeans):
+    """K-means on chunked data (NumPy, CuPy, dask, xarray or a Zarr store), scikit-learn's API.
+
+    Parameters
+    ----------
+    n_clusters : int, default=8
+    init : {"k-means||", "k-means++", "random", "random-partition"} or array of shape (n_clusters, n_features),
+        default="k-means||".  k-means|| (Bahmani et al. 2012) makes ``init_rounds`` passes over the data;
+        k-means++ is scikit-learn's greedy variant with local trials (two round trips per center).
+    n_init : "auto" or int, default="auto".  Restarts; the lowest inertia is kept.  "auto" is 1 for
+        k-means||, k-means++ and an array, 10 for random and random-partition.
+    max_iter : int, default=300.
+    tol : float, default=1e-4.  Relative to the mean feature variance (as scikit-learn).
+    random_state : int, RandomState, Generator or None.
+    oversampling_factor : float or None.  Candidates per k-means|| round (default 2 * n_clusters).
+    init_rounds : int, default=5.  k-means|| rounds.
+    block_rows : "auto" or int.  Rows per block of the reduction.  The floating-point summation order is
+        fixed by the blocks, so for a given ``block_rows`` results are bit-identical whatever the input
+        chunking and number of workers.  "auto" gives about 32 MiB per block.
+    split_every : int, default=8.  Fan-in of the reduction tree.
+    persist : "auto" or bool.  Keep the blocks in worker memory (auto: if X takes at most half of it),
+        otherwise stream them from the source on every pass.
+    client : distributed.Client or None.  None uses the active client if any, else runs in-process.
+    verbose : int.  Progress bar per iteration (and the Dask dashboard link).
+    callback : callable or None.  Called after every Lloyd iteration with a dict (iteration, centers,
+        inertia, center_shift, seconds, history); returning True stops the iterations.
+
+    Attributes
+    ----------
+    cluster_centers_, labels_ (lazy for lazy input), inertia_, n_iter_, n_features_in_, history_
+    (per-iteration dicts: iteration, inertia, center_shift, seconds), cluster_sizes_.
+    """
+
+    _parameter_constraints = {
+        "init": [Options(str, SEEDING_METHODS), ARRAY_LIKE],
+        "n_init": [Options(str, ("auto",)), Interval(int, 1, None, "left")],
+        "oversampling_factor": [Interval(float, 0, None, "neither"), NONE],
+        "init_rounds": [Interval(int, 1, None, "left")],
+    }
+
+    def __init__(self, n_clusters=8, *, init="k-means||", n_init="auto", max_iter=300, tol=1e-4,
+                 random_state=None, oversampling_factor=None, init_rounds=5, block_rows="auto", split_every=8,
+                 persist="auto", client=None, verbose=0, callback=None):
+        self.n_clusters = n_clusters
+        self.init = init
+        self.n_init = n_init
+        self.max_iter = max_iter
+        self.tol = tol
+        self.random_state = random_state
+        self.oversampling_factor = oversampling_factor
+        self.init_rounds = init_rounds
+        self.block_rows = block_rows
+        self.split_every = split_every
+        self.persist = persist
+        self.client = client
+        self.verbose = verbose
+        self.callback = callback
+
+    def _resolve_n_init(self):
+        if self.n_init != "auto":
+            n = int(self.n_init)
+            if not isinstance(self.init, str) and n != 1:
+                warnings.warn("Explicit initial center position passed: performing only one init in "
+                              f"{type(self).__name__} instead of n_init={n}.", RuntimeWarning, stacklevel=3)
+                n = 1
+            return n
+        if isinstance(self.init, str) and self.init in ("random", "random-partition"):
+            return 10
+        return 1
+
+    def fit(self, X, y=None, sample_weight=None):
+        """Compute k-means clustering.  One pass for moments (and the NaN/inf check), the seeding
+        passes, one pass per Lloyd iteration, one final pass for the exact inertia."""
+        self._validate_params()
+        Xa, lazy = _prepare_X(X)
+        n, d = Xa.shape
+        self._check_n_clusters(n)
+        init = self.init
+        if not isinstance(init, str):
+            init = self._check_init_array(init, d, Xa.dtype)
+        w = _prepare_weight(sample_weight, n, Xa.dtype, lazy)
+        self._n_init = self._resolve_n_init()
+        seed = _seed_from(self.random_state)
+        seeds = np.random.default_rng(seed).integers(0, 2**31 - 1, size=self._n_init)
+        t_start = time.perf_counter()
+        blocks = self._blocks(Xa, w)
+        try:
+            stats = data_stats(blocks)
+            self._tol = float(np.mean(stats["var"]) * self.tol) if self.tol > 0 else 0.0
+            best = None
+            for s in seeds:
+                t0 = time.perf_counter()
+                C0 = init_centers(None, self.n_clusters, init, random_state=int(s), sample_weight=w,
+                                  blocks=blocks, oversampling_factor=self.oversampling_factor,
+                                  init_rounds=self.init_rounds, dtype=Xa.dtype)
+                t_seed = time.perf_counter() - t0
+                with self._progress(self.max_iter, f"k-means k={self.n_clusters}") as bar:
+                    def cb(state, _bar=bar):
+                        _bar.update(state)
+                        return self.callback(state) if self.callback is not None else None
+
+                    res = lloyd_on_blocks(blocks, C0, max_iter=self.max_iter, tol_abs=self._tol, callback=cb)
+                res.seeding_seconds = t_seed
+                if best is None or res.inertia < best.inertia:
+                    best = res
+        finally:
+            blocks.release()
+        self.cluster_centers_ = best.centers
+        self.inertia_ = best.inertia
+        self.n_iter_ = best.n_iter
+        self.history_ = best.history
+        self.cluster_sizes_ = best.counts
+        self.seeding_seconds_ = best.seeding_seconds
+        self.fit_seconds_ = time.perf_counter() - t_start
+        self.n_features_in_ = d
+        self.converged_ = best.converged
+        self._warn_distinct(best.counts)
+        self._set_labels(Xa, lazy)
+        return self
+
+
+class MiniBatchKMeans(_BaseKMeans):
+    """Mini-batch k-means (Sculley 2010, per-center counts as scikit-learn) on chunked data.
+
+    Batches are drawn uniformly with replacement in O(batch_size) per step (sample weights enter the
+    update, not the draw) and fetched from the workers several steps at a time.  ``polish_iter`` full
+    Lloyd passes can follow.  ``partial_fit`` updates from in-memory batches (streams).
+
+    Parameters as scikit-learn's MiniBatchKMeans (n_clusters, init, max_iter, batch_size, verbose,
+    compute_labels, random_state, tol, max_no_improvement, init_size, n_init, reassignment_ratio) plus
+    polish_iter, block_rows, split_every, persist, client, callback (see :class:`KMeans`).
+    """
+
+    _parameter_constraints = {
+        "init": [Options(str, SEEDING_METHODS), ARRAY_LIKE],
+        "n_init": [Options(str, ("auto",)), Interval(int, 1, None, "left")],
+        "batch_size": [Interval(int, 1, None, "left")],
+        "compute_labels": [BOOLEAN],
+        "max_no_improvement": [Interval(int, 0, None, "left"), NONE],
+        "init_size": [Interval(int, 1, None, "left"), NONE],
+        "reassignment_ratio": [Interval(float, 0, None, "left")],
+        "polish_iter": [Interval(int, 0, None, "left")],
+    }
+
+    def __init__(self, n_clusters=8, *, init="k-means++", max_iter=100, batch_size=1024, verbose=0,
+                 compute_labels=True, random_state=None, tol=0.0, max_no_improvement=10, init_size=None,
+                 n_init="auto", reassignment_ratio=0.01, polish_iter=0, block_rows="auto", split_every=8,
+                 persist="auto", client=None, callback=None):
+        self.n_clusters = n_clusters
+        self.init = init
+        self.max_iter = max_iter
+        self.batch_size = batch_size
+        self.verbose = verbose
+        self.compute_labels = compute_labels
+        self.random_state = random_state
+        self.tol = tol
+        self.max_no_improvement = max_no_improvement
+        self.init_size = init_size
+        self.n_init = n_init
+        self.reassignment_ratio = reassignment_ratio
+        self.polish_iter = polish_iter
+        self.block_rows = block_rows
+        self.split_every = split_every
+        self.persist = persist
+        self.client = client
+        self.callback = callback
+
+    def _resolve(self, n):
+        self._batch_size = min(self.batch_size, n)
+        init_size = self.init_size if self.init_size is not None else 3 * self._batch_size
+        if init_size < self.n_clusters:
+            init_size = 3 * self.n_clusters
+        self._init_size = min(init_size, n)
+        if self.n_init == "auto":
+            self._n_init = 1 if (not isinstance(self.init, str) or self.init in ("k-means++", "k-means||")) else 3
+        else:
+            self._n_init = 1 if not isinstance(self.init, str) else int(self.n_init)
+
+    def _init_on_sample(self, blocks, init, rng, seed):
+        """Seed on a random subset of ``init_size`` rows (as scikit-learn); best of n_init on it."""
+        from .kernels import kmeans_plusplus
+        from .lloyd import fetch_rows
+
+        if not isinstance(init, str):
+            return init
+        if init == "k-means||":
+            return init_centers(None, self.n_clusters, init, random_state=seed, blocks=blocks, dtype=blocks.dtype)
+        idx = rng.choice(blocks.n_samples, size=self._init_size, replace=False)
+        S, _ = fetch_rows(blocks, np.sort(idx))
+        best, best_in = None, np.inf
+        for _ in range(self._n_init):
+            if init == "k-means++":
+                C, _ = kmeans_plusplus(S, self.n_clusters, rng)
+            elif init == "random":
+                C = S[rng.choice(S.shape[0], size=self.n_clusters, replace=False)]
+            else:  # random-partition on the sample
+                lab = rng.integers(0, self.n_clusters, size=S.shape[0])
+                C = np.stack([S[lab == j].mean(axis=0) if np.any(lab == j) else S[j] for j in range(self.n_clusters)])
+            inertia = lloyd_partial(S, None, C.astype(S.dtype), n_far=0)["inertia"]
+            if inertia < best_in:
+                best, best_in = C, inertia
+        return np.asarray(best, dtype=blocks.dtype)
+
+    def fit(self, X, y=None, sample_weight=None):
+        self._validate_params()
+        Xa, lazy = _prepare_X(X)
+        n, d = Xa.shape
+        self._check_n_clusters(n)
+        self._resolve(n)
+        init = self.init if isinstance(self.init, str) else self._check_init_array(self.init, d, Xa.dtype)
+        w = _prepare_weight(sample_weight, n, Xa.dtype, lazy)
+        seed = _seed_from(self.random_state)
+        rng = np.random.default_rng(seed)
+        t_start = time.perf_counter()
+        blocks = self._blocks(Xa, w)
+        try:
+            stats = data_stats(blocks)
+            self._tol = float(np.mean(stats["var"]) * self.tol) if self.tol > 0 else 0.0
+            C0 = self._init_on_sample(blocks, init, rng, seed)
+            n_steps = max(1, (self.max_iter * n) // self._batch_size)
+            with self._progress(n_steps, f"mini-batch k={self.n_clusters}") as bar:
+                def cb(state):
+                    bar.update(state)
+                    return self.callback(state) if self.callback is not None else None
+
+                C, W, steps, hist, conv = minibatch_on_blocks(
+                    blocks, C0, batch_size=self._batch_size, max_iter=self.max_iter, tol_abs=self._tol,
+                    max_no_improvement=self.max_no_improvement, reassignment_ratio=self.reassignment_ratio,
+                    rng=rng, callback=cb)
+            self.n_steps_ = steps
+            self.history_ = hist
+            if self.polish_iter:
+                res = lloyd_on_blocks(blocks, C, max_iter=self.polish_iter, tol_abs=0.0, final=False)
+                C = res.centers
+                self.polish_history_ = res.history
+            f = final_pass(blocks, C)
+        finally:
+            blocks.release()
+        self.cluster_centers_ = C
+        self._counts = W
+        self.inertia_ = float(f["inertia"])
+        self.cluster_sizes_ = f["count"]
+        self.n_iter_ = int(np.ceil(steps * self._batch_size / n))
+        self.n_features_in_ = d
+        self.converged_ = conv
+        self.fit_seconds_ = time.perf_counter() - t_start
+        if self.compute_labels:
+            self._set_labels(Xa, lazy)
+        return self
+
+    def partial_fit(self, X, y=None, sample_weight=None):
+        """Update the centers with one in-memory mini-batch (the first call seeds on it)."""
+        first = not hasattr(self, "cluster_centers_")
+        if first:
+            self._validate_params()
+        Xa, lazy = _prepare_X(X)
+        if lazy:
+            Xa = np.asarray(Xa.compute())
+        n, d = Xa.shape
+        w = _prepare_weight(sample_weight, n, Xa.dtype, False)
+        if first:
+            self._check_n_clusters(n)
+            self._resolve(n)
+            self._rng = np.random.default_rng(_seed_from(self.random_state))
+            init = self.init if isinstance(self.init, str) else self._check_init_array(self.init, d, Xa.dtype)
+            if isinstance(init, str):
+                from ._driver import LocalBlocks
+
+                self._init_size = min(self._init_size, n)
+                init = self._init_on_sample(LocalBlocks(Xa, None, n), init, self._rng, _seed_from(self.random_state))
+            self.cluster_centers_ = np.asarray(init, dtype=Xa.dtype)
+            self._counts = np.zeros(self.n_clusters)
+            self._n_since_last_reassign = 0
+            self.n_steps_ = 0
+            self.n_features_in_ = d
+        elif d != self.n_features_in_:
+            raise ValueError(f"X has {d} features, but MiniBatchKMeans is expecting {self.n_features_in_} "
+                             "features as input.")
+        self._n_since_last_reassign += self._batch_size
+        rr = bool((self._counts == 0).any() or self._n_since_last_reassign >= 10 * self.n_clusters)
+        if rr:
+            self._n_since_last_reassign = 0
+        C, W, _, _ = minibatch_step(Xa, w, self.cluster_centers_, self._counts, self._rng,
+                                    reassignment_ratio=self.reassignment_ratio, random_reassign=rr)
+        self.cluster_centers_, self._counts = C, W
+        self.n_steps_ += 1
+        if self.compute_labels:
+            p = lloyd_partial(Xa, w, C.astype(Xa.dtype), n_far=0, exact_inertia=True, return_labels=True)
+            self.labels_, self.inertia_ = p["labels"], p["inertia"]
+        return self

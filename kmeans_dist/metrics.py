@@ -1,0 +1,849 @@
+"""Clustering metrics computed over chunks on Dask, equal to scikit-learn's on in-memory data.
+
+Every public function accepts NumPy, dask, xarray or a Zarr store path for ``X`` (through
+:func:`kmeans_dist.data.as_dask_array`) and for labels (through
+:func:`kmeans_dist.data.as_labels_array`), and runs on whatever Dask scheduler is active (a
+``distributed.Client`` if one is the default, the threaded scheduler otherwise).
+
+How the work is laid out:
+
+- each chunk of rows produces a small *partial* (a dict of host NumPy arrays: per-cluster counts,
+  sums, squared-error sums, ...), and partials are merged by a tree reduction
+  (:func:`_tree_reduce`, ``split_every`` partials per node), so no task ever holds more than one
+  chunk of X plus a few partials;
+- metrics without labels need at most two passes over X: one for per-cluster counts and sums (the
+  centroids), one for the distances to the centroids (inertia, Calinski-Harabasz and
+  Davies-Bouldin all come from that pair of passes);
+- labelled metrics all derive from one distributed *contingency table* (one pass over the two label
+  vectors), then are computed on the small table on the client exactly as scikit-learn computes
+  them;
+- the exact silhouette is O(n^2): it is done over pairs of chunks ``(i, j)``, ``i <= j``, each task
+  holding two chunks and computing Euclidean distances by GEMM (``||x||^2 + ||y||^2 - 2 x.y``,
+  clipped at zero, then the square root, as scikit-learn), accumulating per-row per-cluster
+  distance sums in float64.  The symmetric block is used twice (rows of ``i`` against clusters of
+  ``j`` and the transpose), so each distance is computed once.  No n x n matrix ever exists.
+
+Metric names follow scikit-learn (``silhouette_score``, ``silhouette_samples``,
+``calinski_harabasz_score``, ``davies_bouldin_score``, ``adjusted_rand_score``,
+``normalized_mutual_info_score``, ``homogeneity_completeness_v_measure``, ...), plus
+``clustering_accuracy`` (ACC, best one-to-one matching by the Hungarian algorithm), ``purity_score``
+and ``inertia``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .data import as_dask_array, as_labels_array
+
+__all__ = [
+    "inertia",
+    "calinski_harabasz_score",
+    "davies_bouldin_score",
+    "silhouette_samples",
+    "silhouette_score",
+    "silhouette_estimate",
+    "SilhouetteEstimate",
+    "silhouette_per_cluster",
+    "cluster_statistics",
+    "contingency_matrix",
+    "Contingency",
+    "adjusted_rand_score",
+    "normalized_mutual_info_score",
+    "mutual_info_score",
+    "homogeneity_completeness_v_measure",
+    "homogeneity_score",
+    "completeness_score",
+    "v_measure_score",
+    "clustering_accuracy",
+    "purity_score",
+    "clustering_report",
+    "check_number_of_labels",
+]
+
+SPLIT_EVERY = 8
+# elements of one float64 distance sub-block inside a silhouette pair task (2**23 * 8 B = 64 MiB)
+PAIR_BLOCK_ELEMS = 2**23
+# rows of one sub-block in the per-chunk passes (bounds the float64 temporaries)
+SUB_ROWS = 4096
+
+
+# --------------------------------------------------------------------------------------------------
+# plumbing: inputs, tree reductions
+# --------------------------------------------------------------------------------------------------
+
+def check_number_of_labels(n_labels: int, n_samples: int) -> None:
+    """Raise scikit-learn's error unless ``2 <= n_labels <= n_samples - 1``."""
+    if not 1 < n_labels < n_samples:
+        raise ValueError(
+            "Number of labels is %d. Valid values are 2 to n_samples - 1 (inclusive)" % n_labels
+        )
+
+
+def _inputs(X, labels):
+    """X as a 2-D float dask array, labels as a 1-D dask array chunked like X's rows."""
+    Xd = as_dask_array(X)
+    y = as_labels_array(labels, Xd.shape[0])
+    if y.chunks[0] != Xd.chunks[0]:
+        y = y.rechunk((Xd.chunks[0],))
+    return Xd, y
+
+
+def _labels_pair(labels_true, labels_pred):
+    yt = as_labels_array(labels_true, name="labels_true")
+    yp = as_labels_array(labels_pred, name="labels_pred")
+    if yt.shape[0] != yp.shape[0]:
+        raise ValueError(
+            "Found input variables with inconsistent numbers of samples: "
+            f"[{yt.shape[0]}, {yp.shape[0]}] (labels_true, labels_pred)"
+        )
+    if yp.chunks[0] != yt.chunks[0]:
+        yp = yp.rechunk((yt.chunks[0],))
+    return yt, yp
+
+
+def _blocks(a):
+    """The row blocks of a dask array as a list of Delayed (2-D arrays must have one column block)."""
+    d = a.to_delayed()
+    return list(d[:, 0]) if a.ndim == 2 else list(d)
+
+
+def _tree_reduce(parts: list, combine, split_every: int = SPLIT_EVERY):
+    """Merge Delayed partials with ``combine(list) -> partial`` as a tree (``split_every`` per node)."""
+    from dask import delayed
+
+    comb = delayed(combine, pure=True)
+    s = max(int(split_every), 2)
+    parts = list(parts)
+    if len(parts) == 1:
+        return comb(parts)
+    while len(parts) > 1:
+        parts = [comb(parts[i:i + s]) for i in range(0, len(parts), s)]
+    return parts[0]
+
+
+def _compute(*objs):
+    import dask
+
+    return dask.compute(*objs)
+
+
+def _offsets(chunks) -> list[int]:
+    return [0] + list(np.cumsum(chunks)[:-1].astype(int))
+
+
+# --------------------------------------------------------------------------------------------------
+# label encoding: one pass for the unique values and their counts
+# --------------------------------------------------------------------------------------------------
+
+def _unique_chunk(y):
+    u, c = np.unique(np.asarray(y), return_counts=True)
+    return {"values": u, "counts": c.astype(np.int64)}
+
+
+def _unique_combine(parts):
+    vals = np.concatenate([p["values"] for p in parts])
+    cnts = np.concatenate([p["counts"] for p in parts])
+    u, inv = np.unique(vals, return_inverse=True)
+    c = np.zeros(len(u), dtype=np.int64)
+    np.add.at(c, inv.ravel(), cnts)
+    return {"values": u, "counts": c}
+
+
+def _label_counts(y):
+    """(unique label values, their counts) of a 1-D dask array, in one pass."""
+    from dask import delayed
+
+    parts = [delayed(_unique_chunk, pure=True)(b) for b in _blocks(y)]
+    (res,) = _compute(_tree_reduce(parts, _unique_combine))
+    return res["values"], res["counts"]
+
+
+def _encode_block(y, classes):
+    return np.searchsorted(classes, np.asarray(y)).astype(np.int64)
+
+
+def _encode(y, classes):
+    """Codes 0..k-1 of a labels dask array given its sorted unique values (lazy, chunk by chunk)."""
+    return y.map_blocks(_encode_block, classes, dtype=np.int64)
+
+
+@dataclass
+class _Encoded:
+    X: object          # dask (n, d)
+    codes: object      # dask (n,) int64 codes 0..k-1, chunked like X
+    classes: np.ndarray
+    counts: np.ndarray
+
+    @property
+    def k(self) -> int:
+        return len(self.classes)
+
+    @property
+    def n(self) -> int:
+        return int(self.X.shape[0])
+
+
+def _prepare(X, labels, check_labels: bool = True) -> _Encoded:
+    Xd, y = _inputs(X, labels)
+    classes, counts = _label_counts(y)
+    if check_labels:
+        check_number_of_labels(len(classes), Xd.shape[0])
+    return _Encoded(Xd, _encode(y, classes), classes, counts)
+
+
+# --------------------------------------------------------------------------------------------------
+# per-cluster statistics (centroids; squared errors and distances to given centers)
+# --------------------------------------------------------------------------------------------------
+
+def _onehot_matrix(codes, k):
+    import scipy.sparse as sp
+
+    m = codes.shape[0]
+    return sp.csr_matrix((np.ones(m, dtype=np.float64), (codes, np.arange(m))), shape=(k, m))
+
+
+def _sums_chunk(x, codes, k):
+    x64 = np.asarray(x, dtype=np.float64)
+    codes = np.asarray(codes)
+    return {"sum": np.asarray(_onehot_matrix(codes, k) @ x64),
+            "count": np.bincount(codes, minlength=k).astype(np.int64)}
+
+
+def _sum_dicts(parts):
+    out = {key: np.array(v, copy=True) for key, v in parts[0].items()}
+    for p in parts[1:]:
+        for key in out:
+            out[key] += p[key]
+    return out
+
+
+def _within_chunk(x, codes, centers, k):
+    """Per-cluster sum of squared and of plain Euclidean distances to ``centers[codes]``
+    (direct differences in float64: no cancellation)."""
+    codes = np.asarray(codes)
+    sse = np.zeros(k)
+    sdist = np.zeros(k)
+    for s in range(0, x.shape[0], SUB_ROWS):
+        c = codes[s:s + SUB_ROWS]
+        diff = np.asarray(x[s:s + SUB_ROWS], dtype=np.float64) - centers[c]
+        sq = np.einsum("ij,ij->i", diff, diff)
+        sse += np.bincount(c, weights=sq, minlength=k)
+        sdist += np.bincount(c, weights=np.sqrt(sq), minlength=k)
+    return {"sse": sse, "dist": sdist}
+
+
+def _centroids(enc: _Encoded):
+    from dask import delayed
+
+    parts = [delayed(_sums_chunk, pure=True)(x, c, enc.k)
+             for x, c in zip(_blocks(enc.X), _blocks(enc.codes))]
+    (res,) = _compute(_tree_reduce(parts, _sum_dicts))
+    return res["sum"], res["count"]
+
+
+def _within(enc: _Encoded, centers):
+    from dask import delayed
+
+    C = delayed(np.asarray(centers, dtype=np.float64), pure=True)
+    parts = [delayed(_within_chunk, pure=True)(x, c, C, enc.k)
+             for x, c in zip(_blocks(enc.X), _blocks(enc.codes))]
+    (res,) = _compute(_tree_reduce(parts, _sum_dicts))
+    return res["sse"], res["dist"]
+
+
+def cluster_statistics(X, labels, *, check_labels: bool = False) -> dict:
+    """Per-cluster statistics in two passes over X.
+
+    Returns a dict: ``labels`` (the sorted unique label values), ``size`` (points per cluster),
+    ``centroid`` (k, d) float64 means, ``sse`` (sum of squared distances to the centroid),
+    ``mean_distance`` (mean Euclidean distance to the centroid), ``mean`` (the global mean),
+    ``n_samples``.  Everything the label-free metrics other than silhouette need.
+    """
+    enc = _prepare(X, labels, check_labels=check_labels)
+    return _stats_from_encoded(enc)
+
+
+def _stats_from_encoded(enc: _Encoded) -> dict:
+    sums, counts = _centroids(enc)
+    centroids = sums / counts[:, None]
+    sse, sdist = _within(enc, centroids)
+    return {
+        "labels": enc.classes,
+        "size": counts,
+        "centroid": centroids,
+        "sse": sse,
+        "mean_distance": sdist / counts,
+        "mean": sums.sum(axis=0) / enc.n,
+        "n_samples": enc.n,
+    }
+
+
+# --------------------------------------------------------------------------------------------------
+# inertia, Calinski-Harabasz, Davies-Bouldin
+# --------------------------------------------------------------------------------------------------
+
+def _nearest_chunk(x, centers):
+    from .kernels import assign_labels
+
+    lab, _ = assign_labels(np.asarray(x), centers.astype(x.dtype, copy=False))
+    diff = np.asarray(x, dtype=np.float64) - centers[lab]
+    return {"sse": np.array([np.einsum("ij,ij->", diff, diff)])}
+
+
+def inertia(X, labels=None, centers=None) -> float:
+    """Sum of squared Euclidean distances of the samples to their cluster's center.
+
+    - ``labels`` only: the centers are the cluster means (the within-cluster sum of squares
+      ``W_k`` of the gap statistic); two passes over X.
+    - ``centers`` only: every sample goes to its nearest center (as ``KMeans.inertia_``); one pass.
+    - both: distances to ``centers[labels]`` where labels are codes 0..k-1 into ``centers``.
+
+    Distances are computed by direct differences in float64.
+    """
+    from dask import delayed
+
+    if labels is None and centers is None:
+        raise ValueError("inertia needs labels, centers, or both")
+    if labels is None:
+        Xd = as_dask_array(X)
+        C = np.asarray(centers, dtype=np.float64)
+        if C.ndim != 2 or C.shape[1] != Xd.shape[1]:
+            raise ValueError(f"centers must have shape (k, {Xd.shape[1]}), got {C.shape}")
+        Cd = delayed(C, pure=True)
+        parts = [delayed(_nearest_chunk, pure=True)(x, Cd) for x in _blocks(Xd)]
+        (res,) = _compute(_tree_reduce(parts, _sum_dicts))
+        return float(res["sse"][0])
+    if centers is None:
+        enc = _prepare(X, labels, check_labels=False)
+        sums, counts = _centroids(enc)
+        sse, _ = _within(enc, sums / counts[:, None])
+        return float(sse.sum())
+    Xd, y = _inputs(X, labels)
+    C = np.asarray(centers, dtype=np.float64)
+    if C.ndim != 2 or C.shape[1] != Xd.shape[1]:
+        raise ValueError(f"centers must have shape (k, {Xd.shape[1]}), got {C.shape}")
+    enc = _Encoded(Xd, y.astype(np.int64), np.arange(C.shape[0]), np.zeros(C.shape[0], np.int64))
+    sse, _ = _within(enc, C)
+    return float(sse.sum())
+
+
+def _ch_from_stats(st: dict) -> float:
+    n, k = st["n_samples"], len(st["size"])
+    extra = float(np.sum(st["size"] * np.sum((st["centroid"] - st["mean"]) ** 2, axis=1)))
+    intra = float(np.sum(st["sse"]))
+    return float(1.0 if intra == 0.0 else extra * (n - k) / (intra * (k - 1.0)))
+
+
+def _db_from_stats(st: dict) -> float:
+    intra = np.asarray(st["mean_distance"], dtype=np.float64)
+    C = st["centroid"]
+    diff = C[:, None, :] - C[None, :, :]
+    cdist = np.sqrt(np.einsum("ijk,ijk->ij", diff, diff))
+    if np.all(np.isclose(intra, 0.0)) or np.all(np.isclose(cdist, 0.0)):
+        return 0.0
+    cdist[cdist == 0] = np.inf
+    combined = intra[:, None] + intra
+    return float(np.mean(np.max(combined / cdist, axis=1)))
+
+
+def calinski_harabasz_score(X, labels) -> float:
+    """Calinski-Harabasz score (variance ratio criterion), as ``sklearn.metrics``; two passes."""
+    enc = _prepare(X, labels)
+    return _ch_from_stats(_stats_from_encoded(enc))
+
+
+def davies_bouldin_score(X, labels) -> float:
+    """Davies-Bouldin score (lower is better), as ``sklearn.metrics``; two passes."""
+    enc = _prepare(X, labels)
+    return _db_from_stats(_stats_from_encoded(enc))
+
+
+# --------------------------------------------------------------------------------------------------
+# silhouette, exact: blockwise over pairs of chunks
+# --------------------------------------------------------------------------------------------------
+
+def _onehot_dense(codes, k):
+    O = np.zeros((codes.shape[0], k), dtype=np.float64)
+    O[np.arange(codes.shape[0]), codes] = 1.0
+    return O
+
+
+def _gemm_dtype(x, precision):
+    if precision == "float64":
+        return np.float64
+    if precision == "float32":
+        return np.float32
+    return np.float64 if np.asarray(x).dtype == np.float64 else np.float32
+
+
+def _sil_pair(xi, ci, xj, cj, k, same, precision):
+    """Per-row per-cluster Euclidean distance sums for the block pair (i, j).
+
+    Returns ``(S_i, S_j)``: ``S_i[r, c]`` = sum of distances from row r of block i to the rows of
+    block j in cluster c; ``S_j`` the same for the rows of j against block i (None when i == j).
+    """
+    xi = np.asarray(xi)
+    xj = np.asarray(xj)
+    ci = np.asarray(ci)
+    cj = np.asarray(cj)
+    gt = _gemm_dtype(xi, precision)
+    xi_g = xi.astype(gt, copy=False)
+    xj_g = xj.astype(gt, copy=False)
+    xi_sq = np.einsum("ij,ij->i", xi.astype(np.float64), xi.astype(np.float64))
+    xj_sq = np.einsum("ij,ij->i", xj.astype(np.float64), xj.astype(np.float64))
+    Oj = _onehot_dense(cj, k)
+    Oi = None if same else _onehot_dense(ci, k)
+    ni, nj = xi.shape[0], xj.shape[0]
+    Si = np.zeros((ni, k))
+    Sj = None if same else np.zeros((nj, k))
+    sub = int(max(16, min(ni, PAIR_BLOCK_ELEMS // max(nj, 1))))
+    for s in range(0, ni, sub):
+        e = min(s + sub, ni)
+        G = xi_g[s:e] @ xj_g.T
+        D = np.multiply(G, -2.0, dtype=np.float64)
+        D += xi_sq[s:e, None]
+        D += xj_sq[None, :]
+        np.maximum(D, 0.0, out=D)
+        np.sqrt(D, out=D)
+        if same:  # distance of a sample to itself is exactly 0, as scikit-learn sets it
+            r = np.arange(e - s)
+            D[r, s + r] = 0.0
+        Si[s:e] = D @ Oj
+        if not same:
+            Sj += D.T @ Oi[s:e]
+    return Si, Sj
+
+
+def _add_arrays(parts):
+    out = np.array(parts[0], copy=True)
+    for p in parts[1:]:
+        out += p
+    return out
+
+
+def _sil_from_sums(S, codes, counts):
+    """scikit-learn's silhouette from per-cluster distance sums (nan -> 0 for singletons)."""
+    codes = np.asarray(codes)
+    n = codes.shape[0]
+    S = np.array(S, dtype=np.float64, copy=True)
+    rows = np.arange(n)
+    intra = S[rows, codes]
+    S[rows, codes] = np.inf
+    S /= counts
+    inter = S.min(axis=1)
+    denom = (counts - 1).take(codes, mode="clip")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        intra = intra / denom
+        sil = inter - intra
+        sil /= np.maximum(intra, inter)
+    return np.nan_to_num(sil)
+
+
+def _silhouette_blocks(enc: _Encoded, precision: str = "auto", split_every: int = SPLIT_EVERY):
+    """Lazy silhouette values as a list of (Delayed block, n_rows)."""
+    from dask import delayed
+
+    xb = _blocks(enc.X)
+    cb = _blocks(enc.codes)
+    m = len(xb)
+    k = enc.k
+    contrib = [[] for _ in range(m)]
+    pair = delayed(_sil_pair, pure=True, nout=2)
+    for i in range(m):
+        for j in range(i, m):
+            Si, Sj = pair(xb[i], cb[i], xb[j], cb[j], k, i == j, precision)
+            contrib[i].append(Si)
+            if j != i:
+                contrib[j].append(Sj)
+    counts = delayed(np.asarray(enc.counts, dtype=np.float64), pure=True)
+    out = []
+    for i in range(m):
+        S = _tree_reduce(contrib[i], _add_arrays, split_every)
+        out.append((delayed(_sil_from_sums, pure=True)(S, cb[i], counts), enc.X.chunks[0][i]))
+    return out
+
+
+def silhouette_samples(X, labels, *, metric: str = "euclidean", precision: str = "auto"):
+    """Silhouette coefficient of every sample (exact), as ``sklearn.metrics.silhouette_samples``.
+
+    O(n^2) distances, computed blockwise over pairs of chunks (each task holds two chunks).
+    ``precision``: ``"auto"`` computes the distance GEMM in the data's dtype (float32 data stays
+    float32 in the GEMM, float64 in norms and sums), ``"float64"`` upcasts (slower, closest to
+    scikit-learn, which upcasts float32 chunks), ``"float32"`` forces float32.
+
+    Returns a NumPy array for NumPy input, a lazy dask array otherwise.
+    """
+    import dask.array as da
+
+    _check_metric(metric)
+    enc = _prepare(X, labels)
+    blocks = _silhouette_blocks(enc, precision)
+    arr = da.concatenate([da.from_delayed(b, shape=(n,), dtype=np.float64) for b, n in blocks])
+    if isinstance(X, np.ndarray):
+        return arr.compute()
+    return arr
+
+
+def _check_metric(metric):
+    if metric != "euclidean":
+        raise ValueError(f"Only metric='euclidean' is supported on chunked data, got {metric!r}")
+
+
+def silhouette_score(X, labels, *, metric: str = "euclidean", sample_size: int | None = None,
+                     random_state=None, precision: str = "auto") -> float:
+    """Mean silhouette coefficient, exact, as ``sklearn.metrics.silhouette_score``.
+
+    With ``sample_size``, scikit-learn's semantics: the silhouette *of the subsample* drawn by
+    ``check_random_state(random_state).permutation(n)[:sample_size]`` (same draw, same value).
+    For an estimate of the full-data silhouette with a confidence interval see
+    :func:`silhouette_estimate`.
+    """
+    from dask import delayed
+
+    _check_metric(metric)
+    if sample_size is not None:
+        from sklearn.utils import check_random_state
+
+        Xd, y = _inputs(X, labels)
+        idx = check_random_state(random_state).permutation(Xd.shape[0])[:sample_size]
+        X = Xd[idx]
+        labels = y[idx]
+    enc = _prepare(X, labels)
+    blocks = _silhouette_blocks(enc, precision)
+
+    def _part(s):
+        return {"sum": np.array([np.sum(s)])}
+
+    parts = [delayed(_part, pure=True)(b) for b, _ in blocks]
+    (res,) = _compute(_tree_reduce(parts, _sum_dicts))
+    return float(res["sum"][0] / enc.n)
+
+
+def silhouette_per_cluster(X, labels, *, precision: str = "auto"):
+    """Per-cluster silhouette means and sizes (exact) as an ``xarray.Dataset`` over ``cluster``.
+
+    Variables: ``size``, ``silhouette`` (mean over the cluster's samples), ``silhouette_min``,
+    ``silhouette_max``; attribute ``silhouette_score`` (the overall mean).
+    """
+    import xarray as xr
+    from dask import delayed
+
+    enc = _prepare(X, labels)
+    blocks = _silhouette_blocks(enc, precision)
+    k = enc.k
+
+    def _part(s, codes):
+        codes = np.asarray(codes)
+        mn = np.full(k, np.inf)
+        mx = np.full(k, -np.inf)
+        np.minimum.at(mn, codes, s)
+        np.maximum.at(mx, codes, s)
+        return {"sum": np.bincount(codes, weights=s, minlength=k), "min": mn, "max": mx}
+
+    def _comb(parts):
+        return {"sum": np.sum([p["sum"] for p in parts], axis=0),
+                "min": np.min([p["min"] for p in parts], axis=0),
+                "max": np.max([p["max"] for p in parts], axis=0)}
+
+    cb = _blocks(enc.codes)
+    parts = [delayed(_part, pure=True)(b, c) for (b, _), c in zip(blocks, cb)]
+    (res,) = _compute(_tree_reduce(parts, _comb))
+    return xr.Dataset(
+        {"size": ("cluster", enc.counts), "silhouette": ("cluster", res["sum"] / enc.counts),
+         "silhouette_min": ("cluster", res["min"]), "silhouette_max": ("cluster", res["max"])},
+        coords={"cluster": enc.classes},
+        attrs={"silhouette_score": float(res["sum"].sum() / enc.n), "n_samples": enc.n},
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# silhouette, estimated from a seeded sample, with a confidence interval
+# --------------------------------------------------------------------------------------------------
+
+@dataclass
+class SilhouetteEstimate:
+    """Estimate of the mean silhouette of the full data from a uniform sample without replacement.
+
+    Each sampled point's silhouette is exact (distances to *all* n points), so ``score`` is an
+    unbiased estimate of ``silhouette_score(X, labels)``; ``std_error`` includes the finite
+    population correction; ``ci`` is the normal-approximation interval at ``confidence``.
+    """
+
+    score: float
+    std_error: float
+    ci: tuple
+    confidence: float
+    n_sampled: int
+    n_samples: int
+    values: np.ndarray
+    indices: np.ndarray
+
+
+def _sample_sums_chunk(x, codes, offset, sample, sample_idx, k, precision):
+    x = np.asarray(x)
+    codes = np.asarray(codes)
+    gt = _gemm_dtype(x, precision)
+    s64 = np.asarray(sample, dtype=np.float64)
+    s_sq = np.einsum("ij,ij->i", s64, s64)
+    x64 = x.astype(np.float64)
+    x_sq = np.einsum("ij,ij->i", x64, x64)
+    D = np.multiply(np.asarray(sample).astype(gt) @ x.astype(gt).T, -2.0, dtype=np.float64)
+    D += s_sq[:, None]
+    D += x_sq[None, :]
+    np.maximum(D, 0.0, out=D)
+    np.sqrt(D, out=D)
+    local = np.asarray(sample_idx) - offset
+    hit = np.flatnonzero((local >= 0) & (local < x.shape[0]))
+    D[hit, local[hit]] = 0.0
+    return {"sum": D @ _onehot_dense(codes, k)}
+
+
+def silhouette_estimate(X, labels, *, n_sampled: int = 2000, random_state=0,
+                        confidence: float = 0.95, precision: str = "auto") -> SilhouetteEstimate:
+    """Estimate ``silhouette_score(X, labels)`` from ``n_sampled`` points drawn without replacement.
+
+    One pass over X: each chunk computes the distances from the (small) sample to its rows and
+    their per-cluster sums; the sums are merged by a tree reduction.  Cost O(n_sampled * n).
+    """
+    from dask import delayed
+    from scipy.stats import norm
+
+    enc = _prepare(X, labels)
+    n = enc.n
+    m = int(min(n_sampled, n))
+    rng = np.random.default_rng(random_state)
+    idx = np.sort(rng.choice(n, size=m, replace=False))
+    sample, scodes = _compute(enc.X[idx], enc.codes[idx])
+    S_d = delayed(np.asarray(sample), pure=True)
+    I_d = delayed(idx, pure=True)
+    offs = _offsets(enc.X.chunks[0])
+    parts = [delayed(_sample_sums_chunk, pure=True)(x, c, o, S_d, I_d, enc.k, precision)
+             for x, c, o in zip(_blocks(enc.X), _blocks(enc.codes), offs)]
+    (res,) = _compute(_tree_reduce(parts, _sum_dicts))
+    vals = _sil_from_sums(res["sum"], scodes, enc.counts.astype(np.float64))
+    mean = float(vals.mean())
+    sd = float(vals.std(ddof=1)) if m > 1 else 0.0
+    fpc = math.sqrt((n - m) / (n - 1)) if n > 1 else 0.0
+    se = sd / math.sqrt(m) * fpc
+    z = float(norm.ppf(0.5 + confidence / 2))
+    return SilhouetteEstimate(mean, se, (mean - z * se, mean + z * se), confidence, m, n, vals, idx)
+
+
+# --------------------------------------------------------------------------------------------------
+# labelled metrics: one distributed contingency table
+# --------------------------------------------------------------------------------------------------
+
+@dataclass
+class Contingency:
+    """Contingency table ``table[i, j]`` = samples of class ``classes[i]`` in cluster ``clusters[j]``."""
+
+    table: np.ndarray
+    classes: np.ndarray
+    clusters: np.ndarray
+
+    @property
+    def n_samples(self) -> int:
+        return int(self.table.sum())
+
+
+def _cont_chunk(t, p):
+    t = np.asarray(t)
+    p = np.asarray(p)
+    ut, it = np.unique(t, return_inverse=True)
+    up, ip = np.unique(p, return_inverse=True)
+    pairs, cnt = np.unique(it.ravel().astype(np.int64) * len(up) + ip.ravel(), return_counts=True)
+    return {"classes": ut, "clusters": up, "ti": pairs // len(up), "pi": pairs % len(up),
+            "count": cnt.astype(np.int64)}
+
+
+def _cont_combine(parts):
+    ut = np.unique(np.concatenate([p["classes"] for p in parts]))
+    up = np.unique(np.concatenate([p["clusters"] for p in parts]))
+    ti = np.concatenate([np.searchsorted(ut, p["classes"][p["ti"]]) for p in parts])
+    pi = np.concatenate([np.searchsorted(up, p["clusters"][p["pi"]]) for p in parts])
+    cnt = np.concatenate([p["count"] for p in parts])
+    pairs, inv = np.unique(ti * len(up) + pi, return_inverse=True)
+    c = np.zeros(len(pairs), dtype=np.int64)
+    np.add.at(c, inv.ravel(), cnt)
+    return {"classes": ut, "clusters": up, "ti": pairs // len(up), "pi": pairs % len(up), "count": c}
+
+
+def contingency_matrix(labels_true, labels_pred) -> Contingency:
+    """The contingency table of two labelings, in one pass (sparse partials merged as a tree)."""
+    from dask import delayed
+
+    if isinstance(labels_true, Contingency):
+        return labels_true
+    yt, yp = _labels_pair(labels_true, labels_pred)
+    parts = [delayed(_cont_chunk, pure=True)(a, b) for a, b in zip(_blocks(yt), _blocks(yp))]
+    (res,) = _compute(_tree_reduce(parts, _cont_combine))
+    table = np.zeros((len(res["classes"]), len(res["clusters"])), dtype=np.int64)
+    table[res["ti"], res["pi"]] = res["count"]
+    return Contingency(table, res["classes"], res["clusters"])
+
+
+def _table(labels_true, labels_pred, contingency) -> Contingency:
+    if contingency is not None:
+        if isinstance(contingency, Contingency):
+            return contingency
+        t = np.asarray(contingency, dtype=np.int64)
+        return Contingency(t, np.arange(t.shape[0]), np.arange(t.shape[1]))
+    return contingency_matrix(labels_true, labels_pred)
+
+
+def _entropy_counts(counts) -> float:
+    pi = np.asarray(counts, dtype=np.float64)
+    pi = pi[pi > 0]
+    if pi.size == 0:
+        return 1.0
+    if pi.size == 1:
+        return 0.0
+    pi_sum = np.sum(pi)
+    return float(-np.sum((pi / pi_sum) * (np.log(pi) - math.log(pi_sum))))
+
+
+def _mi_from_table(table) -> float:
+    nzx, nzy = np.nonzero(table)
+    nz_val = table[nzx, nzy].astype(np.float64)
+    contingency_sum = float(table.sum())
+    pi = table.sum(axis=1)
+    pj = table.sum(axis=0)
+    if pi.size == 1 or pj.size == 1:
+        return 0.0
+    log_contingency_nm = np.log(nz_val)
+    contingency_nm = nz_val / contingency_sum
+    outer = pi.take(nzx).astype(np.int64) * pj.take(nzy).astype(np.int64)
+    log_outer = -np.log(outer) + math.log(pi.sum()) + math.log(pj.sum())
+    mi = contingency_nm * (log_contingency_nm - math.log(contingency_sum)) + contingency_nm * log_outer
+    mi = np.where(np.abs(mi) < np.finfo(mi.dtype).eps, 0.0, mi)
+    return float(np.clip(mi.sum(), 0.0, None))
+
+
+def mutual_info_score(labels_true=None, labels_pred=None, *, contingency=None) -> float:
+    """Mutual information (natural log) of two labelings, as ``sklearn.metrics.mutual_info_score``."""
+    return _mi_from_table(_table(labels_true, labels_pred, contingency).table)
+
+
+def _generalized_average(U, V, average_method):
+    if average_method == "min":
+        return min(U, V)
+    if average_method == "geometric":
+        return float(np.sqrt(U * V))
+    if average_method == "arithmetic":
+        return float(np.mean([U, V]))
+    if average_method == "max":
+        return max(U, V)
+    raise ValueError("'average_method' must be 'min', 'geometric', 'arithmetic', or 'max'")
+
+
+def normalized_mutual_info_score(labels_true=None, labels_pred=None, *, average_method: str = "arithmetic",
+                                 contingency=None) -> float:
+    """NMI = MI / mean(H(true), H(pred)); ``average_method`` is ``"arithmetic"`` by default (as
+    scikit-learn; also ``"geometric"``, ``"min"``, ``"max"``).  From one contingency table."""
+    if average_method not in ("min", "geometric", "arithmetic", "max"):
+        raise ValueError("'average_method' must be 'min', 'geometric', 'arithmetic', or 'max'")
+    ct = _table(labels_true, labels_pred, contingency)
+    t = ct.table
+    if t.shape[0] == t.shape[1] == 1 or t.shape[0] == t.shape[1] == 0:
+        return 1.0
+    mi = _mi_from_table(t)
+    if mi == 0:
+        return 0.0
+    h_true, h_pred = _entropy_counts(t.sum(axis=1)), _entropy_counts(t.sum(axis=0))
+    return float(mi / _generalized_average(h_true, h_pred, average_method))
+
+
+def homogeneity_completeness_v_measure(labels_true=None, labels_pred=None, *, beta: float = 1.0,
+                                       contingency=None) -> tuple[float, float, float]:
+    """(homogeneity, completeness, V-measure) as scikit-learn, from one contingency table."""
+    ct = _table(labels_true, labels_pred, contingency)
+    t = ct.table
+    if t.sum() == 0:
+        return 1.0, 1.0, 1.0
+    entropy_C = _entropy_counts(t.sum(axis=1))
+    entropy_K = _entropy_counts(t.sum(axis=0))
+    MI = _mi_from_table(t)
+    homogeneity = MI / entropy_C if entropy_C else 1.0
+    completeness = MI / entropy_K if entropy_K else 1.0
+    if homogeneity + completeness == 0.0:
+        v = 0.0
+    else:
+        v = (1 + beta) * homogeneity * completeness / (beta * homogeneity + completeness)
+    return float(homogeneity), float(completeness), float(v)
+
+
+def homogeneity_score(labels_true=None, labels_pred=None, *, contingency=None) -> float:
+    return homogeneity_completeness_v_measure(labels_true, labels_pred, contingency=contingency)[0]
+
+
+def completeness_score(labels_true=None, labels_pred=None, *, contingency=None) -> float:
+    return homogeneity_completeness_v_measure(labels_true, labels_pred, contingency=contingency)[1]
+
+
+def v_measure_score(labels_true=None, labels_pred=None, *, beta: float = 1.0, contingency=None) -> float:
+    return homogeneity_completeness_v_measure(labels_true, labels_pred, beta=beta, contingency=contingency)[2]
+
+
+def adjusted_rand_score(labels_true=None, labels_pred=None, *, contingency=None) -> float:
+    """Adjusted Rand index (Hubert & Arabie), as scikit-learn, from one contingency table.
+
+    The pair counts are computed in Python integers (no overflow for any n)."""
+    t = _table(labels_true, labels_pred, contingency).table.astype(object)
+    n = int(t.sum())
+    n_c = t.sum(axis=1)
+    n_k = t.sum(axis=0)
+    sum_squares = int((t * t).sum())
+    tp = sum_squares - n
+    fp = int((t.dot(n_k)).sum()) - sum_squares
+    fn = int((t.T.dot(n_c)).sum()) - sum_squares
+    tn = n * n - fp - fn - sum_squares
+    if fn == 0 and fp == 0:
+        return 1.0
+    return 2.0 * (tp * tn - fn * fp) / ((tp + fn) * (fn + tn) + (tp + fp) * (fp + tn))
+
+
+def clustering_accuracy(labels_true=None, labels_pred=None, *, contingency=None,
+                        return_mapping: bool = False):
+    """ACC: the fraction of samples correctly labelled under the best one-to-one matching of
+    clusters to classes (Hungarian algorithm, ``scipy.optimize.linear_sum_assignment``).
+
+    With ``return_mapping``, also returns ``{cluster value: class value}`` for the matched pairs.
+    """
+    from scipy.optimize import linear_sum_assignment
+
+    ct = _table(labels_true, labels_pred, contingency)
+    n = ct.n_samples
+    if n == 0:
+        raise ValueError("clustering_accuracy of empty labelings")
+    r, c = linear_sum_assignment(ct.table, maximize=True)
+    acc = float(ct.table[r, c].sum() / n)
+    if return_mapping:
+        return acc, {ct.clusters[j].item(): ct.classes[i].item() for i, j in zip(r, c)}
+    return acc
+
+
+def purity_score(labels_true=None, labels_pred=None, *, contingency=None) -> float:
+    """Purity: each cluster counts its majority class; the sum over clusters divided by n."""
+    ct = _table(labels_true, labels_pred, contingency)
+    return float(ct.table.max(axis=0).sum() / ct.n_samples)
+
+
+def clustering_report(labels_true, labels_pred) -> dict:
+    """All labelled metrics from one contingency table (one pass over the labels)."""
+    ct = contingency_matrix(labels_true, labels_pred)
+    h, c, v = homogeneity_completeness_v_measure(contingency=ct)
+    return {
+        "acc": clustering_accuracy(contingency=ct),
+        "nmi": normalized_mutual_info_score(contingency=ct),
+        "ari": adjusted_rand_score(contingency=ct),
+        "homogeneity": h,
+        "completeness": c,
+        "v_measure": v,
+        "purity": purity_score(contingency=ct),
+        "n_classes": int(ct.table.shape[0]),
+        "n_clusters": int(ct.table.shape[1]),
+        "n_samples": ct.n_samples,
+    }

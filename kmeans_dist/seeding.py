@@ -1,0 +1,375 @@
+"""Seeding on chunked data: random (Forgy), random partition, k-means++ and k-means|| .
+
+All methods run on the blocks of :mod:`kmeans_dist._driver`; random draws made inside blocks use
+a stream derived from ``(seed, step, block index)``, so a seed gives the same centers whatever the
+number of workers.  Per-point state (distance to the closest chosen center) stays where the block is.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ._xp import get_namespace, to_numpy
+from .kernels import kmeans_plusplus, lloyd_inmemory, row_norms_sq, sq_distances
+
+__all__ = ["init_centers", "kmeans_parallel", "kmeans_plusplus_chunked", "random_init", "random_partition_init",
+           "take_rows", "SEEDING_METHODS"]
+
+SEEDING_METHODS = ("k-means||", "k-means++", "random", "random-partition")
+
+
+def _block_rng(seed: int, step: int, index: int) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence(entropy=int(seed), spawn_key=(int(step), int(index))))
+
+
+def _weights_np(w, n, xp):
+    if w is None:
+        return None
+    return np.asarray(to_numpy(w), dtype=np.float64)
+
+
+# ------------------------------------------------------------------------------------------------
+# fetching rows
+# ------------------------------------------------------------------------------------------------
+
+def _take_chunk(X, w, offset, rows):
+    xp = get_namespace(X)
+    local = [int(r) - offset for r in rows if offset <= r < offset + X.shape[0]]
+    if not local:
+        return None
+    return to_numpy(xp.take(X, xp.asarray(np.asarray(local, dtype=np.int64)), axis=0))
+
+
+def take_rows(blocks, rows) -> np.ndarray:
+    """Rows of X at global indices ``rows`` (in the order given), one round trip."""
+    rows = np.asarray(rows, dtype=np.int64)
+    uniq = np.unique(rows)
+    needed = {blocks.block_of(r) for r in uniq}
+    _, res = blocks.map_state(_take_state_chunk, None, uniq.tolist(), only=needed)
+    got = np.concatenate([r for r in res if r is not None])
+    pos = {int(r): i for i, r in enumerate(uniq)}
+    return got[[pos[int(r)] for r in rows]]
+
+
+def _take_state_chunk(X, w, offset, state, rows):
+    return state, _take_chunk(X, w, offset, rows)
+
+
+# ------------------------------------------------------------------------------------------------
+# random / random partition
+# ------------------------------------------------------------------------------------------------
+
+def random_init(blocks, n_clusters, rng, sample_weight_sum=None, block_weights=None):
+    """Forgy: k distinct rows drawn uniformly (or by sample weight)."""
+    n = blocks.n_samples
+    if block_weights is None:
+        idx = rng.choice(n, size=n_clusters, replace=False)
+    else:
+        idx = _weighted_distinct(blocks, n_clusters, rng, block_weights)
+    return take_rows(blocks, idx)
+
+
+def _weighted_distinct(blocks, k, rng, block_weights):
+    # draw block by its total weight, then a row inside it by weight; reject duplicates
+    chosen: list[int] = []
+    tries = 0
+    while len(chosen) < k and tries < 100 * k:
+        need = k - len(chosen)
+        u = rng.uniform(size=need) * block_weights.sum()
+        rows = _locate(blocks, None, u, block_weights)
+        for r in rows:
+            if r not in chosen:
+                chosen.append(int(r))
+        tries += need
+    return np.asarray(chosen[:k])
+
+
+def _partition_chunk(X, w, offset, k, seed, index_of):
+    xp = get_namespace(X)
+    rng = _block_rng(seed, 0, index_of(offset))
+    lab = rng.integers(0, k, size=X.shape[0])
+    onehot = xp.asarray((lab[:, None] == np.arange(k)[None, :]).astype(np.float64))
+    X64 = xp.astype(X, xp.float64)
+    if w is not None:
+        onehot = onehot * xp.astype(w, xp.float64)[:, None]
+    return {"sum": to_numpy(onehot.T @ X64), "weight": to_numpy(xp.sum(onehot, axis=0))}
+
+
+def _combine_sums(parts):
+    out = {"sum": parts[0]["sum"].copy(), "weight": parts[0]["weight"].copy()}
+    for p in parts[1:]:
+        out["sum"] += p["sum"]
+        out["weight"] += p["weight"]
+    return out
+
+
+class _IndexOf:
+    def __init__(self, rows):
+        self.rows = rows
+
+    def __call__(self, offset):
+        return offset // self.rows
+
+
+def random_partition_init(blocks, n_clusters, seed):
+    """Random partition: every row gets a uniformly random cluster; centers are the partition means."""
+    part = blocks.map_reduce(_partition_chunk, _combine_sums, n_clusters, seed, _IndexOf(blocks.block_rows))
+    w = np.where(part["weight"] > 0, part["weight"], 1.0)
+    return part["sum"] / w[:, None]
+
+
+# ------------------------------------------------------------------------------------------------
+# per-block state: distance to the closest chosen center (and which one)
+# ------------------------------------------------------------------------------------------------
+
+def _weighted(w, d, xp):
+    return d if w is None else d * xp.astype(w, d.dtype)
+
+
+def _cumsum_locate_chunk(X, w, offset, state, want, rows_per_block):
+    """Rows whose cumulative (w * closest) reaches each of this block's targets in ``want``."""
+    xp = get_namespace(X)
+    targets = want[offset // rows_per_block]
+    if state is None:
+        p = np.ones(X.shape[0]) if w is None else np.asarray(to_numpy(w), dtype=np.float64)
+    else:
+        p = np.asarray(to_numpy(_weighted(w, state["closest"], xp)), dtype=np.float64)
+    cum = np.cumsum(p)
+    idx = np.minimum(np.searchsorted(cum, np.asarray(targets), side="right"), X.shape[0] - 1)
+    return state, (idx + offset).tolist()
+
+
+def _locate(blocks, states, u, block_pots):
+    """Global rows for values ``u`` in [0, sum(block_pots)) of the distribution w * closest (one round trip)."""
+    cum = np.cumsum(block_pots)
+    b_of = np.minimum(np.searchsorted(cum, u, side="right"), len(cum) - 1)
+    starts = cum - block_pots
+    want: dict[int, list[float]] = {}
+    for ui, b in zip(u, b_of):
+        want.setdefault(int(b), []).append(float(ui - starts[b]))
+    _, res = blocks.map_state(_cumsum_locate_chunk, states, want, blocks.block_rows, only=set(want))
+    rows = []
+    counters = {b: 0 for b in want}
+    for b in b_of:
+        rows.append(res[int(b)][counters[int(b)]])
+        counters[int(b)] += 1
+    return rows
+
+
+def _update_closest_chunk(X, w, offset, state, centers, base_index):
+    """state <- min(state, d(x, centers)); returns the block potential sum(w * closest)."""
+    xp = get_namespace(X)
+    C = xp.asarray(np.asarray(centers, dtype=to_numpy(X[:1, ...]).dtype))
+    x_sq = row_norms_sq(X) if state is None else state["x_sq"]
+    D = xp.astype(sq_distances(X, C, x_sq=x_sq), xp.float64)
+    dmin = xp.min(D, axis=1)
+    amin = xp.astype(xp.argmin(D, axis=1), xp.int64) + base_index
+    if state is None:
+        closest, owner = dmin, amin
+    else:
+        better = dmin < state["closest"]
+        closest = xp.where(better, dmin, state["closest"])
+        owner = xp.where(better, amin, state["owner"])
+    new = {"closest": closest, "owner": owner, "x_sq": x_sq}
+    return new, float(to_numpy(xp.sum(_weighted(w, closest, xp))))
+
+
+# ------------------------------------------------------------------------------------------------
+# k-means++ on chunks (greedy, local trials)
+# ------------------------------------------------------------------------------------------------
+
+def _trials_chunk(X, w, offset, state, cands):
+    """Potential of each candidate (min(closest, d(x, cand)) summed); keeps per-candidate closests."""
+    xp = get_namespace(X)
+    C = xp.asarray(np.asarray(cands, dtype=to_numpy(X[:1, ...]).dtype))
+    D = xp.astype(sq_distances(X, C, x_sq=state["x_sq"]), xp.float64)
+    D = xp.minimum(D, state["closest"][:, None])
+    if w is not None:
+        D_w = D * xp.astype(w, xp.float64)[:, None]
+    else:
+        D_w = D
+    pots = to_numpy(xp.sum(D_w, axis=0))
+    return {**state, "trials": D}, np.asarray(pots, dtype=np.float64)
+
+
+def _choose_trial_chunk(X, w, offset, state, j):
+    xp = get_namespace(X)
+    closest = state["trials"][:, j]
+    new = {"closest": closest, "owner": state.get("owner"), "x_sq": state["x_sq"]}
+    return new, float(to_numpy(xp.sum(_weighted(w, closest, xp))))
+
+
+def kmeans_plusplus_chunked(blocks, n_clusters, rng, block_weights, n_local_trials=None):
+    """Greedy k-means++ over blocks: two round trips per center (locate candidates, score them)."""
+    if n_local_trials is None:
+        n_local_trials = 2 + int(np.log(n_clusters))
+    first = _locate(blocks, None, rng.uniform(size=1) * block_weights.sum(), block_weights)[0]
+    centers = [take_rows(blocks, [first])[0]]
+    states, pots = blocks.map_state(_update_closest_chunk, None, np.asarray(centers), 0)
+    pots = np.asarray(pots)
+    for c in range(1, n_clusters):
+        total = pots.sum()
+        if total <= 0:
+            rows = rng.integers(0, blocks.n_samples, size=n_local_trials)
+        else:
+            rows = _locate(blocks, states, rng.uniform(size=n_local_trials) * total, pots)
+        cands = take_rows(blocks, rows)
+        states, res = blocks.map_state(_trials_chunk, states, cands)
+        trial_pots = np.sum(np.stack(res), axis=0)
+        best = int(np.argmin(trial_pots))
+        centers.append(cands[best])
+        states, pots = blocks.map_state(_choose_trial_chunk, states, best)
+        pots = np.asarray(pots)
+    return np.asarray(centers)
+
+
+# ------------------------------------------------------------------------------------------------
+# k-means|| (Bahmani et al. 2012)
+# ------------------------------------------------------------------------------------------------
+
+def _parallel_round_chunk(X, w, offset, state, new_centers, base_index, l, seed, rnd, block_index_of):
+    """One k-means|| round on a block: update closest with the new centers, then oversample.
+
+    Point i is kept with probability ``min(1, l * w_i * d_i / phi)`` where ``phi`` is the global
+    potential, known only after the round.  Since ``phi >= phi_block``, every point that can be kept
+    satisfies ``u_i < l * w_i * d_i / phi_block``; the block returns that superset (about ``l`` rows in
+    expectation) with its ``u_i``, and the client applies the exact test with the global ``phi``.
+    """
+    xp = get_namespace(X)
+    state, phi_b = _update_closest_chunk(X, w, offset, state, new_centers, base_index)
+    if l is None:  # final weighting pass: no sampling
+        return state, {"phi": phi_b, "rows": None}
+    rng = _block_rng(seed, rnd, block_index_of(offset))
+    u = rng.uniform(size=X.shape[0])
+    wd = np.asarray(to_numpy(_weighted(w, state["closest"], xp)), dtype=np.float64)
+    if phi_b <= 0:
+        keep = np.zeros(0, dtype=np.int64)
+    else:
+        keep = np.flatnonzero(u < l * wd / phi_b)
+    rows = to_numpy(xp.take(X, xp.asarray(keep), axis=0)) if keep.size else np.zeros((0, X.shape[1]), dtype=to_numpy(X[:1, ...]).dtype)
+    return state, {"phi": phi_b, "rows": rows, "u": u[keep], "wd": wd[keep], "index": keep + offset}
+
+
+def _owner_weights_chunk(X, w, offset, state, n_cands):
+    owner = np.asarray(to_numpy(state["owner"]), dtype=np.int64)
+    ww = None if w is None else np.asarray(to_numpy(w), dtype=np.float64)
+    return state, np.bincount(owner, weights=ww, minlength=n_cands)
+
+
+def kmeans_parallel(blocks, n_clusters, rng, seed, block_weights, *, oversampling_factor=None, init_rounds=5,
+                    n_trials: int = 3):
+    """k-means|| : ``init_rounds`` oversampling rounds (one pass each), weights, then reduce to k.
+
+    The candidates are weighted by the (sample-weighted) number of points closest to them and reduced
+    to ``n_clusters`` by weighted k-means++ followed by weighted Lloyd on the candidates (in memory;
+    ``n_trials`` reductions, the one with the lowest weighted inertia is kept).
+    """
+    l = float(oversampling_factor if oversampling_factor is not None else 2 * n_clusters)
+    first = _locate(blocks, None, rng.uniform(size=1) * block_weights.sum(), block_weights)[0]
+    cands = [take_rows(blocks, [first])]
+    n_cands = 1
+    states = None
+    new = cands[0]
+    base = 0
+    idx_of = _block_rng_index(blocks)
+    for rnd in range(1, init_rounds + 1):
+        states, res = blocks.map_state(_parallel_round_chunk, states, new, base, l, seed, rnd, idx_of)
+        phi = sum(r["phi"] for r in res)
+        base = n_cands
+        if phi <= 0:
+            new = None
+            break
+        picked = []
+        for r in res:
+            if r["rows"].shape[0]:
+                ok = r["u"] < l * r["wd"] / phi
+                if ok.any():
+                    picked.append(r["rows"][ok])
+        if not picked:
+            new = None
+            continue
+        new = np.concatenate(picked)
+        cands.append(new)
+        n_cands += new.shape[0]
+    if new is not None:
+        states, _ = blocks.map_state(_parallel_round_chunk, states, new, base, None, seed, init_rounds + 1, idx_of)
+    _, counts = blocks.map_state(_owner_weights_chunk, states, n_cands)
+    weights = np.sum(np.stack(counts), axis=0)
+    C = np.concatenate(cands).astype(np.float64)
+    if C.shape[0] < n_clusters:  # not enough candidates (tiny data): top up with random rows
+        extra = take_rows(blocks, rng.choice(blocks.n_samples, size=n_clusters - C.shape[0], replace=False))
+        C = np.concatenate([C, extra.astype(np.float64)])
+        weights = np.concatenate([weights, np.ones(extra.shape[0])])
+    if C.shape[0] == n_clusters:
+        return C
+    keep = weights > 0
+    if keep.sum() >= n_clusters:
+        C, weights = C[keep], weights[keep]
+    else:
+        weights = weights + 1e-12
+    best, best_inertia = None, np.inf
+    for _ in range(n_trials):
+        C0, _ = kmeans_plusplus(C, n_clusters, rng, sample_weight=weights)
+        res = lloyd_inmemory(C, C0, weights, max_iter=100, tol=1e-4)
+        if res.inertia < best_inertia:
+            best, best_inertia = res.centers, res.inertia
+    return np.asarray(best)
+
+
+def _block_rng_index(blocks):
+    return _IndexOf(blocks.block_rows)
+
+
+# ------------------------------------------------------------------------------------------------
+# public entry
+# ------------------------------------------------------------------------------------------------
+
+def _block_weight_chunk(X, w, offset):
+    return np.array([float(X.shape[0]) if w is None else float(np.sum(np.asarray(to_numpy(w), dtype=np.float64)))])
+
+
+def init_centers(X, n_clusters: int, method="k-means||", random_state=None, sample_weight=None, client=None,
+                 *, blocks=None, oversampling_factor=None, init_rounds: int = 5, n_local_trials=None,
+                 block_rows="auto", split_every: int = 8, dtype=None) -> np.ndarray:
+    """Initial centers for k-means on (chunked) X.
+
+    ``method`` is one of ``"k-means||"``, ``"k-means++"``, ``"random"``, ``"random-partition"`` or an
+    array of shape (n_clusters, n_features).  ``X`` may be anything :func:`kmeans_dist.data.as_dask_array`
+    accepts, or pass prepared ``blocks``.  Returns a NumPy array in X's dtype.
+    """
+    from ._driver import make_blocks
+    from .data import as_dask_array
+
+    if blocks is None:
+        Xd = as_dask_array(X)
+        w = None if sample_weight is None else sample_weight
+        blocks = make_blocks(Xd, w, block_rows=block_rows, split_every=split_every, client=client)
+    dtype = dtype or blocks.dtype
+    seed = _seed_from(random_state)
+    rng = np.random.default_rng(seed)
+    if not isinstance(method, str):
+        return np.asarray(to_numpy(method), dtype=dtype)
+    if method == "random-partition":
+        return random_partition_init(blocks, n_clusters, seed).astype(dtype)
+    bw = np.concatenate(blocks.map(_block_weight_chunk))
+    if method == "random":
+        weighted = sample_weight is not None
+        return random_init(blocks, n_clusters, rng, block_weights=bw if weighted else None).astype(dtype)
+    if method == "k-means++":
+        return kmeans_plusplus_chunked(blocks, n_clusters, rng, bw, n_local_trials).astype(dtype)
+    if method == "k-means||":
+        return kmeans_parallel(blocks, n_clusters, rng, seed, bw, oversampling_factor=oversampling_factor,
+                               init_rounds=init_rounds).astype(dtype)
+    raise ValueError(f"Unknown init method {method!r}; expected one of {SEEDING_METHODS} or an array")
+
+
+def _seed_from(random_state) -> int:
+    """An int seed from None / int / RandomState / Generator (as sklearn's check_random_state)."""
+    if random_state is None:
+        return int(np.random.SeedSequence().generate_state(1)[0])
+    if isinstance(random_state, (int, np.integer)):
+        return int(random_state)
+    if isinstance(random_state, np.random.RandomState):
+        return int(random_state.randint(np.iinfo(np.int32).max))
+    if isinstance(random_state, np.random.Generator):
+        return int(random_state.integers(np.iinfo(np.int32).max))
+    raise ValueError(f"{random_state!r} cannot be used to seed a random number generator")

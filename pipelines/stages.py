@@ -1,0 +1,805 @@
+"""Pipeline stages: plain Python functions composed from the library.
+
+Every stage takes and returns *references* (store URLs, paths of small ``.npy``/``.npz`` files, small
+dicts of parameters and results), never whole arrays, so the stages can run as Prefect tasks on Dask
+workers and their results can be cached and persisted cheaply.
+
+Stages are idempotent: each writes only inside the run's output folder, to deterministic paths, and
+every write is atomic (a temporary sibling then ``os.replace``), so re-running a finished stage (as
+Dask does when a worker dies) rewrites identical files, and a killed stage leaves nothing that looks
+finished.
+
+Layout of a run folder::
+
+    data/input.zarr           ingested source (absent when the source already is a Zarr store)
+    data/standardized.zarr    standardized copy (when asked for)
+    seeds/<name>.npy          initial centers
+    fits/<name>/checkpoint.npz  Lloyd checkpoint (centers, iteration, history), replaced every iteration
+    fits/<name>/fit.npz       final centers, inertia, history (written once, when the fit ends)
+    metrics/<name>.json       evaluation
+    plots/*.png, report.md, summary.json
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import math
+import os
+import time
+import uuid
+import zipfile
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+__all__ = [
+    "STAGE_VERSION",
+    "fingerprint",
+    "stage_key",
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "save_npz_atomic",
+    "write_checkpoint",
+    "read_checkpoint",
+    "ingest",
+    "standardize",
+    "seed",
+    "fit_lloyd",
+    "fit_minibatch",
+    "evaluate",
+    "report",
+    "choose_k_report",
+]
+
+#: bump when a stage's output for the same inputs changes (invalidates cached results)
+STAGE_VERSION = "1"
+
+_log = logging.getLogger("kmeans_dist.pipelines")
+
+_SMALL_FILE = 1 << 20  # files up to this size are fingerprinted by content, larger ones by size+mtime
+
+
+# --------------------------------------------------------------------------------------------------
+# references, fingerprints and keys
+# --------------------------------------------------------------------------------------------------
+
+def _ref_path(ref) -> str:
+    if isinstance(ref, dict):
+        for k in ("url", "path"):
+            if k in ref:
+                return str(ref[k])
+        raise KeyError(f"reference {ref!r} has neither 'url' nor 'path'")
+    return os.fspath(ref)
+
+
+def _is_remote(s: str) -> bool:
+    return "://" in s and not s.startswith("file://")
+
+
+def fingerprint(ref) -> str:
+    """A content fingerprint of the data a reference points to.
+
+    Local files and folders (Zarr stores, ``.npy``, MNIST folders): a hash over every file's relative
+    path, size and modification time, and over the *content* of small files (Zarr metadata, centers).
+    ``'sklearn-digits'``: the scikit-learn version.  Remote stores: the Zarr metadata.
+    """
+    s = _ref_path(ref)
+    if s == "sklearn-digits":
+        import sklearn
+
+        return f"sklearn-digits:{sklearn.__version__}"
+    if _is_remote(s):
+        from kmeans_dist.data import store_info
+
+        info = store_info(s)
+        return "remote:" + hashlib.sha256(json.dumps(info, sort_keys=True, default=str).encode()).hexdigest()
+    p = Path(s.removeprefix("file://"))
+    if not p.exists():
+        return f"missing:{p}"
+    h = hashlib.sha256()
+    files = [p] if p.is_file() else sorted(f for f in p.rglob("*") if f.is_file()
+                                          and not any(part.startswith(".") for part in f.relative_to(p).parts))
+    for f in files:
+        st = f.stat()
+        rel = f.name if f == p else f.relative_to(p).as_posix()
+        h.update(f"{rel}\0{st.st_size}\0".encode())
+        if st.st_size <= _SMALL_FILE:
+            h.update(hashlib.sha256(f.read_bytes()).digest())
+        else:
+            h.update(f"{st.st_mtime_ns}".encode())
+    return h.hexdigest()
+
+
+def stage_key(stage: str, inputs: dict[str, Any] | None = None, params: dict[str, Any] | None = None) -> str:
+    """Cache key of a stage: its name and version, the fingerprints of its inputs and its parameters."""
+    doc = {
+        "stage": stage,
+        "version": STAGE_VERSION,
+        "inputs": {k: (None if v is None else fingerprint(v)) for k, v in sorted((inputs or {}).items())},
+        "params": params or {},
+    }
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+# --------------------------------------------------------------------------------------------------
+# atomic files and checkpoints
+# --------------------------------------------------------------------------------------------------
+
+def atomic_write_bytes(path, data: bytes) -> str:
+    """Write ``data`` to ``path`` atomically (temporary sibling, fsync, ``os.replace``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return str(path)
+
+
+def atomic_write_json(path, obj) -> str:
+    return atomic_write_bytes(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default).encode())
+
+
+def _json_default(o):
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serializable: {type(o)}")
+
+
+def save_npz_atomic(path, **arrays) -> str:
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def _save_npy_atomic(path, arr) -> str:
+    buf = io.BytesIO()
+    np.save(buf, np.asarray(arr))
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def write_checkpoint(directory, *, key: str, centers, iteration: int, history: list, extra: dict | None = None) -> str:
+    """Atomically replace ``directory/checkpoint.npz`` with (centers, iteration, history).
+
+    One file, one ``os.replace``: a reader sees the previous checkpoint or this one, never a mix.
+    """
+    directory = Path(directory)
+    meta = {"key": key, "iteration": int(iteration), "history": history, **(extra or {})}
+    path = save_npz_atomic(directory / "checkpoint.npz", centers=np.asarray(centers),
+                           meta=np.array(json.dumps(meta, default=_json_default)))
+    return path
+
+
+def read_checkpoint(directory, key: str | None = None) -> dict | None:
+    """The checkpoint in ``directory`` if there is one (for ``key``, when given), else None."""
+    path = Path(directory) / "checkpoint.npz"
+    if not path.exists():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            centers = np.array(z["centers"])
+            meta = json.loads(str(z["meta"]))
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:  # pragma: no cover - atomic writes
+        _log.warning("ignoring unreadable checkpoint %s: %s", path, exc)
+        return None
+    if key is not None and meta.get("key") != key:
+        return None
+    return {"centers": centers, **meta}
+
+
+# --------------------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------------------
+
+def _store_ref(url: str, **extra) -> dict:
+    from kmeans_dist.data import store_info
+
+    info = store_info(url)
+    attrs = info["attrs"]
+    n, d = info["shape"]
+    image_shape = attrs.get("image_shape")
+    if image_shape is None and d == 784:
+        image_shape = [28, 28]
+    if image_shape is not None and int(np.prod(image_shape)) != d:
+        image_shape = None
+    ref = {"url": str(url), "shape": [int(n), int(d)], "dtype": info["dtype"], "chunks": list(info["chunks"]),
+           "has_labels": bool(info["has_labels"]), "image_shape": image_shape,
+           "source": attrs.get("source"), "fingerprint": fingerprint(url)}
+    ref.update(extra)
+    return ref
+
+
+def _is_zarr_store(p: Path) -> bool:
+    return p.is_dir() and (p / "zarr.json").exists() and (p / "X").is_dir()
+
+
+def _open_X(store: dict):
+    from kmeans_dist.data import open_store
+
+    return open_store(store["url"])
+
+
+# --------------------------------------------------------------------------------------------------
+# stages
+# --------------------------------------------------------------------------------------------------
+
+def ingest(source: str, out_dir, *, limit: int | None = None, chunk_rows: int | None = None,
+           logger: logging.Logger | None = None) -> dict:
+    """Make ``source`` a Zarr store and return its reference.
+
+    A Zarr store is used in place (never copied, never modified); anything else (``.npy``, CSV,
+    Parquet, an MNIST folder, ``'sklearn-digits'``) is streamed into ``out_dir/data/input.zarr``.
+    """
+    from kmeans_dist.data import DataError, ingest as _ingest, ingest_mnist
+
+    log = logger or _log
+    t0 = time.perf_counter()
+    src = str(source)
+    p = Path(src.removeprefix("file://"))
+    if src != "sklearn-digits" and not _is_remote(src) and not p.exists():
+        raise DataError(f"Source {src!r} does not exist; give the path of a Zarr store, a .npy, .csv or "
+                        ".parquet file, an MNIST folder, or 'sklearn-digits'")
+    if _is_remote(src) or _is_zarr_store(p):
+        ref = _store_ref(src if _is_remote(src) else str(p.resolve()), copied=False)
+        log.info("Using the Zarr store %s in place: %d x %d", ref["url"], *ref["shape"])
+    else:
+        target = Path(out_dir) / "data" / "input.zarr"
+        kw: dict[str, Any] = {"overwrite": True}
+        if chunk_rows:
+            kw["chunk_rows"] = chunk_rows
+        if p.is_dir() and any(p.glob("*idx3*")):
+            if chunk_rows is None:
+                kw["chunk_rows"] = 10_000
+            ingest_mnist(p, target, limit=limit, **kw)
+        else:
+            _ingest(src, target, **kw)
+        ref = _store_ref(str(target), copied=True)
+        log.info("Ingested %s into %s: %d x %d (%s)", src, target, *ref["shape"], ref["dtype"])
+    ref["source"] = src
+    ref["seconds"] = time.perf_counter() - t0
+    return ref
+
+
+def standardize(store: dict, out_dir, *, client=None, logger: logging.Logger | None = None) -> dict:
+    """Write the standardized copy of ``store`` to ``out_dir/data/standardized.zarr``."""
+    from kmeans_dist.preprocessing import standardize_store
+
+    log = logger or _log
+    t0 = time.perf_counter()
+    target = Path(out_dir) / "data" / "standardized.zarr"
+    standardize_store(store["url"], str(target), client=client, overwrite=True)
+    ref = _store_ref(str(target), copied=True, standardized_from=store["url"])
+    ref["source"] = store.get("source")
+    ref["image_shape"] = store.get("image_shape")
+    ref["seconds"] = time.perf_counter() - t0
+    log.info("Standardized %s into %s", store["url"], target)
+    return ref
+
+
+def seed(store: dict, out_dir, *, k: int, init: str = "k-means++", random_state: int | None = 0,
+         name: str = "seed", client=None, logger: logging.Logger | None = None) -> dict:
+    """Initial centers for ``k`` clusters, saved to ``out_dir/seeds/<name>.npy``."""
+    from kmeans_dist.data import DataError
+    from kmeans_dist.seeding import init_centers
+
+    log = logger or _log
+    t0 = time.perf_counter()
+    n, d = store["shape"]
+    if k > n:
+        raise DataError(f"k={k} is larger than the number of samples ({n}) in {store['url']}; choose k <= {n}")
+    C = init_centers(_open_X(store), k, method=init, random_state=random_state, client=client)
+    path = _save_npy_atomic(Path(out_dir) / "seeds" / f"{name}.npy", C)
+    log.info("Seeded %d centers with %s (random_state=%s) in %.2f s", k, init, random_state,
+             time.perf_counter() - t0)
+    return {"path": path, "k": int(k), "init": init, "random_state": random_state, "name": name,
+            "seconds": time.perf_counter() - t0}
+
+
+def _lloyd_impl():
+    """The library's resumable Lloyd driver (a minimal stand-in built on the kernels until it lands)."""
+    try:
+        from kmeans_dist.lloyd import lloyd
+
+        return lloyd
+    except ImportError:
+        return _lloyd_fallback
+
+
+def _lp(X, w, offset, centers):
+    from kmeans_dist.kernels import lloyd_partial
+
+    return lloyd_partial(X, w, centers, offset=offset)
+
+
+def _lp_exact(X, w, offset, centers):
+    from kmeans_dist.kernels import lloyd_partial
+
+    return lloyd_partial(X, w, centers, offset=offset, exact_inertia=True)
+
+
+def _lloyd_fallback(X, centers, *, sample_weight=None, max_iter=300, tol=1e-4, client=None, callback=None,
+                    start_iteration=0, history=None):
+    from types import SimpleNamespace
+
+    from kmeans_dist._driver import make_blocks
+    from kmeans_dist.kernels import combine_lloyd_partials, finalize_centers
+    from kmeans_dist.preprocessing import moments
+
+    blocks = make_blocks(X, sample_weight, client=client)
+    tol_abs = float(np.mean(moments(None, blocks=blocks)["var"])) * tol if tol > 0 else 0.0
+    C = np.asarray(centers)
+    history = list(history or [])
+    it = int(start_iteration)
+    converged = False
+    while it < max_iter:
+        t0 = time.perf_counter()
+        part = blocks.map_reduce(_lp, combine_lloyd_partials, C)
+        new, _ = finalize_centers(part, C)
+        shift = float(((new.astype(np.float64) - C.astype(np.float64)) ** 2).sum())
+        C = new
+        it += 1
+        state = {"iteration": it, "centers": C, "inertia": part["inertia"], "center_shift": shift,
+                 "seconds": time.perf_counter() - t0}
+        history.append({k: v for k, v in state.items() if k != "centers"})
+        if callback is not None:
+            callback(state)
+        if shift <= tol_abs:
+            converged = True
+            break
+    final = blocks.map_reduce(_lp_exact, combine_lloyd_partials, C)
+    blocks.release()
+    return SimpleNamespace(centers=C, inertia=final["inertia"], n_iter=it, history=history, converged=converged)
+
+
+def fit_lloyd(store: dict, init: dict, out_dir, *, max_iter: int = 300, tol: float = 1e-4, name: str = "fit",
+              key: str | None = None, client=None, progress: Callable[[int, int], None] | None = None,
+              logger: logging.Logger | None = None) -> dict:
+    """Lloyd iterations from the centers in ``init``, checkpointed after every iteration.
+
+    The checkpoint (centers, iteration, history) lives in ``out_dir/fits/<name>/checkpoint.npz`` and is
+    replaced atomically each iteration.  If a checkpoint for the same key (same data, same initial
+    centers, same parameters) exists, the fit resumes from it; the result is bit-identical to an
+    uninterrupted run because the library's reduction order is fixed.  The final result goes to
+    ``fit.npz`` once; a later call with the same key returns it without iterating.
+    """
+    log = logger or _log
+    t0 = time.perf_counter()
+    key = key or stage_key("fit_lloyd", {"store": store, "init": init}, {"max_iter": max_iter, "tol": tol})
+    fdir = Path(out_dir) / "fits" / name
+    done = _read_fit(fdir / "fit.npz", key)
+    if done is not None:
+        log.info("Fit %s already finished (%d iterations); reusing %s", name, done["n_iter"], done["path"])
+        done["seconds"] = time.perf_counter() - t0
+        return done
+
+    centers = np.load(init["path"])
+    start, history = 0, []
+    ckpt = read_checkpoint(fdir, key)
+    if ckpt is not None:
+        centers, start, history = ckpt["centers"], int(ckpt["iteration"]), list(ckpt["history"])
+        log.info("Resuming fit %s from its checkpoint at iteration %d", name, start)
+    history_out = list(history)
+    last = [time.perf_counter()]
+
+    def callback(state: dict):
+        entry = {k: _scalar(v) for k, v in state.items() if k != "centers"}
+        history_out.append(entry)
+        write_checkpoint(fdir, key=key, centers=state["centers"], iteration=int(state["iteration"]),
+                         history=history_out)
+        if progress is not None:
+            progress(int(state["iteration"]), max_iter)
+        now = time.perf_counter()
+        if now - last[0] > 5:
+            last[0] = now
+            log.info("fit %s: iteration %d, inertia %.6g", name, int(state["iteration"]), float(state["inertia"]))
+
+    lloyd = _lloyd_impl()
+    res = lloyd(_open_X(store), centers, max_iter=max_iter, tol=tol, client=client, callback=callback,
+                start_iteration=start, history=list(history))
+    hist = [{k: _scalar(v) for k, v in h.items() if k != "centers"} for h in (res.history or history_out)]
+    out = {"key": key, "name": name, "n_iter": int(res.n_iter), "inertia": float(res.inertia),
+           "converged": bool(getattr(res, "converged", res.n_iter < max_iter)), "history": hist,
+           "resumed_from": start, "algorithm": "lloyd", "k": int(np.shape(res.centers)[0])}
+    path = save_npz_atomic(fdir / "fit.npz", centers=np.asarray(res.centers),
+                           meta=np.array(json.dumps(out, default=_json_default)))
+    out["path"] = path
+    out["seconds"] = time.perf_counter() - t0
+    log.info("Fit %s: %d iterations, inertia %.6g, converged=%s (%.2f s)", name, out["n_iter"], out["inertia"],
+             out["converged"], out["seconds"])
+    return out
+
+
+def _scalar(v):
+    if isinstance(v, np.generic):
+        return v.item()
+    if isinstance(v, np.ndarray) and v.ndim == 0:
+        return v.item()
+    return v
+
+
+def _read_fit(path: Path, key: str) -> dict | None:
+    if not path.exists():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            meta = json.loads(str(z["meta"]))
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile):  # pragma: no cover
+        return None
+    if meta.get("key") != key:
+        return None
+    meta["path"] = str(path)
+    return meta
+
+
+def load_centers(fit: dict) -> np.ndarray:
+    """Final centers of a fit reference."""
+    with np.load(fit["path"], allow_pickle=False) as z:
+        return np.array(z["centers"])
+
+
+def fit_minibatch(store: dict, init: dict, out_dir, *, batch_size: int = 1024, max_iter: int = 100,
+                  tol: float = 0.0, random_state: int | None = 0, name: str = "fit", key: str | None = None,
+                  client=None, logger: logging.Logger | None = None) -> dict:
+    """Mini-batch k-means from the centers in ``init`` (no checkpoints: each step is cheap)."""
+    from kmeans_dist import MiniBatchKMeans
+
+    log = logger or _log
+    t0 = time.perf_counter()
+    key = key or stage_key("fit_minibatch", {"store": store, "init": init},
+                           {"batch_size": batch_size, "max_iter": max_iter, "tol": tol,
+                            "random_state": random_state})
+    fdir = Path(out_dir) / "fits" / name
+    done = _read_fit(fdir / "fit.npz", key)
+    if done is not None:
+        done["seconds"] = time.perf_counter() - t0
+        return done
+    C0 = np.load(init["path"])
+    kw = dict(n_clusters=C0.shape[0], init=C0, batch_size=batch_size, max_iter=max_iter,
+              random_state=random_state)
+    try:
+        est = MiniBatchKMeans(**kw, client=client, tol=tol)
+    except TypeError:
+        est = MiniBatchKMeans(**kw)
+    est.fit(_open_X(store))
+    hist = [{k: _scalar(v) for k, v in h.items() if k != "centers"} for h in (getattr(est, "history_", None) or [])]
+    out = {"key": key, "name": name, "n_iter": int(getattr(est, "n_iter_", max_iter)),
+           "inertia": float(getattr(est, "inertia_", float("nan"))), "converged": True, "history": hist,
+           "resumed_from": 0, "algorithm": "minibatch", "k": int(C0.shape[0])}
+    path = save_npz_atomic(fdir / "fit.npz", centers=np.asarray(est.cluster_centers_),
+                           meta=np.array(json.dumps(out, default=_json_default)))
+    out["path"] = path
+    out["seconds"] = time.perf_counter() - t0
+    log.info("Mini-batch fit %s: %d steps in %.2f s", name, out["n_iter"], out["seconds"])
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# evaluation
+# --------------------------------------------------------------------------------------------------
+
+def _eval_chunk(x, y, centers, n_classes: int):
+    from kmeans_dist.kernels import assign_labels
+
+    x = np.asarray(x)
+    lab, d2 = assign_labels(x, centers.astype(x.dtype, copy=False))
+    lab = np.asarray(lab, dtype=np.int64)
+    k = centers.shape[0]
+    out = {"count": np.bincount(lab, minlength=k).astype(np.int64),
+           "inertia": float(np.sum(np.asarray(d2, dtype=np.float64)))}
+    if y is not None:
+        cont = np.zeros((k, n_classes), dtype=np.int64)
+        np.add.at(cont, (lab, np.asarray(y, dtype=np.int64)), 1)
+        out["cont"] = cont
+    return out
+
+
+def _ari_nmi(cont: np.ndarray) -> tuple[float, float]:
+    """Adjusted Rand index and NMI (arithmetic normalisation, as scikit-learn) from a contingency table."""
+    from sklearn.metrics import mutual_info_score
+
+    cont = cont[cont.sum(1) > 0][:, cont.sum(0) > 0]
+    n = cont.sum()
+
+    def comb2(a):
+        a = np.asarray(a, dtype=np.float64)
+        return (a * (a - 1) / 2).sum()
+
+    a, b = cont.sum(1), cont.sum(0)
+    sa, sb, sij, sn = comb2(a), comb2(b), comb2(cont), n * (n - 1) / 2
+    expected = sa * sb / sn if sn else 0.0
+    mx = (sa + sb) / 2
+    ari = 1.0 if mx == expected else float((sij - expected) / (mx - expected))
+    if cont.shape[0] == 1 and cont.shape[1] == 1:
+        return ari, 1.0
+    mi = mutual_info_score(None, None, contingency=cont)
+
+    def ent(m):
+        p = m / m.sum()
+        p = p[p > 0]
+        return float(-(p * np.log(p)).sum())
+
+    ha, hb = ent(a), ent(b)
+    nmi = 0.0 if (ha + hb) == 0 else float(mi / ((ha + hb) / 2))
+    return ari, nmi
+
+
+def evaluate(store: dict, fit: dict, out_dir, *, silhouette_sample: int = 2000, random_state: int = 0,
+             client=None, logger: logging.Logger | None = None) -> dict:
+    """Inertia and cluster sizes over all samples; ARI/NMI against the store's labels (if any);
+    silhouette on a random sample.  One pass over the data, chunk by chunk."""
+    import dask
+    from dask import delayed
+
+    from kmeans_dist.data import open_labels
+
+    log = logger or _log
+    t0 = time.perf_counter()
+    centers = load_centers(fit)
+    X = _open_X(store)
+    y = open_labels(store["url"]) if store.get("has_labels") else None
+    n_classes = 0
+    if y is not None:
+        y = y.rechunk((X.chunks[0],))
+        n_classes = int((y.max().compute() if client is None else client.compute(y.max()).result())) + 1
+    xs = X.to_delayed().ravel()
+    ys = y.to_delayed().ravel() if y is not None else [None] * len(xs)
+    tasks = [delayed(_eval_chunk)(xb, yb, centers, n_classes) for xb, yb in zip(xs, ys)]
+    parts = client.gather(client.compute(tasks)) if client is not None else list(dask.compute(*tasks))
+    counts = np.sum([p["count"] for p in parts], axis=0)
+    inertia = float(math.fsum(p["inertia"] for p in parts))
+    out: dict[str, Any] = {"n_samples": int(X.shape[0]), "k": int(centers.shape[0]), "inertia": inertia,
+                           "cluster_sizes": counts.tolist(), "empty_clusters": int((counts == 0).sum())}
+    if y is not None:
+        cont = np.sum([p["cont"] for p in parts], axis=0)
+        out["ari"], out["nmi"] = _ari_nmi(cont)
+    if silhouette_sample and centers.shape[0] >= 2:
+        out["silhouette"] = _silhouette(X, centers, silhouette_sample, random_state, client)
+    out["seconds"] = time.perf_counter() - t0
+    path = atomic_write_json(Path(out_dir) / "metrics" / f"{fit.get('name', 'fit')}.json", out)
+    out["path"] = path
+    log.info("Evaluated %s: inertia %.6g%s", fit.get("name"), inertia,
+             "".join(f", {m} {out[m]:.4f}" for m in ("ari", "nmi", "silhouette") if out.get(m) is not None))
+    return out
+
+
+def _silhouette(X, centers, sample: int, random_state: int, client) -> float | None:
+    from sklearn.metrics import silhouette_score
+
+    from kmeans_dist.kernels import assign_labels
+
+    n = X.shape[0]
+    m = min(sample, n)
+    idx = np.sort(np.random.default_rng(random_state).choice(n, size=m, replace=False))
+    sub = X[idx]
+    Xs = np.asarray(sub.compute() if client is None else client.compute(sub).result(), dtype=np.float64)
+    lab, _ = assign_labels(Xs, centers.astype(np.float64))
+    lab = np.asarray(lab)
+    if not (2 <= len(np.unique(lab)) <= m - 1):
+        return None
+    return float(silhouette_score(Xs, lab))
+
+
+# --------------------------------------------------------------------------------------------------
+# reports and plots
+# --------------------------------------------------------------------------------------------------
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _plot_inertia(history: list, path: Path) -> str | None:
+    its = [h.get("iteration", i + 1) for i, h in enumerate(history) if h.get("inertia") is not None]
+    ine = [h["inertia"] for h in history if h.get("inertia") is not None]
+    if not ine:
+        return None
+    try:
+        from kmeans_dist.plots import plot_inertia
+
+        plot_inertia(history, str(path))
+        return str(path)
+    except (ImportError, AttributeError):
+        pass
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(its, ine, marker=".")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("inertia")
+    ax.set_title("Inertia per Lloyd iteration")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return str(path)
+
+
+def _plot_sizes(counts, path: Path) -> str:
+    try:
+        from kmeans_dist.plots import plot_cluster_sizes
+
+        plot_cluster_sizes(np.asarray(counts), str(path))
+        return str(path)
+    except (ImportError, AttributeError):
+        pass
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.bar(np.arange(len(counts)), counts)
+    ax.set_xlabel("cluster")
+    ax.set_ylabel("samples")
+    ax.set_title("Cluster sizes")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return str(path)
+
+
+def _plot_grid(centers, image_shape, path: Path) -> str:
+    try:
+        from kmeans_dist.plots import plot_centroid_grid
+
+        plot_centroid_grid(centers, tuple(image_shape), str(path))
+        return str(path)
+    except (ImportError, AttributeError):
+        pass
+    plt = _plt()
+    k = centers.shape[0]
+    cols = min(k, 10)
+    rows = int(math.ceil(k / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.1, rows * 1.1), squeeze=False)
+    for i, ax in enumerate(axes.ravel()):
+        ax.axis("off")
+        if i < k:
+            ax.imshow(centers[i].reshape(image_shape), cmap="gray")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return str(path)
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "n/a"
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    return str(v)
+
+
+def report(out_dir, *, store: dict, fit: dict, metrics: dict, params: dict, timings: dict,
+           title: str = "k-means clustering", logger: logging.Logger | None = None) -> dict:
+    """Plots and a markdown summary in the run folder; returns their paths and the markdown text."""
+    log = logger or _log
+    out = Path(out_dir)
+    pdir = out / "plots"
+    pdir.mkdir(parents=True, exist_ok=True)
+    plots = {}
+    p = _plot_inertia(fit.get("history") or [], pdir / "inertia.png")
+    if p:
+        plots["inertia"] = p
+    plots["cluster_sizes"] = _plot_sizes(metrics["cluster_sizes"], pdir / "cluster_sizes.png")
+    centers = load_centers(fit)
+    image_shape = store.get("image_shape")
+    if image_shape and int(np.prod(image_shape)) == centers.shape[1]:
+        raw = centers
+        if store.get("standardized_from"):
+            from kmeans_dist.data import store_info
+
+            a = store_info(store["url"])["attrs"]
+            if "mean" in a and "std" in a:
+                std = np.asarray(a["std"], dtype=np.float64)
+                raw = centers * np.where(std == 0, 1.0, std) + np.asarray(a["mean"])
+        plots["centroids"] = _plot_grid(np.asarray(raw, dtype=np.float64), image_shape, pdir / "centroids.png")
+    n, d = store["shape"]
+    rows = [
+        ("data", f"`{store.get('source')}` → `{store['url']}`"),
+        ("shape", f"{n} samples × {d} features ({store.get('dtype')})"),
+        ("k", fit.get("k")),
+        ("init", params.get("init")),
+        ("algorithm", fit.get("algorithm")),
+        ("standardized", bool(store.get("standardized_from"))),
+        ("iterations", fit.get("n_iter")),
+        ("converged", fit.get("converged")),
+        ("resumed from iteration", fit.get("resumed_from") or 0),
+        ("inertia", _fmt(metrics.get("inertia"))),
+    ]
+    for m in ("ari", "nmi", "silhouette"):
+        if metrics.get(m) is not None:
+            rows.append((m.upper() if m != "silhouette" else "silhouette (sample)", _fmt(metrics[m])))
+    sizes = metrics["cluster_sizes"]
+    rows.append(("cluster sizes", f"min {min(sizes)}, max {max(sizes)}, empty {metrics.get('empty_clusters', 0)}"))
+    md = [f"# {title}", "", "| | |", "|---|---|"]
+    md += [f"| {a} | {_fmt(b)} |" for a, b in rows]
+    md += ["", "## Time per stage", "", "| stage | seconds |", "|---|---|"]
+    md += [f"| {s} | {t:.2f} |" for s, t in timings.items()]
+    md += ["", "## Plots", ""]
+    md += [f"- [{name}]({Path(path).resolve().as_uri()})" for name, path in plots.items()]
+    md += ["", f"Run folder: `{out.resolve()}`", ""]
+    text = "\n".join(md)
+    rel_md = text.replace(f"{out.resolve().as_uri()}/", "")
+    report_path = atomic_write_bytes(out / "report.md", rel_md.encode())
+    summary = {"params": params, "store": store, "fit": {k: v for k, v in fit.items() if k != "history"},
+               "metrics": metrics, "timings": timings, "plots": plots, "report": report_path}
+    summary_path = atomic_write_json(out / "summary.json", summary)
+    log.info("Report written to %s", report_path)
+    return {"markdown": text, "report_path": report_path, "summary_path": summary_path, "plots": plots}
+
+
+def choose_k_report(out_dir, *, results: list[dict], params: dict, timings: dict,
+                    logger: logging.Logger | None = None) -> dict:
+    """Elbow and silhouette curves over k, a suggested k, and a markdown summary.
+
+    ``results``: one dict per k with ``k``, ``inertia`` and optionally ``silhouette``/``ari``/``nmi``.
+    """
+    log = logger or _log
+    out = Path(out_dir)
+    pdir = out / "plots"
+    pdir.mkdir(parents=True, exist_ok=True)
+    results = sorted(results, key=lambda r: r["k"])
+    ks = [r["k"] for r in results]
+    inertia = [r["inertia"] for r in results]
+    sil = [r.get("silhouette") for r in results]
+    plt = _plt()
+    plots = {}
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(ks, inertia, marker="o")
+    ax.set_xlabel("k")
+    ax.set_ylabel("inertia")
+    ax.set_title("Elbow curve")
+    fig.tight_layout()
+    fig.savefig(pdir / "elbow.png", dpi=100)
+    plt.close(fig)
+    plots["elbow"] = str(pdir / "elbow.png")
+    if any(s is not None for s in sil):
+        fig, ax = plt.subplots(figsize=(6, 4))
+        ax.plot([k for k, s in zip(ks, sil) if s is not None], [s for s in sil if s is not None], marker="o")
+        ax.set_xlabel("k")
+        ax.set_ylabel("silhouette (sample)")
+        ax.set_title("Silhouette curve")
+        fig.tight_layout()
+        fig.savefig(pdir / "silhouette.png", dpi=100)
+        plt.close(fig)
+        plots["silhouette"] = str(pdir / "silhouette.png")
+    best = {"elbow": _elbow(ks, inertia)}
+    if any(s is not None for s in sil):
+        best["silhouette"] = max((s, k) for k, s in zip(ks, sil) if s is not None)[1]
+    md = ["# Choosing k", "", "| k | inertia | silhouette | ARI | NMI |", "|---|---|---|---|---|"]
+    md += [f"| {r['k']} | {_fmt(r['inertia'])} | {_fmt(r.get('silhouette'))} | {_fmt(r.get('ari'))} | "
+           f"{_fmt(r.get('nmi'))} |" for r in results]
+    md += ["", "Suggested k: " + ", ".join(f"{m}: **{k}**" for m, k in best.items()), ""]
+    md += ["## Time per stage", "", "| stage | seconds |", "|---|---|"]
+    md += [f"| {s} | {t:.2f} |" for s, t in timings.items()]
+    md += ["", "## Plots", ""] + [f"- [{n}]({Path(p).resolve().as_uri()})" for n, p in plots.items()]
+    md += ["", f"Run folder: `{out.resolve()}`", ""]
+    text = "\n".join(md)
+    report_path = atomic_write_bytes(out / "report.md", text.replace(f"{out.resolve().as_uri()}/", "").encode())
+    summary_path = atomic_write_json(out / "summary.json", {"params": params, "results": results, "best": best,
+                                                            "timings": timings, "plots": plots})
+    log.info("choose_k report written to %s (suggested: %s)", report_path, best)
+    return {"markdown": text, "report_path": report_path, "summary_path": summary_path, "plots": plots,
+            "best": best}
+
+
+def _elbow(ks: list[int], inertia: list[float]) -> int:
+    """The k farthest below the straight line from the first to the last point (the 'knee')."""
+    if len(ks) < 3:
+        return ks[0]
+    x = np.asarray(ks, dtype=np.float64)
+    y = np.asarray(inertia, dtype=np.float64)
+    xn = (x - x[0]) / (x[-1] - x[0])
+    yn = (y - y[-1]) / ((y[0] - y[-1]) or 1.0)
+    return int(ks[int(np.argmax((1 - xn) - yn))])
