@@ -53,12 +53,12 @@ def main():
     labels = km.labels_.astype(np.int64)
     print(f"labels from sklearn KMeans(k=10, n_init=1): {t_fit:.1f} s", flush=True)
 
-    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, memory_limit="5GiB",
-                           host="127.0.0.1", dashboard_address=":0")
-    client = Client(cluster)
     tmp = tempfile.mkdtemp(prefix="bench-metrics-")
     url = write_store(os.path.join(tmp, "mnist.zarr"), X, labels=y, chunk_rows=args.chunk_rows)
     lab_url = write_store(os.path.join(tmp, "pred.zarr"), X[:, :1], labels=labels, chunk_rows=args.chunk_rows)
+    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, memory_limit="5GiB",
+                           host="127.0.0.1", dashboard_address=":0")
+    client = Client(cluster)
     Xd = client.persist(open_store(url))
     td = client.persist(open_labels(url))
     yd = client.persist(open_labels(lab_url))

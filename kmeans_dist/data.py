@@ -123,9 +123,44 @@ def open_store(url, *, array: str = "X", storage_options=None):
         raise DataError(f"Zarr store {os.fspath(url)!r} has no array {array!r} "
                         f"(it holds: {sorted(g.keys()) or 'nothing'}); is it an empty store?")
     z = g[array]
-    if z.ndim == 2 and (z.shape[0] == 0 or z.shape[1] == 0):
+    if any(s == 0 for s in z.shape):
         raise DataError(f"Zarr store {os.fspath(url)!r}: array {array!r} is empty (shape {z.shape})")
-    return da.from_zarr(z, chunks=z.chunks)
+    return da.from_array(_CheckedArray(z, os.fspath(url), array), chunks=z.chunks, asarray=True,
+                         name=f"zarr-{array}-" + _token(url, z), meta=np.empty((0,) * z.ndim, dtype=z.dtype))
+
+
+def _token(url, z):
+    from dask.base import tokenize
+
+    return tokenize(os.fspath(url), z.shape, str(z.dtype), z.chunks, _store_mtime(url))
+
+
+def _store_mtime(url):
+    if not is_local_path(url):
+        return None
+    p = _local(url)
+    try:
+        return max(f.stat().st_mtime_ns for f in p.rglob("*") if f.is_file())
+    except ValueError:
+        return None
+
+
+class _CheckedArray:
+    """A Zarr array whose reads name the chunk and row range when a chunk cannot be decoded."""
+
+    def __init__(self, z, url, name):
+        self.z, self.url, self.name = z, url, name
+        self.shape, self.dtype, self.ndim = z.shape, z.dtype, z.ndim
+
+    def __getitem__(self, key):
+        try:
+            return self.z[key]
+        except Exception as exc:
+            rows = key[0] if isinstance(key, tuple) else key
+            where = f"rows {rows.start} to {rows.stop - 1}" if isinstance(rows, slice) and rows.stop is not None else str(key)
+            chunk = (rows.start // self.z.chunks[0]) if isinstance(rows, slice) and rows.start is not None else "?"
+            raise DataError(f"Cannot decode chunk {chunk} ({where}) of array {self.name!r} in {self.url!r}: "
+                            f"{type(exc).__name__}: {exc}. The store is corrupt; re-ingest it.") from exc
 
 
 def open_dataarray(url, *, array: str = "X", storage_options=None):
@@ -149,7 +184,9 @@ def open_labels(url, *, storage_options=None):
         return None
     import dask.array as da
 
-    return da.from_zarr(g["labels"])
+    z = g["labels"]
+    return da.from_array(_CheckedArray(z, os.fspath(url), "labels"), chunks=z.chunks, asarray=True,
+                         name="zarr-labels-" + _token(url, z), meta=np.empty((0,), dtype=z.dtype))
 
 
 def store_info(url, storage_options=None) -> dict:

@@ -36,7 +36,7 @@ __all__ = [
 ]
 
 # rows per sub-chunk inside a kernel: keeps the (rows x k) distance block and the rows of X in cache
-SUB_ROWS = 2048
+SUB_ROWS = 8192
 
 
 def _float64(xp):
@@ -133,7 +133,8 @@ def lloyd_partial(X, sample_weight, centers, *, offset: int = 0, n_far: int | No
             dist = xp.maximum(row_norms_sq(Xs) + xp.min(P, axis=1), xp.zeros((), dtype=P.dtype))
         onehot = lab[:, None] == ar[None, :]
         W = xp.astype(onehot, X.dtype) * ws[:, None]
-        sums = sums + xp.astype(W.T @ Xs, f64)
+        # (Xs^T W)^T is the fastest layout for the skinny (k x rows) x (rows x d) product in BLAS
+        sums = sums + xp.astype((Xs.T @ W).T, f64)
         weights = weights + xp.sum(xp.astype(W, f64), axis=0)
         counts = counts + xp.sum(xp.astype(onehot, xp.int64), axis=0)
         inertia = inertia + xp.sum(xp.astype(dist, f64) * xp.astype(ws, f64))

@@ -309,59 +309,10 @@ def seed(store: dict, out_dir, *, k: int, init: str = "k-means++", random_state:
 
 
 def _lloyd_impl():
-    """The library's resumable Lloyd driver (a minimal stand-in built on the kernels until it lands)."""
-    try:
-        from kmeans_dist.lloyd import lloyd
+    """The library's resumable Lloyd driver."""
+    from kmeans_dist.lloyd import lloyd
 
-        return lloyd
-    except ImportError:
-        return _lloyd_fallback
-
-
-def _lp(X, w, offset, centers):
-    from kmeans_dist.kernels import lloyd_partial
-
-    return lloyd_partial(X, w, centers, offset=offset)
-
-
-def _lp_exact(X, w, offset, centers):
-    from kmeans_dist.kernels import lloyd_partial
-
-    return lloyd_partial(X, w, centers, offset=offset, exact_inertia=True)
-
-
-def _lloyd_fallback(X, centers, *, sample_weight=None, max_iter=300, tol=1e-4, client=None, callback=None,
-                    start_iteration=0, history=None):
-    from types import SimpleNamespace
-
-    from kmeans_dist._driver import make_blocks
-    from kmeans_dist.kernels import combine_lloyd_partials, finalize_centers
-    from kmeans_dist.preprocessing import moments
-
-    blocks = make_blocks(X, sample_weight, client=client)
-    tol_abs = float(np.mean(moments(None, blocks=blocks)["var"])) * tol if tol > 0 else 0.0
-    C = np.asarray(centers)
-    history = list(history or [])
-    it = int(start_iteration)
-    converged = False
-    while it < max_iter:
-        t0 = time.perf_counter()
-        part = blocks.map_reduce(_lp, combine_lloyd_partials, C)
-        new, _ = finalize_centers(part, C)
-        shift = float(((new.astype(np.float64) - C.astype(np.float64)) ** 2).sum())
-        C = new
-        it += 1
-        state = {"iteration": it, "centers": C, "inertia": part["inertia"], "center_shift": shift,
-                 "seconds": time.perf_counter() - t0}
-        history.append({k: v for k, v in state.items() if k != "centers"})
-        if callback is not None:
-            callback(state)
-        if shift <= tol_abs:
-            converged = True
-            break
-    final = blocks.map_reduce(_lp_exact, combine_lloyd_partials, C)
-    blocks.release()
-    return SimpleNamespace(centers=C, inertia=final["inertia"], n_iter=it, history=history, converged=converged)
+    return lloyd
 
 
 def fit_lloyd(store: dict, init: dict, out_dir, *, max_iter: int = 300, tol: float = 1e-4, name: str = "fit",
@@ -386,30 +337,34 @@ def fit_lloyd(store: dict, init: dict, out_dir, *, max_iter: int = 300, tol: flo
         return done
 
     centers = np.load(init["path"])
-    start, history = 0, []
+    start, history, converged = 0, [], False
     ckpt = read_checkpoint(fdir, key)
     if ckpt is not None:
         centers, start, history = ckpt["centers"], int(ckpt["iteration"]), list(ckpt["history"])
+        converged = bool(ckpt.get("converged", False))
         log.info("Resuming fit %s from its checkpoint at iteration %d", name, start)
-    history_out = list(history)
     last = [time.perf_counter()]
 
     def callback(state: dict):
-        entry = {k: _scalar(v) for k, v in state.items() if k != "centers"}
-        history_out.append(entry)
-        write_checkpoint(fdir, key=key, centers=state["centers"], iteration=int(state["iteration"]),
-                         history=history_out)
+        it = int(state["iteration"])
+        hist = [_clean(h) for h in state["history"]] if state.get("history") is not None else \
+            history + [_clean(state)]
+        write_checkpoint(fdir, key=key, centers=state["centers"], iteration=it, history=hist,
+                         extra={"converged": bool(state.get("converged", False))})
         if progress is not None:
-            progress(int(state["iteration"]), max_iter)
+            progress(it, max_iter)
         now = time.perf_counter()
         if now - last[0] > 5:
             last[0] = now
-            log.info("fit %s: iteration %d, inertia %.6g", name, int(state["iteration"]), float(state["inertia"]))
+            log.info("fit %s: iteration %d, inertia %.6g", name, it, float(state["inertia"]))
 
     lloyd = _lloyd_impl()
-    res = lloyd(_open_X(store), centers, max_iter=max_iter, tol=tol, client=client, callback=callback,
-                start_iteration=start, history=list(history))
-    hist = [{k: _scalar(v) for k, v in h.items() if k != "centers"} for h in (res.history or history_out)]
+    # a checkpoint taken at convergence: no further iteration, only the final pass
+    res = lloyd(_open_X(store), centers, max_iter=start if converged else max_iter, tol=tol, client=client,
+                callback=callback, start_iteration=start, history=list(history))
+    if converged:
+        res.converged = True
+    hist = [_clean(h) for h in res.history]
     out = {"key": key, "name": name, "n_iter": int(res.n_iter), "inertia": float(res.inertia),
            "converged": bool(getattr(res, "converged", res.n_iter < max_iter)), "history": hist,
            "resumed_from": start, "algorithm": "lloyd", "k": int(np.shape(res.centers)[0])}
@@ -420,6 +375,11 @@ def fit_lloyd(store: dict, init: dict, out_dir, *, max_iter: int = 300, tol: flo
     log.info("Fit %s: %d iterations, inertia %.6g, converged=%s (%.2f s)", name, out["n_iter"], out["inertia"],
              out["converged"], out["seconds"])
     return out
+
+
+def _clean(entry: dict) -> dict:
+    """A history entry as plain JSON values (no centers, no nested history)."""
+    return {k: _scalar(v) for k, v in entry.items() if k not in ("centers", "history", "converged")}
 
 
 def _scalar(v):

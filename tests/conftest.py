@@ -12,6 +12,7 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+os.environ.setdefault("PREFECT_HOME", str(Path(__file__).resolve().parent.parent / ".prefect"))
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -42,3 +43,17 @@ def mnist_dir():
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+# --- flows work: one Prefect test server for the whole session ----------------------------------
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """One session-scoped ``prefect_test_harness``; yields its API URL (for subprocesses)."""
+    os.environ.setdefault("PREFECT_HOME", str(REPO / ".prefect"))
+    Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield PREFECT_API_URL.value()

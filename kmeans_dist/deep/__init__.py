@@ -2,6 +2,7 @@
 
 Never imports Ray or Prefect: the Ray Train stage lives in ``pipelines/deep.py``.
 """
+from . import plots
 from .evaluate import cluster_accuracy, clustering_scores
 from .losses import (ct_loss, dcn_loss, dkm_loss, fuzzy_cmeans_membership, get_membership, pairwise_sq_dist,
                      reconstruction_loss, softmax_membership, student_membership)

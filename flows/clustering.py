@@ -1,0 +1,298 @@
+"""``clustering_flow``: ingest, standardize, seed, fit, evaluate and report, as Prefect tasks on Dask.
+
+The outer flow validates every parameter and checks the source and the Dask scheduler before anything
+is written, then runs the stages in a subflow on a ``DaskTaskRunner`` (a ``LocalCluster`` of
+``n_workers`` processes by default, or the scheduler at ``dask_address``).
+
+Every task's cache key is the stage name and version, the content fingerprint of its input store(s)
+and its parameters; results persist in ``<output_dir>/.prefect-results``, so a re-run with the same
+inputs skips finished stages, and a changed input recomputes from the first stage it affects.  Lloyd
+checkpoints every iteration into ``<output_dir>/fits/<name>/``: a run killed mid-fit resumes there.
+
+Run it: ``python -m flows.clustering --source sklearn-digits --k 10`` (see ``--help``).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Optional
+
+os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
+
+from prefect import flow, get_run_logger, task  # noqa: E402
+
+from flows.artifacts import LloydProgress, artifact_key, publish_history, publish_report  # noqa: E402
+from flows.params import (ClusteringParams, ParameterError, check_dask_address, check_source,  # noqa: E402
+                          default_output_dir, validate_params)
+from pipelines import stages  # noqa: E402
+
+__all__ = ["clustering_flow", "clustering_run", "make_task_runner", "stage_tasks", "dask_client",
+           "ParameterError"]
+
+RESULTS_DIR = ".prefect-results"
+# task parameters that never change a stage's output
+_NOT_IN_KEY = {"out_dir"}
+
+
+def _cache_key(stage: str, inputs: tuple[str, ...]):
+    """Prefect ``cache_key_fn``: stage name/version + input fingerprints + the other parameters."""
+
+    def key_fn(context, parameters: dict) -> str:
+        ins = {n: parameters.get(n) for n in inputs}
+        rest = {k: v for k, v in parameters.items() if k not in inputs and k not in _NOT_IN_KEY}
+        return f"{stage}-{stages.stage_key(stage, ins, rest)}"
+
+    key_fn.__name__ = f"cache_key_{stage}"
+    return key_fn
+
+
+@contextmanager
+def dask_client():
+    """The cluster's client inside a task on a Dask worker (``prefect_dask.get_dask_client``), else None.
+
+    On a worker the task secedes from the worker's thread pool while it waits on the cluster, so the
+    tasks it submits can use that worker's thread too.
+    """
+    try:
+        from distributed import get_worker
+
+        get_worker()
+    except (ImportError, ValueError):
+        yield None
+        return
+    from distributed import rejoin, secede
+    from prefect_dask import get_dask_client
+
+    with get_dask_client() as client:
+        secede()
+        try:
+            yield client
+        finally:
+            rejoin()
+
+
+# ------------------------------------------------------------------------------------------------
+# tasks (thin wrappers over pipelines.stages)
+# ------------------------------------------------------------------------------------------------
+
+@task(name="ingest", cache_key_fn=_cache_key("ingest", ("source",)), persist_result=True)
+def ingest_task(source: str, out_dir: str, limit: Optional[int] = None, chunk_rows: Optional[int] = None) -> dict:
+    return stages.ingest(source, out_dir, limit=limit, chunk_rows=chunk_rows, logger=get_run_logger())
+
+
+@task(name="standardize", cache_key_fn=_cache_key("standardize", ("store",)), persist_result=True)
+def standardize_task(store: dict, out_dir: str) -> dict:
+    with dask_client() as client:
+        return stages.standardize(store, out_dir, client=client, logger=get_run_logger())
+
+
+@task(name="seed", cache_key_fn=_cache_key("seed", ("store",)), persist_result=True)
+def seed_task(store: dict, out_dir: str, k: int, init: str, random_state: int, name: str) -> dict:
+    with dask_client() as client:
+        return stages.seed(store, out_dir, k=k, init=init, random_state=random_state, name=name, client=client,
+                           logger=get_run_logger())
+
+
+@task(name="fit_lloyd", cache_key_fn=_cache_key("fit_lloyd", ("store", "init")), persist_result=True)
+def fit_lloyd_task(store: dict, init: dict, out_dir: str, max_iter: int, tol: float, name: str) -> dict:
+    progress = LloydProgress(name)
+    with dask_client() as client:
+        res = stages.fit_lloyd(store, init, out_dir, max_iter=max_iter, tol=tol, name=name, client=client,
+                               progress=progress, logger=get_run_logger())
+    progress.done(res["n_iter"])
+    return res
+
+
+@task(name="fit_minibatch", cache_key_fn=_cache_key("fit_minibatch", ("store", "init")), persist_result=True)
+def fit_minibatch_task(store: dict, init: dict, out_dir: str, batch_size: int, max_iter: int, tol: float,
+                       random_state: int, name: str) -> dict:
+    with dask_client() as client:
+        return stages.fit_minibatch(store, init, out_dir, batch_size=batch_size, max_iter=max_iter, tol=tol,
+                                    random_state=random_state, name=name, client=client, logger=get_run_logger())
+
+
+@task(name="evaluate", cache_key_fn=_cache_key("evaluate", ("store", "fit")), persist_result=True)
+def evaluate_task(store: dict, fit: dict, out_dir: str, silhouette_sample: int, random_state: int) -> dict:
+    with dask_client() as client:
+        return stages.evaluate(store, fit, out_dir, silhouette_sample=silhouette_sample,
+                               random_state=random_state, client=client, logger=get_run_logger())
+
+
+@task(name="report")
+def report_task(out_dir: str, store: dict, fit: dict, metrics: dict, params: dict, timings: dict) -> dict:
+    return stages.report(out_dir, store=store, fit=fit, metrics=metrics, params=params, timings=timings,
+                         logger=get_run_logger())
+
+
+def _result_storage(out_dir: str):
+    """A LocalFileSystem block for ``out_dir/.prefect-results`` (Prefect needs it saved server-side)."""
+    import hashlib
+
+    from prefect.filesystems import LocalFileSystem
+
+    base = Path(out_dir) / RESULTS_DIR
+    base.mkdir(parents=True, exist_ok=True)
+    block = LocalFileSystem(basepath=str(base))
+    block.save(f"kmeans-results-{hashlib.sha256(str(base).encode()).hexdigest()[:16]}", overwrite=True)
+    return block
+
+
+class _Tasks:
+    pass
+
+
+def stage_tasks(out_dir: str) -> _Tasks:
+    """The stage tasks with their results persisted under ``out_dir``."""
+    storage = _result_storage(out_dir)
+    t = _Tasks()
+    for name, tk in {"ingest": ingest_task, "standardize": standardize_task, "seed": seed_task,
+                     "fit_lloyd": fit_lloyd_task, "fit_minibatch": fit_minibatch_task,
+                     "evaluate": evaluate_task}.items():
+        setattr(t, name, tk.with_options(result_storage=storage))
+    t.report = report_task
+    return t
+
+
+def make_task_runner(dask_address: str | None, n_workers: int = 2, threads_per_worker: int = 1):
+    from prefect_dask import DaskTaskRunner
+
+    if dask_address:
+        return DaskTaskRunner(address=dask_address)
+    return DaskTaskRunner(cluster_class="distributed.LocalCluster",
+                          cluster_kwargs={"n_workers": n_workers, "threads_per_worker": threads_per_worker,
+                                          "processes": True, "host": "127.0.0.1", "scheduler_port": 0,
+                                          "dashboard_address": ":0"})
+
+
+def write_status(out_dir: str, status: str, **extra) -> None:
+    """``run.json``: 'running' while the run goes, 'completed' only once everything is written."""
+    stages.atomic_write_json(Path(out_dir) / "run.json",
+                             {"status": status, "time": datetime.now(timezone.utc).isoformat(), **extra})
+
+
+def _quiet_dask_logs():
+    for name in ("distributed", "distributed.scheduler", "distributed.worker", "distributed.nanny",
+                 "distributed.core", "distributed.http.proxy"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+# ------------------------------------------------------------------------------------------------
+# flows
+# ------------------------------------------------------------------------------------------------
+
+@flow(name="clustering-run", validate_parameters=False)
+def clustering_run(params: dict, source: str, out_dir: str) -> dict:
+    """The stages of one clustering run, on the flow's (Dask) task runner."""
+    logger = get_run_logger()
+    p = ClusteringParams(**params)
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    write_status(out_dir, "running", flow="clustering_flow", params=p.model_dump())
+    try:
+        T = stage_tasks(out_dir)
+        timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        store = T.ingest.submit(source, out_dir, p.limit, p.chunk_rows).result()
+        timings["ingest"] = time.perf_counter() - t0
+        if p.standardize:
+            t0 = time.perf_counter()
+            store = T.standardize.submit(store, out_dir).result()
+            timings["standardize"] = time.perf_counter() - t0
+        n, d = store["shape"]
+        logger.info("Data: %d samples x %d features; k=%d, init=%s, algorithm=%s, n_init=%d",
+                    n, d, p.k, p.init, p.algorithm, p.n_init)
+        t0 = time.perf_counter()
+        seeds = [T.seed.submit(store, out_dir, p.k, p.init, p.seed + i, f"seed-{i}") for i in range(p.n_init)]
+        if p.algorithm == "lloyd":
+            fits = [T.fit_lloyd.submit(store, s, out_dir, p.max_iter, p.tol, f"fit-{i}") for i, s in enumerate(seeds)]
+        else:
+            fits = [T.fit_minibatch.submit(store, s, out_dir, p.batch_size, p.max_iter, p.tol, p.seed + i, f"fit-{i}")
+                    for i, s in enumerate(seeds)]
+        results = [f.result() for f in fits]
+        timings["seed + fit"] = time.perf_counter() - t0
+        best = min(results, key=lambda r: r["inertia"])
+        t0 = time.perf_counter()
+        metrics = T.evaluate.submit(store, best, out_dir, p.silhouette_sample, p.seed).result()
+        timings["evaluate"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        rep = T.report.submit(out_dir, store, best, metrics, p.model_dump(), timings).result()
+        timings["report"] = time.perf_counter() - t0
+        publish_report(rep["markdown"], "clustering-report", f"k-means on {Path(str(p.source)).name}, k={p.k}")
+        if best.get("history"):
+            publish_history(best["history"], "clustering-history", f"Lloyd history of {best['name']}")
+        result = {"output_dir": out_dir, "report": rep["report_path"], "summary": rep["summary_path"],
+                  "plots": rep["plots"], "centers": best["path"], "n_iter": best["n_iter"],
+                  "inertia": metrics["inertia"], "metrics": {k: v for k, v in metrics.items()
+                                                              if k in ("ari", "nmi", "silhouette", "inertia")},
+                  "timings": timings, "store": store["url"], "shape": store["shape"]}
+        write_status(out_dir, "completed", flow="clustering_flow", report=rep["report_path"])
+        logger.info("Report: %s", rep["report_path"])
+        return result
+    except BaseException as exc:
+        write_status(out_dir, "failed", flow="clustering_flow", error=f"{type(exc).__name__}: {exc}")
+        raise
+
+
+@flow(name="clustering_flow", validate_parameters=True)
+def clustering_flow(
+    source: str = "sklearn-digits",
+    k: int = 8,
+    init: str = "k-means++",
+    algorithm: str = "lloyd",
+    standardize: bool = False,
+    n_init: int = 1,
+    seed: int = 0,
+    output_dir: Optional[str] = None,
+    dask_address: Optional[str] = None,
+    n_workers: int = 2,
+    threads_per_worker: int = 1,
+    max_iter: int = 300,
+    tol: float = 1e-4,
+    batch_size: int = 1024,
+    limit: Optional[int] = None,
+    chunk_rows: Optional[int] = None,
+    silhouette_sample: int = 2000,
+) -> dict:
+    """k-means on Dask: ingest ``source``, optionally standardize, seed ``n_init`` times, fit (Lloyd or
+    mini-batch), keep the lowest inertia, evaluate and report into ``output_dir``.
+
+    Parameters are validated before any work starts; the source and the Dask scheduler are checked
+    before anything is written.  ``dask_address`` empty: a LocalCluster of ``n_workers`` processes.
+    """
+    _quiet_dask_logs()
+    values = dict(source=source, k=k, init=init, algorithm=algorithm, standardize=standardize, n_init=n_init,
+                  seed=seed, output_dir=output_dir, dask_address=dask_address, n_workers=n_workers,
+                  threads_per_worker=threads_per_worker, max_iter=max_iter, tol=tol, batch_size=batch_size,
+                  limit=limit, chunk_rows=chunk_rows, silhouette_sample=silhouette_sample)
+    p = validate_params(ClusteringParams, values, "clustering_flow")
+    src = check_source(p.source)
+    if p.dask_address:
+        check_dask_address(p.dask_address)
+    out = p.output_dir or default_output_dir("clustering", p)
+    runner = make_task_runner(p.dask_address, p.n_workers, p.threads_per_worker)
+    get_run_logger().info("Output folder: %s; Dask: %s", out,
+                          p.dask_address or f"LocalCluster({p.n_workers} workers)")
+    return clustering_run.with_options(task_runner=runner)(params=p.model_dump(), source=src, out_dir=out)
+
+
+def _cli(argv=None):
+    import argparse
+    import json
+
+    ap = argparse.ArgumentParser(prog="python -m flows.clustering", description=clustering_flow.description)
+    for name, fld in ClusteringParams.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        if fld.annotation is bool:
+            ap.add_argument(flag, action=argparse.BooleanOptionalAction, default=fld.default)
+        else:
+            ap.add_argument(flag, default=fld.default, help=fld.description)
+    args = vars(ap.parse_args(argv))  # strings: the flow's parameter validation coerces them
+    res = clustering_flow(**args)
+    print(json.dumps({k: res[k] for k in ("output_dir", "report", "centers", "n_iter", "inertia")}, default=str))
+
+
+if __name__ == "__main__":
+    _cli()

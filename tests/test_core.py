@@ -1,0 +1,257 @@
+"""Core engine against scikit-learn, invariants, and the transports (local, Dask workers, streaming)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.cluster import KMeans as SKKMeans
+from sklearn.cluster import MiniBatchKMeans as SKMiniBatch
+from sklearn.datasets import make_blobs
+
+import dask.array as da
+
+from kmeans_dist import KMeans, MiniBatchKMeans, kernels
+from kmeans_dist.seeding import init_centers
+
+
+def _data(seed, n=3000, d=6, k=5, std=1.5):
+    X, _ = make_blobs(n, d, centers=k, cluster_std=std, random_state=seed)
+    return X
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_lloyd_equals_sklearn_float64(seed):
+    X = _data(seed)
+    C0 = X[np.random.default_rng(seed).choice(len(X), 5, replace=False)]
+    sk = SKKMeans(5, init=C0, n_init=1, algorithm="lloyd", max_iter=100).fit(X)
+    km = KMeans(5, init=C0, max_iter=100).fit(X)
+    np.testing.assert_allclose(km.cluster_centers_, sk.cluster_centers_, rtol=1e-6, atol=1e-9)
+    np.testing.assert_array_equal(km.labels_, sk.labels_)
+    np.testing.assert_allclose(km.inertia_, sk.inertia_, rtol=1e-6)
+    assert km.n_iter_ == sk.n_iter_
+
+
+def test_lloyd_equals_sklearn_float32_and_keeps_dtype():
+    X = _data(3).astype(np.float32)
+    C0 = X[:5].copy()
+    sk = SKKMeans(5, init=C0, n_init=1, algorithm="lloyd").fit(X)
+    km = KMeans(5, init=C0).fit(X)
+    assert km.cluster_centers_.dtype == np.float32
+    np.testing.assert_allclose(km.cluster_centers_, sk.cluster_centers_, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(km.inertia_, sk.inertia_, rtol=1e-4)
+    assert (km.labels_ == sk.labels_).mean() > 0.999
+
+
+def test_sample_weight_equals_sklearn():
+    X = _data(4)
+    w = np.random.default_rng(0).uniform(0.1, 3, len(X))
+    C0 = X[:5].copy()
+    sk = SKKMeans(5, init=C0, n_init=1, algorithm="lloyd").fit(X, sample_weight=w)
+    km = KMeans(5, init=C0).fit(X, sample_weight=w)
+    np.testing.assert_allclose(km.cluster_centers_, sk.cluster_centers_, rtol=1e-6)
+    np.testing.assert_allclose(km.inertia_, sk.inertia_, rtol=1e-6)
+
+
+def test_integer_input_becomes_float64():
+    X = (np.random.default_rng(0).random((200, 3)) * 100).astype(np.int32)
+    km = KMeans(3, random_state=0).fit(X)
+    assert km.cluster_centers_.dtype == np.float64
+
+
+def test_distributed_equals_sklearn_and_local(dask_client):
+    X = _data(5, n=4000)
+    C0 = X[:5].copy()
+    sk = SKKMeans(5, init=C0, n_init=1, algorithm="lloyd").fit(X)
+    Xd = da.from_array(X, chunks=(700, -1))
+    km = KMeans(5, init=C0, block_rows=500, client=dask_client).fit(Xd)
+    loc = KMeans(5, init=C0, block_rows=500).fit(X)
+    np.testing.assert_allclose(km.cluster_centers_, sk.cluster_centers_, rtol=1e-6)
+    assert isinstance(km.labels_, da.Array)
+    np.testing.assert_array_equal(km.labels_.compute(), sk.labels_)
+    # same blocks -> bit-identical, whatever the transport
+    np.testing.assert_array_equal(km.cluster_centers_, loc.cluster_centers_)
+    assert km.inertia_ == loc.inertia_
+
+
+def test_same_result_any_chunking_workers_and_transport(dask_client):
+    X = _data(6, n=3500).astype(np.float32)
+    ref = KMeans(5, init="k-means||", random_state=7, block_rows=400).fit(X)
+    for chunks in (3500, 1167, 500):  # 1, 3, 7 chunks
+        Xd = da.from_array(X, chunks=(chunks, -1))
+        for persist in (True, False):
+            km = KMeans(5, init="k-means||", random_state=7, block_rows=400, persist=persist,
+                        client=dask_client).fit(Xd)
+            np.testing.assert_array_equal(km.cluster_centers_, ref.cluster_centers_)
+            assert km.inertia_ == ref.inertia_
+            assert km.n_iter_ == ref.n_iter_
+
+
+def test_one_worker_equals_two_workers():
+    from distributed import Client, LocalCluster
+
+    X = _data(7, n=3000)
+    results = []
+    for nw in (1, 2):
+        with LocalCluster(n_workers=nw, threads_per_worker=1, processes=True, host="127.0.0.1",
+                          dashboard_address=":0") as lc, Client(lc) as c:
+            km = KMeans(5, init="k-means++", random_state=3, block_rows=300, client=c).fit(da.from_array(X, chunks=1000))
+            results.append(km)
+    np.testing.assert_array_equal(results[0].cluster_centers_, results[1].cluster_centers_)
+    assert results[0].inertia_ == results[1].inertia_
+
+
+@pytest.mark.parametrize("init", ["k-means||", "k-means++", "random", "random-partition"])
+def test_seeding_methods(init, dask_client):
+    X = _data(8, n=2000)
+    Xd = da.from_array(X, chunks=500)
+    a = init_centers(Xd, 5, init, random_state=1, client=dask_client, block_rows=300)
+    b = init_centers(X, 5, init, random_state=1, block_rows=300)
+    assert a.shape == (5, X.shape[1])
+    np.testing.assert_array_equal(a, b)
+    if init not in ("random-partition",):
+        # centers are data points (k-means|| reduces weighted candidates with Lloyd, so not necessarily)
+        if init != "k-means||":
+            assert all(np.any(np.all(X == c, axis=1)) for c in a)
+    km = KMeans(5, init=init, random_state=0).fit(X)
+    sk = SKKMeans(5, n_init=10, random_state=0).fit(X)
+    assert km.inertia_ <= sk.inertia_ * 1.05
+
+
+def test_kmeans_parallel_quality_vs_sklearn_kmeanspp():
+    # smaller replica of the benchmark's 2,000,000 x 32, 64 centers, std 1
+    X, _ = make_blobs(60_000, 16, centers=32, cluster_std=1.0, random_state=0)
+    X = X.astype(np.float32)
+    sk = SKKMeans(32, init="k-means++", n_init=1, random_state=0).fit(X)
+    km = KMeans(32, init="k-means||", random_state=0).fit(X)
+    assert km.inertia_ <= sk.inertia_ * 1.01
+
+
+def test_minibatch_partial_fit_equals_sklearn():
+    X = _data(9, n=2000)
+    C0 = X[:5].copy()
+    sk = SKMiniBatch(5, init=C0, n_init=1, reassignment_ratio=0.0, batch_size=100)
+    km = MiniBatchKMeans(5, init=C0, reassignment_ratio=0.0, batch_size=100)
+    for i in range(0, 2000, 100):
+        sk.partial_fit(X[i:i + 100])
+        km.partial_fit(X[i:i + 100])
+    np.testing.assert_allclose(km.cluster_centers_, sk.cluster_centers_, rtol=1e-9)
+    np.testing.assert_allclose(km._counts, sk._counts, rtol=1e-12)
+    np.testing.assert_array_equal(km.labels_, sk.labels_)
+
+
+def test_minibatch_fit_quality_and_polish(dask_client):
+    X, _ = make_blobs(20_000, 8, centers=6, random_state=1)
+    Xd = da.from_array(X, chunks=5000)
+    mb = MiniBatchKMeans(6, batch_size=512, random_state=0, polish_iter=3, client=dask_client).fit(Xd)
+    sk = SKKMeans(6, n_init=3, random_state=0).fit(X)
+    assert mb.inertia_ <= sk.inertia_ * 1.02
+    assert mb.n_steps_ >= 1
+    assert isinstance(mb.labels_, da.Array)
+
+
+def test_predict_transform_score_lazy_and_eager(dask_client):
+    X = _data(10)
+    km = KMeans(5, random_state=0).fit(X)
+    sk = SKKMeans(5, init=km.cluster_centers_, n_init=1).fit(X)  # same centers -> same predictions
+    sk.cluster_centers_ = km.cluster_centers_
+    np.testing.assert_array_equal(km.predict(X), sk.predict(X))
+    np.testing.assert_allclose(km.transform(X), sk.transform(X), rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(km.score(X), sk.score(X), rtol=1e-9)
+    Xd = da.from_array(X, chunks=700)
+    lab = km.predict(Xd)
+    assert isinstance(lab, da.Array)
+    np.testing.assert_array_equal(lab.compute(), km.predict(X))
+    np.testing.assert_allclose(km.transform(Xd).compute(), km.transform(X))
+    assert km.fit_predict(X).shape == (len(X),)
+
+
+def test_xarray_and_zarr_inputs(tmp_path):
+    import xarray as xr
+
+    from kmeans_dist.data import write_store
+
+    X = _data(11)
+    url = write_store(tmp_path / "s.zarr", X, chunk_rows=1000)
+    arr = xr.DataArray(X, dims=("sample", "feature"))
+    a = KMeans(5, init=X[:5]).fit(arr)
+    b = KMeans(5, init=X[:5]).fit(str(url))
+    np.testing.assert_array_equal(a.cluster_centers_, b.cluster_centers_)
+    assert isinstance(b.labels_, da.Array)
+
+
+def test_history_and_attributes():
+    X = _data(12)
+    km = KMeans(5, random_state=0).fit(X)
+    assert km.n_features_in_ == X.shape[1]
+    assert len(km.history_) == km.n_iter_
+    assert {"iteration", "inertia", "center_shift", "seconds"} <= set(km.history_[0])
+    assert km.cluster_sizes_.sum() == len(X)
+
+
+def test_empty_cluster_relocated_not_zero():
+    rng = np.random.default_rng(0)
+    X = np.vstack([rng.normal(0, 1, (50, 2)), rng.normal(10, 1, (50, 2))])
+    C0 = np.array([[0.0, 0.0], [10.0, 10.0], [1000.0, 1000.0]])  # third center gets no point
+    km = KMeans(3, init=C0, max_iter=1).fit(X)
+    sk = SKKMeans(3, init=C0, n_init=1, max_iter=1, algorithm="lloyd").fit(X)
+    # relocated onto the point farthest from its center, exactly as scikit-learn
+    assert np.any(np.all(X == km.cluster_centers_[2], axis=1))
+    np.testing.assert_allclose(km.cluster_centers_, sk.cluster_centers_, rtol=1e-12)
+
+
+def test_save_load_roundtrip_without_pickle(tmp_path):
+    from kmeans_dist import load_model
+
+    X = _data(13)
+    km = KMeans(5, random_state=0).fit(X)
+    p = km.save(tmp_path / "model")
+    m = load_model(p)
+    np.testing.assert_array_equal(m.cluster_centers_, km.cluster_centers_)
+    np.testing.assert_array_equal(m.predict(X), km.predict(X))
+    assert m.inertia_ == km.inertia_ and m.n_iter_ == km.n_iter_
+    with np.load(tmp_path / "model" / "arrays.npz", allow_pickle=False) as z:
+        assert "cluster_centers_" in z.files
+    # array init round-trips too
+    km2 = KMeans(5, init=X[:5]).fit(X)
+    m2 = load_model(km2.save(tmp_path / "m2"))
+    np.testing.assert_array_equal(m2.init, X[:5])
+
+
+def test_save_is_atomic_on_crash(tmp_path, monkeypatch):
+    from kmeans_dist import io as kio
+    from kmeans_dist import load_model
+
+    X = _data(14)
+    km = KMeans(5, random_state=0).fit(X)
+
+    def boom(*a, **k):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(kio.json, "dump", boom)
+    with pytest.raises(RuntimeError):
+        km.save(tmp_path / "model")
+    assert not (tmp_path / "model").exists()
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(FileNotFoundError):
+        load_model(tmp_path / "model")
+
+
+def test_kernels_lloyd_inmemory_matches_sklearn():
+    X = _data(15)
+    C0 = X[:5].copy()
+    sk = SKKMeans(5, init=C0, n_init=1, algorithm="lloyd").fit(X)
+    r = kernels.lloyd_inmemory(X, C0)
+    np.testing.assert_allclose(r.centers, sk.cluster_centers_, rtol=1e-9)
+    np.testing.assert_allclose(r.inertia, sk.inertia_, rtol=1e-9)
+    r2 = kernels.kmeans_inmemory(X, 5, n_init=3, random_state=0)
+    assert r2.inertia <= sk.inertia_ * 1.01
+
+
+def test_tree_combine_groups_consecutive_blocks():
+    calls = []
+
+    def comb(parts):
+        calls.append(list(parts))
+        return "(" + "+".join(parts) + ")"
+
+    out = kernels.tree_combine([str(i) for i in range(10)], comb, 4)
+    assert out == "((0+1+2+3)+(4+5+6+7)+(8+9))"

@@ -1,0 +1,206 @@
+"""Deep k-means in plain PyTorch (no Ray): losses against NumPy, the k-means re-initialisation, and every
+method for 2 + 2 epochs on 2,000 MNIST images."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from kmeans_dist.deep import (Autoencoder, BatchLoader, embed, fit_method, make_method,  # noqa: E402
+                              pretrain, reinit_centroids)
+from kmeans_dist.deep import losses as L  # noqa: E402
+from kmeans_dist.deep.train import METHODS, to_kernel_array  # noqa: E402
+from kmeans_dist.kernels import kmeans_inmemory  # noqa: E402
+
+N_IMAGES = 2000
+
+
+def _np_sqdist(z, mu):
+    return ((z[:, None, :] - mu[None, :, :]) ** 2).sum(-1)
+
+
+def _np_softmax(a):
+    a = a - a.max(axis=1, keepdims=True)
+    e = np.exp(a)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+@pytest.fixture(scope="module")
+def data():
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(64, 10))
+    mu = rng.normal(size=(7, 10))
+    return z, mu
+
+
+def test_ct_loss_matches_numpy(data):
+    z, mu = data
+    for alpha in (3.0, 0.2):
+        d = _np_sqdist(z, mu)
+        G = _np_softmax(-alpha * d)
+        expected = (d * G).sum(1).mean()
+        got = L.ct_loss(torch.tensor(z), torch.tensor(mu), L.get_membership("softmax", alpha=alpha))
+        assert float(got) == pytest.approx(expected, rel=1e-12, abs=1e-12)
+    # the default membership is the paper's softmax with alpha = 3
+    d = _np_sqdist(z, mu)
+    assert float(L.ct_loss(torch.tensor(z), torch.tensor(mu))) == pytest.approx(
+        (d * _np_softmax(-3.0 * d)).sum(1).mean(), rel=1e-12)
+
+
+def test_memberships_match_numpy(data):
+    z, mu = data
+    d = _np_sqdist(z, mu)
+    dt = torch.tensor(d)
+    for m in (1.5, 2.0, 3.0):
+        u = 1.0 / ((d[:, :, None] / d[:, None, :]) ** (1.0 / (m - 1))).sum(-1)
+        np.testing.assert_allclose(L.fuzzy_cmeans_membership(dt, m).numpy(), u, rtol=1e-9)
+    q = 1.0 / (1.0 + d)
+    np.testing.assert_allclose(L.student_membership(dt).numpy(), q / q.sum(1, keepdims=True), rtol=1e-12)
+    G = L.get_membership("fcm", m=2.0)(dt)
+    np.testing.assert_allclose(G.sum(1).numpy(), 1.0, rtol=1e-12)
+    with pytest.raises(ValueError):
+        L.get_membership("nope")
+    with pytest.raises(ValueError):
+        L.fuzzy_cmeans_membership(dt, 1.0)
+
+
+def test_dkm_dcn_losses_match_numpy(data):
+    z, mu = data
+    d = _np_sqdist(z, mu)
+    assert float(L.dkm_loss(torch.tensor(z), torch.tensor(mu), 5.0)) == pytest.approx(
+        (d * _np_softmax(-5.0 * d)).sum(1).mean(), rel=1e-12)
+    s = d.argmin(1)
+    assert float(L.dcn_loss(torch.tensor(z), torch.tensor(mu), torch.tensor(s))) == pytest.approx(
+        d[np.arange(len(s)), s].mean(), rel=1e-12)
+    x = np.random.default_rng(1).random((5, 8))
+    xh = np.random.default_rng(2).random((5, 8))
+    assert float(L.reconstruction_loss(torch.tensor(xh), torch.tensor(x))) == pytest.approx(
+        ((xh - x) ** 2).sum(1).mean(), rel=1e-12)
+
+
+def test_autoencoder_shapes():
+    m = Autoencoder(784, 10)
+    sizes = [mod.out_features for mod in m.encoder if isinstance(mod, torch.nn.Linear)]
+    assert sizes == [500, 500, 2000, 10]
+    sizes = [mod.out_features for mod in m.decoder if isinstance(mod, torch.nn.Linear)]
+    assert sizes == [2000, 500, 500, 784]
+    assert not isinstance(m.encoder[-1], torch.nn.ReLU) and not isinstance(m.decoder[-1], torch.nn.ReLU)
+    z, xh = m(torch.rand(3, 784))
+    assert z.shape == (3, 10) and xh.shape == (3, 784)
+
+
+def test_batch_loader_covers_all_rows_once():
+    X = torch.arange(1000, dtype=torch.float32)[:, None]
+    ld = BatchLoader(X, 256, seed=3)
+    ld.set_epoch(2)
+    rows = torch.cat(list(ld))[:, 0]
+    assert sorted(rows.tolist()) == list(range(1000))
+    ld.set_epoch(3)
+    assert not torch.equal(torch.cat(list(ld))[:, 0], rows)
+
+
+@pytest.fixture(scope="module")
+def mnist(mnist_dir):
+    from kmeans_dist.data import load_mnist
+
+    X, y = load_mnist(mnist_dir, limit=N_IMAGES, scale=1 / 255)
+    assert 0.0 <= X.min() and X.max() <= 1.0
+    return torch.from_numpy(X), y
+
+
+@pytest.fixture(scope="module")
+def pretrained(mnist):
+    X, _ = mnist
+    torch.manual_seed(0)
+    model = Autoencoder(784, 10)
+    hist = pretrain(model, X, epochs=2, batch_size=256, seed=0)
+    assert len(hist) == 2 and hist[1]["rec_loss"] < hist[0]["rec_loss"]
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_dlpack_handover_shares_memory(mnist, pretrained):
+    X, _ = mnist
+    model = Autoencoder(784, 10)
+    model.load_state_dict(pretrained)
+    Z = embed(model, X)
+    A = to_kernel_array(Z)
+    assert isinstance(A, np.ndarray)
+    assert A.__array_interface__["data"][0] == Z.data_ptr()  # no host copy
+
+
+def test_reinit_gives_exactly_the_kmeans_centers(mnist, pretrained):
+    X, _ = mnist
+    model = Autoencoder(784, 10)
+    model.load_state_dict(pretrained)
+    Z = embed(model, X)
+    ct = make_method("CT", 10, seed=4, n_init=3)
+    ct.initialize(Z)
+    labels = ct.end_epoch(Z, 5)
+    ref = kmeans_inmemory(Z.numpy().copy(), 10, n_init=3, random_state=4 * 10_007 + 5 + 1)
+    assert np.array_equal(ct.centroids.numpy(), ref.centers)
+    assert np.array_equal(labels.numpy(), ref.labels)
+    # and they are the k-means fixed point of the embeddings: each center is the mean of its points
+    Zn = Z.numpy().astype(np.float64)
+    lab = _np_sqdist(Zn, ct.centroids.numpy().astype(np.float64)).argmin(1)
+    for j in range(10):
+        np.testing.assert_allclose(ct.centroids.numpy()[j], Zn[lab == j].mean(0), rtol=1e-4, atol=1e-4)
+    c2, l2, inertia = reinit_centroids(Z, 10, n_init=3, random_state=4 * 10_007 + 6)
+    assert c2.dtype == Z.dtype and l2.dtype == torch.int64 and inertia > 0
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_every_method_runs(name, mnist, pretrained):
+    X, y = mnist
+    torch.manual_seed(1)
+    model = Autoencoder(784, 10)
+    model.load_state_dict(pretrained)
+    method = make_method(name, 10, seed=0, n_init=3)
+    res = fit_method(model, X, method, y=y, epochs=2, seed=0, snapshot_epochs=(1, 2), snapshot_size=300)
+    hist = res["history"]
+    expected_epochs = [0, 1, 2] if method.finetunes else [0]
+    assert [h["epoch"] for h in hist] == expected_epochs
+    for h in hist:
+        assert 0.0 <= h["acc"] <= 1.0 and -1.0 <= h["ari"] <= 1.0 and 0.0 <= h["nmi"] <= 1.0
+        if h["epoch"]:
+            assert np.isfinite(h["rec_loss"]) and np.isfinite(h["clu_loss"]) and h["clu_loss"] >= 0
+    assert hist[-1]["acc"] > 0.15  # above chance (about 0.11 for 10 matched clusters) after 2 + 2 epochs
+    assert res["labels"].shape == (N_IMAGES,)
+    assert res["max_membership_before"].shape == res["max_membership_after"].shape == (N_IMAGES,)
+    assert set(res["snapshots"]) == ({0, 1, 2} if method.finetunes else {0})
+    if name == "CT-noreinit":  # frozen centroids, never re-initialised
+        c0 = make_method("CT", 10, seed=0, n_init=3)
+        m0 = Autoencoder(784, 10)
+        m0.load_state_dict(pretrained)
+        c0.initialize(embed(m0, X))
+        assert np.array_equal(res["centroids"], c0.centroids.numpy())
+    if name == "DCN":
+        assert float(method.counts.sum()) == pytest.approx(N_IMAGES * 3)  # initial counts + 2 epochs
+    if name.startswith("DKM"):
+        assert isinstance(method.centroids, torch.nn.Parameter)
+    if name == "DKM-anneal":
+        assert method.alpha > 0.1
+
+
+def test_state_dict_roundtrip(mnist, pretrained):
+    X, _ = mnist
+    model = Autoencoder(784, 10)
+    model.load_state_dict(pretrained)
+    Z = embed(model, X)
+    for name in ("DCN", "DKM", "CT"):
+        m = make_method(name, 10, seed=0, n_init=2)
+        m.initialize(Z)
+        m2 = make_method(name, 10, seed=0, n_init=2)
+        m2.load_state_dict(m.state_dict())
+        assert torch.equal(m2.centroids.detach(), m.centroids.detach())
+
+
+def test_deep_package_never_imports_ray_or_prefect():
+    import subprocess
+    import sys
+
+    code = ("import sys, kmeans_dist.deep, kmeans_dist.deep.plots; "
+            "bad = [m for m in sys.modules if m.split('.')[0] in ('ray', 'prefect')]; "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)

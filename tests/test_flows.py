@@ -1,0 +1,253 @@
+"""Prefect flows on Dask: parameters, caching, checkpoints, artifacts, failures, SIGKILL and resume.
+
+Flow runs use one session-scoped ``prefect_test_harness``; the SIGKILL test runs the flow in a real
+subprocess (its own process group, killed by PID) against the harness's API.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from flows.params import ChooseKParams, ClusteringParams, ParameterError, check_dask_address, validate_params
+from pipelines import stages
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _blobs_store(path, n=3000, d=8, k=5, seed=0, chunk_rows=1000):
+    from kmeans_dist.data import write_store
+
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(scale=6.0, size=(k, d))
+    y = rng.integers(0, k, size=n)
+    X = centers[y] + rng.normal(size=(n, d))
+    write_store(str(path), X, labels=y, chunk_rows=chunk_rows, overwrite=True)
+    return str(path)
+
+
+# ------------------------------------------------------------------------------------------------
+# no Prefect server needed
+# ------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("bad, needle", [
+    ({"k": 0}, "k: Input should be greater than or equal to 1"),
+    ({"init": "kmeans"}, "init"),
+    ({"algorithm": "elkan"}, "algorithm"),
+    ({"dask_address": "localhost"}, "dask_address 'tcp://localhost' is not of the form tcp://HOST:PORT"),
+    ({"n_workers": 0}, "n_workers"),
+    ({"tol": -1.0}, "tol"),
+    ({"bogus": 1}, "unknown parameter 'bogus'"),
+])
+def test_params_reject_bad_values_with_a_clear_message(bad, needle):
+    with pytest.raises(ParameterError) as ei:
+        validate_params(ClusteringParams, {"source": "sklearn-digits", **bad}, "clustering_flow")
+    msg = str(ei.value)
+    assert msg.startswith("Invalid parameters for clustering_flow; fix these and run again")
+    assert needle in msg
+
+
+def test_choose_k_params_range():
+    assert ChooseKParams(k_min=2, k_max=5).k_values() == [2, 3, 4, 5]
+    assert ChooseKParams(ks=[4, 2, 4]).k_values() == [2, 4]
+    with pytest.raises(ParameterError, match="k_max .* smaller than k_min"):
+        validate_params(ChooseKParams, {"k_min": 5, "k_max": 2}, "choose_k_flow")
+
+
+def test_unreachable_dask_address_is_reported():
+    with pytest.raises(ParameterError, match="Cannot reach the Dask scheduler at tcp://127.0.0.1:"):
+        check_dask_address(f"tcp://127.0.0.1:{_free_port()}", timeout=2)
+
+
+def test_fingerprint_tracks_store_content(tmp_path):
+    url = _blobs_store(tmp_path / "a.zarr")
+    f1 = stages.fingerprint(url)
+    assert stages.fingerprint({"url": url}) == f1
+    k1 = stages.stage_key("seed", {"store": {"url": url}}, {"k": 3})
+    assert stages.stage_key("seed", {"store": {"url": url}}, {"k": 3}) == k1
+    assert stages.stage_key("seed", {"store": {"url": url}}, {"k": 4}) != k1
+    time.sleep(0.01)
+    _blobs_store(tmp_path / "a.zarr", seed=1)
+    assert stages.fingerprint(url) != f1
+    assert stages.stage_key("seed", {"store": {"url": url}}, {"k": 3}) != k1
+
+
+def test_checkpoint_roundtrip_is_atomic(tmp_path):
+    C = np.arange(12, dtype=np.float64).reshape(3, 4) / 7
+    hist = [{"iteration": 1, "inertia": 2.5, "center_shift": 0.1}]
+    stages.write_checkpoint(tmp_path, key="abc", centers=C, iteration=1, history=hist)
+    ck = stages.read_checkpoint(tmp_path, "abc")
+    assert ck["iteration"] == 1 and ck["history"] == hist
+    np.testing.assert_array_equal(ck["centers"], C)
+    assert stages.read_checkpoint(tmp_path, "other-key") is None
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.npz"]  # no temporary left behind
+
+
+def test_stages_compose_on_references(tmp_path):
+    url = _blobs_store(tmp_path / "blobs.zarr")
+    out = tmp_path / "run"
+    store = stages.ingest(url, out)
+    assert store["url"] == url and not (out / "data").exists()  # a Zarr source is used in place
+    s = stages.seed(store, out, k=5, init="k-means++", random_state=0)
+    fit = stages.fit_lloyd(store, s, out, max_iter=50, tol=1e-4)
+    m = stages.evaluate(store, fit, out, silhouette_sample=500)
+    assert 0.5 < m["ari"] <= 1 and 0.5 < m["nmi"] <= 1 and sum(m["cluster_sizes"]) == 3000
+    rep = stages.report(out, store=store, fit=fit, metrics=m, params={"init": "k-means++"}, timings={"fit": 1.0})
+    assert Path(rep["report_path"]).exists() and Path(rep["plots"]["inertia"]).exists()
+    # a finished fit is returned as is
+    again = stages.fit_lloyd(store, s, out, max_iter=50, tol=1e-4)
+    assert again["n_iter"] == fit["n_iter"] and again["path"] == fit["path"]
+
+
+# ------------------------------------------------------------------------------------------------
+# flow runs (one Prefect test server for the session)
+# ------------------------------------------------------------------------------------------------
+
+def _task_states(flow_run_id) -> dict[str, list[str]]:
+    """Task run name prefix -> state names, over a flow run and its subflows."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId, TaskRunFilter
+
+    async def go():
+        async with get_client() as c:
+            subs = await c.read_flow_runs(flow_run_filter=FlowRunFilter(
+                parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[flow_run_id])))
+            ids = [flow_run_id] + [s.id for s in subs]
+            trs = await c.read_task_runs(flow_run_filter=FlowRunFilter(id={"any_": ids}))
+            out: dict[str, list[str]] = {}
+            for tr in trs:
+                out.setdefault(tr.name.rsplit("-", 1)[0], []).append(tr.state.name if tr.state else None)
+            return out
+
+    from prefect.utilities.asyncutils import run_coro_as_sync
+
+    return run_coro_as_sync(go())
+
+
+def test_clustering_flow_caches_and_reports(prefect_harness, dask_client, tmp_path):
+    from prefect.artifacts import Artifact
+
+    from flows.clustering import clustering_flow
+
+    src = tmp_path / "blobs.npy"
+    rng = np.random.default_rng(0)
+    np.save(src, (rng.normal(size=(5, 8)) * 6)[rng.integers(0, 5, 2000)] + rng.normal(size=(2000, 8)))
+    out = tmp_path / "run"
+    kw = dict(source=str(src), k=5, n_init=2, output_dir=str(out), dask_address=dask_client.scheduler.address,
+              max_iter=100, silhouette_sample=300)
+    st = clustering_flow(**kw, return_state=True)
+    assert st.is_completed(), st.message
+    res = st.result()
+    assert json.loads((out / "run.json").read_text())["status"] == "completed"
+    for name in ("inertia", "cluster_sizes"):
+        assert Path(res["plots"][name]).exists()
+    assert (out / "data" / "input.zarr").exists() and (out / "fits" / "fit-0" / "checkpoint.npz").exists()
+    assert "| k | 5 |" in Path(res["report"]).read_text()
+    rep = Artifact.get("clustering-report")
+    assert rep is not None and "Time per stage" in rep.data
+    assert Artifact.get("clustering-history") is not None
+    assert Artifact.get("lloyd-progress-fit-0") is not None
+    centers = stages.load_centers({"path": res["centers"]})
+
+    # same inputs: every cached stage is skipped
+    st2 = clustering_flow(**kw, return_state=True)
+    assert st2.is_completed()
+    states = _task_states(st2.state_details.flow_run_id)
+    for stage in ("ingest", "seed", "fit_lloyd", "evaluate"):
+        assert set(states[stage]) == {"Cached"}, states
+    np.testing.assert_array_equal(stages.load_centers({"path": st2.result()["centers"]}), centers)
+
+    # a changed input recomputes
+    time.sleep(0.01)
+    np.save(src, np.load(src) + 1.0)
+    st3 = clustering_flow(**kw, return_state=True)
+    assert st3.is_completed()
+    states = _task_states(st3.state_details.flow_run_id)
+    for stage in ("ingest", "seed", "fit_lloyd", "evaluate"):
+        assert "Cached" not in states[stage], states
+    np.testing.assert_allclose(stages.load_centers({"path": st3.result()["centers"]}), centers + 1.0, rtol=0,
+                               atol=1e-9)
+
+
+@pytest.mark.parametrize("kw, needle", [
+    ({"k": 0}, "Invalid parameters for clustering_flow"),
+    ({"source": "/nonexistent/data.npy"}, "does not exist"),
+    ({"dask_address": "tcp://127.0.0.1:{port}"}, "Cannot reach the Dask scheduler"),
+])
+def test_bad_runs_fail_clearly_and_write_nothing(prefect_harness, tmp_path, kw, needle):
+    from flows.clustering import clustering_flow
+
+    kw = {k: (v.format(port=_free_port()) if isinstance(v, str) else v) for k, v in kw.items()}
+    out = tmp_path / "run"
+    st = clustering_flow(**{"source": "sklearn-digits", "k": 3, "output_dir": str(out), **kw}, return_state=True)
+    assert st.is_failed()
+    assert needle in st.message
+    assert not out.exists()
+
+
+def _uniform_store(path, n=20000, d=16):
+    from kmeans_dist.data import write_store
+
+    X = np.random.default_rng(3).uniform(size=(n, d))
+    write_store(str(path), X, chunk_rows=5000, overwrite=True)
+    return str(path)
+
+
+def test_sigkill_mid_fit_then_resume(prefect_harness, tmp_path):
+    """Kill the flow process (SIGKILL, whole process group) mid-Lloyd; the next run resumes from the
+    checkpoint and ends with the centers of an uninterrupted fit."""
+    from flows.clustering import clustering_flow
+
+    src = _uniform_store(tmp_path / "u.zarr")
+    out = tmp_path / "run"
+    args = dict(source=src, k=32, init="random", max_iter=60, tol=0.0, output_dir=str(out), n_workers=1,
+                silhouette_sample=0)
+    env = {**os.environ, "PREFECT_API_URL": prefect_harness, "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "flows.clustering"] + [f"--{k.replace('_', '-')}={v}" for k, v in args.items()]
+    log = open(tmp_path / "flow.log", "wb")
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    fdir = out / "fits" / "fit-0"
+    killed_at = None
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and proc.poll() is None:
+            ck = stages.read_checkpoint(fdir)
+            if ck is not None and ck["iteration"] >= 4:
+                os.killpg(proc.pid, signal.SIGKILL)
+                killed_at = ck["iteration"]
+                break
+            time.sleep(0.05)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        log.close()
+    assert killed_at is not None, (tmp_path / "flow.log").read_text()[-3000:]
+    assert not (fdir / "fit.npz").exists()
+    assert json.loads((out / "run.json").read_text())["status"] == "running"  # never mistaken for finished
+
+    res = clustering_flow(**args)
+    meta = json.loads(str(np.load(fdir / "fit.npz")["meta"]))
+    assert meta["resumed_from"] >= killed_at
+    assert res["n_iter"] > meta["resumed_from"]
+
+    # uninterrupted reference from the same initial centers, in process, no Prefect
+    store = stages.ingest(src, tmp_path / "ref")
+    ref = stages.fit_lloyd(store, {"path": str(out / "seeds" / "seed-0.npy")}, tmp_path / "ref", max_iter=60, tol=0.0)
+    assert ref["n_iter"] == res["n_iter"]
+    np.testing.assert_allclose(stages.load_centers({"path": res["centers"]}), stages.load_centers(ref),
+                               rtol=1e-12, atol=0)
