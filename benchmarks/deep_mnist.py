@@ -94,10 +94,15 @@ def write_results(workdir: Path, out: Path, args, progress: dict | None = None) 
             status += " (" + ", ".join(r.get("protocol_note", "") for r in rs) + ")"
         lines.append(f"| {name} | {ptxt} | {_fmt([r['acc'] for r in use])} | {_fmt([r['nmi'] for r in use])} | "
                      f"{_fmt([r['ari'] for r in use])} | {','.join(str(r['seed']) for r in use) or '-'} | {status} |")
-    if progress:
+    if progress and progress["method"] == "pretraining":
+        lines += ["", f"**In progress** (not a result): seed {progress['seed']}, pretraining epoch {progress['epoch']}/"
+                  f"{progress['epochs']}, reconstruction loss {progress['rec_loss']:.3f}, {progress['seconds']:.0f} s for "
+                  f"the last epoch (at {time.strftime('%H:%M:%S')})."]
+    elif progress:
         lines += ["", f"**In progress** (not a result): {progress['method']} seed {progress['seed']}, finetuning epoch "
                   f"{progress['epoch']}/{progress['epochs']}: ACC {100 * progress['acc']:.2f}, NMI {100 * progress['nmi']:.2f} "
-                  f"(at {time.strftime('%H:%M:%S')})."]
+                  f"({progress['train_seconds']:.0f} + {progress['end_epoch_seconds']:.0f} s for the last epoch, "
+                  f"at {time.strftime('%H:%M:%S')})."]
     lines += ["", "## Wall time per epoch", "",
               "| seed | phase | mean seconds per epoch (train) | mean seconds per epoch (embed + k-means) | epochs |",
               "| --- | --- | --- | --- | --- |"]
@@ -187,13 +192,32 @@ def main(argv=None):
             model.load_state_dict(torch.load(ae_path))
             log(f"seed {seed}: loaded pretrained autoencoder {ae_path}")
         else:
+            # pretraining checkpoints every epoch (ae_seedN.partial.pt): a killed run resumes there
+            part_path = workdir / f"ae_seed{seed}.partial.pt"
+            opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+            hist, start, secs = [], 0, 0.0
+            if part_path.exists():
+                st = torch.load(part_path, weights_only=False)
+                model.load_state_dict(st["model"])
+                opt.load_state_dict(st["optimizer"])
+                hist, start, secs = st["history"], st["epoch"], st["seconds"]
+                log(f"seed {seed}: resuming pretraining after epoch {start}")
             t0 = time.perf_counter()
-            hist = pretrain(model, X, epochs=args.pretrain_epochs, batch_size=args.batch_size, seed=seed,
-                            callback=lambda m: log(f"seed {seed} pretrain epoch {m['epoch']}: rec {m['rec_loss']:.3f} "
-                                                   f"({m['seconds']:.1f} s)"))
+
+            def pcb(m, seed=seed):
+                hist.append(m)
+                log(f"seed {seed} pretrain epoch {m['epoch']}: rec {m['rec_loss']:.3f} ({m['seconds']:.1f} s)")
+                torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "history": hist,
+                            "epoch": m["epoch"], "seconds": secs + time.perf_counter() - t0}, part_path)
+                write_results(workdir, out, args, progress={"method": "pretraining", "seed": seed,
+                                                            "epochs": args.pretrain_epochs, **m})
+
+            pretrain(model, X, epochs=args.pretrain_epochs, batch_size=args.batch_size, seed=seed,
+                     optimizer=opt, start_epoch=start, callback=pcb)
             torch.save(model.state_dict(), ae_path)
             (workdir / f"pretrain_{seed}.json").write_text(json.dumps({"seed": seed, "history": hist,
-                                                                       "seconds": time.perf_counter() - t0}))
+                                                                       "seconds": secs + time.perf_counter() - t0}))
+            part_path.unlink(missing_ok=True)
         pretrained = {k: v.clone() for k, v in model.state_dict().items()}
 
         todo = ["AEKM"] + [m for m in args.methods if m != "AEKM"]
@@ -221,8 +245,19 @@ def main(argv=None):
                 if m["epoch"] and m["epoch"] % args.progress_every == 0 and m["epoch"] < epochs:
                     write_results(workdir, out, args, progress={"method": name, "seed": seed, "epochs": epochs, **m})
 
+            ck_path = workdir / f"finetune_{name}_seed{seed}.partial.pt"
+            resume = None
+            if ck_path.exists():
+                resume = torch.load(ck_path, weights_only=False)
+                log(f"seed {seed}: resuming {name} after finetuning epoch {resume['epoch']}")
+
+            def ckpt(state, ck_path=ck_path):
+                torch.save(state, ck_path.with_suffix(".tmp"))
+                ck_path.with_suffix(".tmp").replace(ck_path)
+
             res = fit_method(model, X, method, y=y, epochs=epochs, batch_size=args.batch_size, seed=seed,
-                             snapshot_epochs=(1, 10, epochs // 2, epochs) if method.finetunes else (), callback=cb)
+                             snapshot_epochs=(1, 10, epochs // 2, epochs) if method.finetunes else (), callback=cb,
+                             checkpoint=ckpt, resume=resume)
             last = res["history"][-1]
             rec = {"method": name, "seed": seed, "acc": last["acc"], "nmi": last["nmi"], "ari": last["ari"],
                    "complete": full_protocol, "protocol_note": note, "seconds": time.perf_counter() - t0,
@@ -232,6 +267,7 @@ def main(argv=None):
                                 centroids=res["centroids"], before=res["max_membership_before"],
                                 after=res["max_membership_after"])
             make_plots(workdir, name, seed, res, y)
+            ck_path.unlink(missing_ok=True)
             log(f"seed {seed}: {name} done: ACC {rec['acc']:.4f} NMI {rec['nmi']:.4f} in {rec['seconds']:.0f} s")
             write_results(workdir, out, args)
     log("all done")

@@ -148,7 +148,14 @@ class DaskBlocks(_Blocks):
         ws = [None] * len(xs) if wd is None else wd.rechunk({0: rows}).to_delayed().ravel()
         parts = [delayed(_make_block, pure=True)(x, w, o, i)
                  for i, (x, w, o) in enumerate(zip(xs, ws, self.offsets))]
-        self.futures = client.compute(parts)
+        # contiguous, balanced ranges of blocks per worker (placement is a hint: dask may move them)
+        addrs = sorted(_worker_addresses(client))
+        if addrs:
+            W = len(addrs)
+            self.futures = [client.compute(p, workers=[addrs[i * W // len(parts)]], allow_other_workers=True)
+                            for i, p in enumerate(parts)]
+        else:
+            self.futures = client.compute(parts)
         self._groups = None
 
     def _worker_groups(self):

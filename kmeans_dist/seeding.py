@@ -158,6 +158,8 @@ def _locate(blocks, states, u, block_pots):
 def _update_closest_chunk(X, w, offset, state, centers, base_index):
     """state <- min(state, d(x, centers)); returns the block potential sum(w * closest)."""
     xp = get_namespace(X)
+    if state is not None and len(centers) == 0:
+        return state, float(to_numpy(xp.sum(_weighted(w, state["closest"], xp))))
     C = xp.asarray(np.asarray(centers, dtype=to_numpy(X[:1, ...]).dtype))
     x_sq = row_norms_sq(X) if state is None else state["x_sq"]
     D = xp.astype(sq_distances(X, C, x_sq=x_sq), xp.float64)
@@ -285,12 +287,12 @@ def kmeans_parallel(blocks, n_clusters, rng, seed, block_weights, *, oversamplin
                 if ok.any():
                     picked.append(r["rows"][ok])
         if not picked:
-            new = None
+            new = np.zeros((0, blocks.n_features))
             continue
         new = np.concatenate(picked)
         cands.append(new)
         n_cands += new.shape[0]
-    if new is not None:
+    if new is not None and len(new):
         states, _ = blocks.map_state(_parallel_round_chunk, states, new, base, None, seed, init_rounds + 1, idx_of)
     _, counts = blocks.map_state(_owner_weights_chunk, states, n_cands)
     weights = np.sum(np.stack(counts), axis=0)

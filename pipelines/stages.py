@@ -524,9 +524,10 @@ def evaluate(store: dict, fit: dict, out_dir, *, silhouette_sample: int = 2000, 
                            "cluster_sizes": counts.tolist(), "empty_clusters": int((counts == 0).sum())}
     if y is not None:
         cont = np.sum([p["cont"] for p in parts], axis=0)
-        out["ari"], out["nmi"] = _ari_nmi(cont)
-    if silhouette_sample and centers.shape[0] >= 2:
-        out["silhouette"] = _silhouette(X, centers, silhouette_sample, random_state, client)
+        out.update(_labelled_metrics(cont))
+    k = int(centers.shape[0])
+    if 2 <= k < X.shape[0] and int((counts > 0).sum()) >= 2:
+        out.update(_unlabelled_metrics(X, centers, silhouette_sample, random_state, client))
     out["seconds"] = time.perf_counter() - t0
     path = atomic_write_json(Path(out_dir) / "metrics" / f"{fit.get('name', 'fit')}.json", out)
     out["path"] = path
@@ -535,21 +536,45 @@ def evaluate(store: dict, fit: dict, out_dir, *, silhouette_sample: int = 2000, 
     return out
 
 
-def _silhouette(X, centers, sample: int, random_state: int, client) -> float | None:
-    from sklearn.metrics import silhouette_score
-
+def _labels_block(x, centers):
     from kmeans_dist.kernels import assign_labels
 
-    n = X.shape[0]
-    m = min(sample, n)
-    idx = np.sort(np.random.default_rng(random_state).choice(n, size=m, replace=False))
-    sub = X[idx]
-    Xs = np.asarray(sub.compute() if client is None else client.compute(sub).result(), dtype=np.float64)
-    lab, _ = assign_labels(Xs, centers.astype(np.float64))
-    lab = np.asarray(lab)
-    if not (2 <= len(np.unique(lab)) <= m - 1):
-        return None
-    return float(silhouette_score(Xs, lab))
+    x = np.asarray(x)
+    lab, _ = assign_labels(x, centers.astype(x.dtype, copy=False))
+    return np.asarray(lab, dtype=np.int64)
+
+
+def _labelled_metrics(cont: np.ndarray) -> dict:
+    """ARI, NMI and accuracy against the ground truth, from the (cluster x class) contingency table."""
+    try:
+        from kmeans_dist import metrics as M
+
+        t = cont.T  # classes x clusters
+        return {"ari": float(M.adjusted_rand_score(contingency=t)),
+                "nmi": float(M.normalized_mutual_info_score(contingency=t)),
+                "accuracy": float(M.clustering_accuracy(contingency=t))}
+    except ImportError:  # pragma: no cover - the metrics module is part of the library
+        ari, nmi = _ari_nmi(cont)
+        return {"ari": ari, "nmi": nmi}
+
+
+def _unlabelled_metrics(X, centers, silhouette_sample: int, random_state: int, client) -> dict:
+    """Silhouette (estimated from a seeded sample, each sampled point exact against all n), Calinski-
+    Harabasz and Davies-Bouldin, with the distributed metrics of :mod:`kmeans_dist.metrics`."""
+    from kmeans_dist import metrics as M
+
+    lab = X.map_blocks(_labels_block, centers, drop_axis=1, dtype=np.int64)
+    if client is not None:
+        lab = client.persist(lab)
+    out = {"calinski_harabasz": float(M.calinski_harabasz_score(X, lab)),
+           "davies_bouldin": float(M.davies_bouldin_score(X, lab))}
+    if silhouette_sample:
+        if silhouette_sample >= X.shape[0] and X.shape[0] <= 20_000:
+            out["silhouette"], out["silhouette_se"] = float(M.silhouette_score(X, lab)), 0.0
+        else:
+            est = M.silhouette_estimate(X, lab, n_sampled=silhouette_sample, random_state=random_state)
+            out["silhouette"], out["silhouette_se"] = float(est.score), float(est.std_error)
+    return out
 
 
 # --------------------------------------------------------------------------------------------------
@@ -677,9 +702,14 @@ def report(out_dir, *, store: dict, fit: dict, metrics: dict, params: dict, timi
         ("resumed from iteration", fit.get("resumed_from") or 0),
         ("inertia", _fmt(metrics.get("inertia"))),
     ]
-    for m in ("ari", "nmi", "silhouette"):
+    names = {"ari": "ARI", "nmi": "NMI", "accuracy": "accuracy (Hungarian)", "silhouette": "silhouette",
+             "calinski_harabasz": "Calinski-Harabasz", "davies_bouldin": "Davies-Bouldin"}
+    for m, label in names.items():
         if metrics.get(m) is not None:
-            rows.append((m.upper() if m != "silhouette" else "silhouette (sample)", _fmt(metrics[m])))
+            v = _fmt(metrics[m])
+            if m == "silhouette" and metrics.get("silhouette_se"):
+                v += f" ± {metrics['silhouette_se']:.2g} (sample)"
+            rows.append((label, v))
     sizes = metrics["cluster_sizes"]
     rows.append(("cluster sizes", f"min {min(sizes)}, max {max(sizes)}, empty {metrics.get('empty_clusters', 0)}"))
     md = [f"# {title}", "", "| | |", "|---|---|"]
@@ -734,12 +764,11 @@ def choose_k_report(out_dir, *, results: list[dict], params: dict, timings: dict
         fig.savefig(pdir / "silhouette.png", dpi=100)
         plt.close(fig)
         plots["silhouette"] = str(pdir / "silhouette.png")
-    best = {"elbow": _elbow(ks, inertia)}
-    if any(s is not None for s in sil):
-        best["silhouette"] = max((s, k) for k, s in zip(ks, sil) if s is not None)[1]
-    md = ["# Choosing k", "", "| k | inertia | silhouette | ARI | NMI |", "|---|---|---|---|---|"]
-    md += [f"| {r['k']} | {_fmt(r['inertia'])} | {_fmt(r.get('silhouette'))} | {_fmt(r.get('ari'))} | "
-           f"{_fmt(r.get('nmi'))} |" for r in results]
+    best = _recommend(results)
+    cols = ["inertia", "silhouette", "calinski_harabasz", "davies_bouldin", "ari", "nmi", "n_iter"]
+    cols = [c for c in cols if any(r.get(c) is not None for r in results)]
+    md = ["# Choosing k", "", "| k | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    md += ["| " + " | ".join([str(r["k"])] + [_fmt(r.get(c)) for c in cols]) + " |" for r in results]
     md += ["", "Suggested k: " + ", ".join(f"{m}: **{k}**" for m, k in best.items()), ""]
     md += ["## Time per stage", "", "| stage | seconds |", "|---|---|"]
     md += [f"| {s} | {t:.2f} |" for s, t in timings.items()]
@@ -752,6 +781,32 @@ def choose_k_report(out_dir, *, results: list[dict], params: dict, timings: dict
     log.info("choose_k report written to %s (suggested: %s)", report_path, best)
     return {"markdown": text, "report_path": report_path, "summary_path": summary_path, "plots": plots,
             "best": best}
+
+
+def _recommend(results: list[dict]) -> dict:
+    """A recommended k per criterion (elbow, silhouette, Calinski-Harabasz, Davies-Bouldin), with
+    :func:`kmeans_dist.selection.assemble` (Kneedle elbow) when it is available."""
+    rows = []
+    for r in results:
+        row = {"k": r["k"], "inertia": r["inertia"], "fit_inertia": r.get("fit_inertia", r["inertia"]),
+               "n_iter": r.get("n_iter", math.nan), "seconds": r.get("seconds", math.nan),
+               "log_w": math.log(r["inertia"]) if r["inertia"] > 0 else -math.inf}
+        for c in ("silhouette", "silhouette_se", "calinski_harabasz", "davies_bouldin"):
+            v = r.get(c)
+            row[c] = math.nan if v is None else v
+        rows.append(row)
+    try:
+        from kmeans_dist.selection import assemble
+
+        _, rec = assemble(rows)
+        return {c: v for c, v in rec.items() if v is not None}
+    except ImportError:  # pragma: no cover
+        ks = [r["k"] for r in results]
+        best = {"elbow": _elbow(ks, [r["inertia"] for r in results])}
+        sil = [(r["silhouette"], r["k"]) for r in results if r.get("silhouette") is not None]
+        if sil:
+            best["silhouette"] = max(sil)[1]
+        return best
 
 
 def _elbow(ks: list[int], inertia: list[float]) -> int:

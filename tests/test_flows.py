@@ -251,3 +251,23 @@ def test_sigkill_mid_fit_then_resume(prefect_harness, tmp_path):
     assert ref["n_iter"] == res["n_iter"]
     np.testing.assert_allclose(stages.load_centers({"path": res["centers"]}), stages.load_centers(ref),
                                rtol=1e-12, atol=0)
+
+
+def test_choose_k_flow_fits_k_in_parallel(prefect_harness, dask_client, tmp_path):
+    from prefect.artifacts import Artifact
+
+    from flows.choose_k import choose_k_flow
+
+    url = _blobs_store(tmp_path / "blobs.zarr", n=2000, k=4)
+    out = tmp_path / "ck"
+    res = choose_k_flow(source=url, k_min=2, k_max=6, output_dir=str(out), dask_address=dask_client.scheduler.address,
+                        max_iter=50, silhouette_sample=400)
+    ks = [r["k"] for r in res["results"]]
+    assert ks == [2, 3, 4, 5, 6]
+    inertia = [r["inertia"] for r in res["results"]]
+    assert all(a >= b for a, b in zip(inertia, inertia[1:]))
+    assert res["best"]["silhouette"] == 4 and "elbow" in res["best"]
+    assert all(r["ari"] is not None and r["calinski_harabasz"] > 0 for r in res["results"])
+    assert Path(res["plots"]["elbow"]).exists() and Path(res["plots"]["silhouette"]).exists()
+    assert Artifact.get("choose-k-report") is not None
+    assert json.loads((out / "run.json").read_text())["status"] == "completed"

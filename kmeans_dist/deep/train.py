@@ -112,12 +112,17 @@ def train_epoch(model, optimizer, loader: Iterable, method: "Method | None" = No
 
 
 def pretrain(model, X: torch.Tensor, *, epochs: int = 50, batch_size: int = 256, lr: float = 1e-3, seed: int = 0,
-             callback: Callable[[dict], None] | None = None, device=None) -> list[dict]:
-    """Train the autoencoder on reconstruction alone; returns the per-epoch history."""
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
+             callback: Callable[[dict], None] | None = None, device=None, optimizer=None,
+             start_epoch: int = 0) -> list[dict]:
+    """Train the autoencoder on reconstruction alone; returns the per-epoch history.
+
+    ``optimizer`` (default: a new Adam) and ``start_epoch`` let a caller checkpoint in ``callback`` and
+    resume: epochs ``start_epoch + 1 .. epochs`` run, with the same batches as an uninterrupted run.
+    """
+    opt = optimizer if optimizer is not None else torch.optim.Adam(model.parameters(), lr=lr)
     loader = BatchLoader(X, batch_size, seed=seed)
     hist = []
-    for ep in range(epochs):
+    for ep in range(int(start_epoch), epochs):
         loader.set_epoch(ep)
         t0 = time.perf_counter()
         m = train_epoch(model, opt, loader, None, device=device, finetune=False)
@@ -485,21 +490,23 @@ def make_method(name: str, n_clusters: int = 10, **kw) -> Method:
 
 def fit_method(model: Autoencoder, X: torch.Tensor, method: Method, *, y=None, epochs: int = 100,
                batch_size: int = 256, lr: float = 1e-3, seed: int = 0, snapshot_epochs=(),
-               snapshot_size: int = 2000, callback: Callable[[dict], None] | None = None, device=None) -> dict:
+               snapshot_size: int = 2000, callback: Callable[[dict], None] | None = None, device=None,
+               checkpoint: Callable[[dict], None] | None = None, resume: dict | None = None) -> dict:
     """Finetune a pretrained ``model`` with ``method`` for ``epochs`` epochs (0 for AEKM).
 
     Returns ``{"history": [per-epoch dicts], "labels": final labels (NumPy), "centroids", "max_membership_before",
     "max_membership_after", "snapshots": {epoch: (Z_sample, labels_sample)}, "sample_index"}``.
     Epoch 0 in the history is the state after pretraining and the initial k-means.
+
+    ``checkpoint(state)`` is called after every epoch with everything needed to continue (model, optimizer,
+    method state, history, ...); passing that ``state`` back as ``resume`` continues from it, with the same
+    batches as an uninterrupted run.
     """
     from .evaluate import clustering_scores
 
     y_np = None if y is None else np.asarray(y)
-    Z = embed(model, X)
-    labels = method.initialize(Z)
     rs = np.random.default_rng(seed)
     sample = np.sort(rs.choice(X.shape[0], size=min(snapshot_size, X.shape[0]), replace=False))
-    snapshots = {}
 
     def record(ep, Z, labels, train_m, t_train, t_end):
         lab = labels.cpu().numpy()
@@ -512,16 +519,29 @@ def fit_method(model: Autoencoder, X: torch.Tensor, method: Method, *, y=None, e
             snapshots[ep] = (Z[sample].cpu().numpy(), lab[sample])
         return m
 
-    before = max_membership(Z, method.centroids, method.membership())
-    hist = [record(0, Z, labels, {}, 0.0, 0.0)]
-    if callback:
-        callback(hist[-1])
+    if resume is None:
+        Z = embed(model, X)
+        labels = method.initialize(Z)
+        snapshots = {}
+        before = max_membership(Z, method.centroids, method.membership())
+        hist = [record(0, Z, labels, {}, 0.0, 0.0)]
+        start = 0
+        if callback:
+            callback(hist[-1])
+    else:
+        model.load_state_dict(resume["model"])
+        method.load_state_dict(resume["method"])
+        hist, snapshots, before = list(resume["history"]), dict(resume["snapshots"]), resume["before"]
+        start = int(resume["epoch"])
+        Z = labels = None
     n_ep = epochs if method.finetunes else 0
-    if n_ep:
+    if n_ep and start < n_ep:
         params = list(model.parameters()) + method.parameters()
         opt = torch.optim.Adam(params, lr=lr)
+        if resume is not None and resume.get("optimizer") is not None:
+            opt.load_state_dict(resume["optimizer"])
         loader = BatchLoader(X, batch_size, seed=seed + 1)
-        for ep in range(1, n_ep + 1):
+        for ep in range(start + 1, n_ep + 1):
             loader.set_epoch(ep)
             t0 = time.perf_counter()
             tm = train_epoch(model, opt, loader, method, device=device)
@@ -534,6 +554,13 @@ def fit_method(model: Autoencoder, X: torch.Tensor, method: Method, *, y=None, e
             hist.append(record(ep, Z, labels, tm, t1 - t0, t2 - t1))
             if callback:
                 callback(hist[-1])
+            if checkpoint:
+                checkpoint({"epoch": ep, "model": {k: v.detach().clone() for k, v in unwrap(model).state_dict().items()},
+                            "optimizer": opt.state_dict(), "method": method.state_dict(), "history": hist,
+                            "snapshots": snapshots, "before": before})
+    if Z is None:
+        Z = embed(model, X)
+        labels = method.predict(Z)
     after = max_membership(Z, method.centroids, method.membership())
     return {"history": hist, "labels": labels.cpu().numpy(), "centroids": method.centroids.detach().cpu().numpy(),
             "max_membership_before": before, "max_membership_after": after, "snapshots": snapshots,

@@ -1,0 +1,143 @@
+"""``choose_k_flow``: fit a range of k in parallel (one seed + Lloyd task chain per k and init) on
+Dask, evaluate each (inertia, silhouette, Calinski-Harabasz, Davies-Bouldin, and ARI/NMI when the
+data has labels) and recommend a k per criterion, with elbow and silhouette curves.
+
+Same validation, caching, checkpoints and Dask set-up as ``clustering_flow``.
+Run it: ``python -m flows.choose_k --source sklearn-digits --k-min 2 --k-max 12``.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Optional
+
+from prefect import flow, get_run_logger, task
+
+from flows.artifacts import publish_report
+from flows.clustering import (_quiet_dask_logs, make_task_runner, stage_tasks,  # noqa: F401
+                              write_status)
+from flows.params import ChooseKParams, check_dask_address, check_source, default_output_dir, validate_params
+from pipelines import stages
+
+__all__ = ["choose_k_flow", "choose_k_run"]
+
+
+@task(name="choose_k_report")
+def choose_k_report_task(out_dir: str, results: list, params: dict, timings: dict) -> dict:
+    return stages.choose_k_report(out_dir, results=results, params=params, timings=timings, logger=get_run_logger())
+
+
+@flow(name="choose-k-run", validate_parameters=False)
+def choose_k_run(params: dict, source: str, out_dir: str) -> dict:
+    from kmeans_dist.data import DataError
+
+    logger = get_run_logger()
+    p = ChooseKParams(**params)
+    ks = p.k_values()
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    write_status(out_dir, "running", flow="choose_k_flow", params=p.model_dump())
+    try:
+        T = stage_tasks(out_dir)
+        timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        store = T.ingest.submit(source, out_dir, p.limit, p.chunk_rows).result()
+        timings["ingest"] = time.perf_counter() - t0
+        if p.standardize:
+            t0 = time.perf_counter()
+            store = T.standardize.submit(store, out_dir).result()
+            timings["standardize"] = time.perf_counter() - t0
+        n = store["shape"][0]
+        if max(ks) > n:
+            raise DataError(f"k_max={max(ks)} is larger than the number of samples ({n}); lower k_max")
+        logger.info("Fitting k in %s (%d x %d), n_init=%d", ks, *store["shape"], p.n_init)
+        t0 = time.perf_counter()
+        fits = {}
+        for k in ks:
+            for i in range(p.n_init):
+                s = T.seed.submit(store, out_dir, k, p.init, p.seed + i, f"k{k}-seed-{i}")
+                fits.setdefault(k, []).append(T.fit_lloyd.submit(store, s, out_dir, p.max_iter, p.tol, f"k{k}-fit-{i}"))
+        best = {k: min((f.result() for f in fs), key=lambda r: r["inertia"]) for k, fs in fits.items()}
+        timings["seed + fit (all k)"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        evals = {k: T.evaluate.submit(store, best[k], out_dir, p.silhouette_sample, p.seed) for k in ks}
+        results = []
+        for k in ks:
+            m = evals[k].result()
+            results.append({"k": k, "inertia": m["inertia"], "fit_inertia": best[k]["inertia"],
+                            "n_iter": best[k]["n_iter"], "seconds": best[k].get("seconds"),
+                            **{c: m.get(c) for c in ("silhouette", "silhouette_se", "calinski_harabasz",
+                                                     "davies_bouldin", "ari", "nmi", "accuracy")},
+                            "centers": best[k]["path"]})
+        timings["evaluate (all k)"] = time.perf_counter() - t0
+        rep = choose_k_report_task.submit(out_dir, results, p.model_dump(), timings).result()
+        publish_report(rep["markdown"], "choose-k-report", f"choose k on {Path(str(p.source)).name}: {ks}")
+        from prefect.artifacts import create_table_artifact
+
+        create_table_artifact([{c: r.get(c) for c in ("k", "inertia", "silhouette", "calinski_harabasz",
+                                                      "davies_bouldin", "ari", "nmi", "n_iter")} for r in results],
+                              key="choose-k-metrics", description="Metrics per k")
+        write_status(out_dir, "completed", flow="choose_k_flow", report=rep["report_path"])
+        logger.info("Recommended k: %s; report: %s", rep["best"], rep["report_path"])
+        return {"output_dir": out_dir, "report": rep["report_path"], "best": rep["best"], "results": results,
+                "plots": rep["plots"], "timings": timings}
+    except BaseException as exc:
+        write_status(out_dir, "failed", flow="choose_k_flow", error=f"{type(exc).__name__}: {exc}")
+        raise
+
+
+@flow(name="choose_k_flow", validate_parameters=True)
+def choose_k_flow(
+    source: str = "sklearn-digits",
+    k_min: int = 2,
+    k_max: int = 10,
+    k_step: int = 1,
+    ks: Optional[list[int]] = None,
+    init: str = "k-means++",
+    standardize: bool = False,
+    n_init: int = 1,
+    seed: int = 0,
+    output_dir: Optional[str] = None,
+    dask_address: Optional[str] = None,
+    n_workers: int = 2,
+    threads_per_worker: int = 1,
+    max_iter: int = 100,
+    tol: float = 1e-4,
+    limit: Optional[int] = None,
+    chunk_rows: Optional[int] = None,
+    silhouette_sample: int = 2000,
+) -> dict:
+    """Fit every k of ``k_min..k_max`` (or ``ks``) in parallel on Dask and recommend one."""
+    _quiet_dask_logs()
+    values = dict(source=source, k_min=k_min, k_max=k_max, k_step=k_step, ks=ks, init=init, standardize=standardize,
+                  n_init=n_init, seed=seed, output_dir=output_dir, dask_address=dask_address, n_workers=n_workers,
+                  threads_per_worker=threads_per_worker, max_iter=max_iter, tol=tol, limit=limit,
+                  chunk_rows=chunk_rows, silhouette_sample=silhouette_sample)
+    p = validate_params(ChooseKParams, values, "choose_k_flow")
+    src = check_source(p.source)
+    if p.dask_address:
+        check_dask_address(p.dask_address)
+    out = p.output_dir or default_output_dir("choose_k", p)
+    runner = make_task_runner(p.dask_address, p.n_workers, p.threads_per_worker)
+    get_run_logger().info("Output folder: %s; Dask: %s", out, p.dask_address or f"LocalCluster({p.n_workers} workers)")
+    return choose_k_run.with_options(task_runner=runner)(params=p.model_dump(), source=src, out_dir=out)
+
+
+def _cli(argv=None):
+    import argparse
+    import json
+
+    ap = argparse.ArgumentParser(prog="python -m flows.choose_k", description=choose_k_flow.description)
+    for name, fld in ChooseKParams.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        if fld.annotation is bool:
+            ap.add_argument(flag, action=argparse.BooleanOptionalAction, default=fld.default)
+        elif name == "ks":
+            ap.add_argument(flag, type=int, nargs="+", default=None)
+        else:
+            ap.add_argument(flag, default=fld.default, help=fld.description)
+    res = choose_k_flow(**vars(ap.parse_args(argv)))
+    print(json.dumps({k: res[k] for k in ("output_dir", "report", "best")}, default=str))
+
+
+if __name__ == "__main__":
+    _cli()

@@ -1,0 +1,81 @@
+"""Deployments of the clustering flows (the same ones as ``prefect.yaml``).
+
+- ``python -m flows.serve serve``: serve both deployments from this process (no work pool needed):
+  ``clustering_flow`` every night at 03:00 UTC, ``choose_k_flow`` on demand.
+- ``python -m flows.serve deploy --pool kmeans-process``: register them with a process work pool
+  (code taken from this checkout); start a worker with ``prefect worker start --pool kmeans-process``.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+CLUSTERING_CRON = "0 3 * * *"
+CLUSTERING_PARAMS = {"source": "sklearn-digits", "k": 10, "init": "k-means++", "algorithm": "lloyd", "n_workers": 2}
+CHOOSE_K_PARAMS = {"source": "sklearn-digits", "k_min": 2, "k_max": 12, "n_workers": 2}
+
+_log = logging.getLogger("flows.serve")
+
+
+def _default_source() -> str:
+    from kmeans_dist.data import find_mnist_dir
+
+    return "mnist" if find_mnist_dir() is not None else "sklearn-digits"
+
+
+def runner_deployments(cron: str = CLUSTERING_CRON):
+    """``RunnerDeployment`` objects for :func:`prefect.serve`."""
+    from flows.choose_k import choose_k_flow
+    from flows.clustering import clustering_flow
+
+    src = _default_source()
+    return [
+        clustering_flow.to_deployment(name="clustering-nightly", cron=cron, tags=["kmeans", "scheduled"],
+                                      parameters={**CLUSTERING_PARAMS, "source": src}),
+        choose_k_flow.to_deployment(name="choose-k", tags=["kmeans", "on-demand"],
+                                    parameters={**CHOOSE_K_PARAMS, "source": src}),
+    ]
+
+
+def deploy_to_pool(pool: str = "kmeans-process", cron: str = CLUSTERING_CRON) -> list:
+    """Register both deployments with a process work pool; returns their ids."""
+    from prefect import flow
+
+    src = _default_source()
+    ids = []
+    for entry, name, kw in [
+        ("flows/clustering.py:clustering_flow", "clustering-nightly",
+         {"cron": cron, "parameters": {**CLUSTERING_PARAMS, "source": src}, "tags": ["kmeans", "scheduled"]}),
+        ("flows/choose_k.py:choose_k_flow", "choose-k",
+         {"parameters": {**CHOOSE_K_PARAMS, "source": src}, "tags": ["kmeans", "on-demand"]}),
+    ]:
+        fl = flow.from_source(source=str(REPO), entrypoint=entry)
+        ids.append(fl.deploy(name=name, work_pool_name=pool, build=False, push=False, print_next_steps=False, **kw))
+    return ids
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="python -m flows.serve", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("serve", help="serve both deployments from this process")
+    s.add_argument("--cron", default=CLUSTERING_CRON)
+    d = sub.add_parser("deploy", help="register both deployments with a process work pool")
+    d.add_argument("--pool", default="kmeans-process")
+    d.add_argument("--cron", default=CLUSTERING_CRON)
+    args = ap.parse_args(argv)
+    if args.cmd == "serve":
+        from prefect import serve
+
+        serve(*runner_deployments(args.cron))
+    else:
+        logging.basicConfig(level=logging.INFO)
+        for i in deploy_to_pool(args.pool, args.cron):
+            _log.info("deployment %s registered with pool %s", i, args.pool)
+
+
+if __name__ == "__main__":
+    main()

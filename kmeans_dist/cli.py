@@ -1,0 +1,166 @@
+"""Command line: ``kmeans-dist ingest | fit | predict | info``.
+
+    kmeans-dist ingest ../shared/data/mnist mnist.zarr
+    kmeans-dist fit mnist.zarr --k 10 --out model --workers 2
+    kmeans-dist predict model mnist.zarr --out labels.zarr
+    kmeans-dist info mnist.zarr
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from contextlib import contextmanager
+
+
+@contextmanager
+def _client(args):
+    from distributed import Client, LocalCluster
+
+    if getattr(args, "scheduler", None):
+        c = Client(args.scheduler, timeout="20s")
+        try:
+            yield c
+        finally:
+            c.close()
+        return
+    n = getattr(args, "workers", 0) or 0
+    if n <= 0:
+        yield None
+        return
+    with LocalCluster(n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address="127.0.0.1:0") as lc, Client(lc) as c:
+        yield c
+
+
+def cmd_ingest(args):
+    from .data import ingest
+
+    kw = {"overwrite": args.overwrite}
+    if args.limit:
+        kw["limit"] = args.limit
+    if args.scale is not None:
+        kw["scale"] = args.scale
+    if args.chunk_rows:
+        kw["chunk_rows"] = args.chunk_rows
+    if args.label_column:
+        kw["label_column"] = args.label_column
+    t = time.perf_counter()
+    url = ingest(args.source, args.dest, **kw)
+    from .data import store_info
+
+    info = store_info(url)
+    print(f"wrote {url}: shape {info['shape']} {info['dtype']} chunks {info['chunks']} "
+          f"labels={info['has_labels']} in {time.perf_counter() - t:.1f}s")
+
+
+def cmd_fit(args):
+    from . import KMeans, MiniBatchKMeans
+    from .data import open_store
+    from .preprocessing import standardize
+
+    with _client(args) as client:
+        X = open_store(args.store)
+        if args.standardize:
+            X = standardize(X, client=client)
+        common = dict(n_clusters=args.k, init=args.init, max_iter=args.max_iter, tol=args.tol,
+                      random_state=args.seed, client=client, verbose=1)
+        if args.algorithm == "minibatch":
+            est = MiniBatchKMeans(batch_size=args.batch_size, polish_iter=args.polish_iter, **common)
+        else:
+            est = KMeans(n_init=args.n_init if args.n_init == "auto" else int(args.n_init), **common)
+        est.fit(X)
+        if args.out:
+            est.save(args.out)
+        summary = {"k": args.k, "n_iter": int(est.n_iter_), "inertia": float(est.inertia_),
+                   "seconds": round(est.fit_seconds_, 3), "model": args.out}
+        if hasattr(est, "history_") and est.history_ and args.algorithm != "minibatch":
+            summary["seconds_per_iteration"] = float(sum(h["seconds"] for h in est.history_) / len(est.history_))
+        print(json.dumps(summary))
+
+
+def cmd_predict(args):
+    from . import load_model
+    from .data import open_store, write_store
+
+    est = load_model(args.model)
+    with _client(args):
+        X = open_store(args.store)
+        labels = est.predict(X)
+        write_store(args.out, labels[:, None].astype("float64"), attrs={"source": args.store, "kind": "labels"},
+                    overwrite=args.overwrite)
+    print(f"wrote labels to {args.out}")
+
+
+def cmd_info(args):
+    from pathlib import Path
+
+    p = Path(args.path)
+    if (p / "model.json").exists():
+        meta = json.loads((p / "model.json").read_text())
+        meta.pop("history", None)
+        print(json.dumps(meta, indent=1))
+        return
+    from .data import store_info
+
+    print(json.dumps(store_info(args.path), indent=1, default=str))
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="kmeans-dist", description="Chunked k-means on Dask and Zarr")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    p = sub.add_parser("ingest", help="write a source (MNIST folder, .npy, CSV/Parquet, 'sklearn-digits') to Zarr")
+    p.add_argument("source")
+    p.add_argument("dest")
+    p.add_argument("--limit", type=int)
+    p.add_argument("--scale", type=float)
+    p.add_argument("--chunk-rows", type=int)
+    p.add_argument("--label-column")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(fn=cmd_ingest)
+
+    def cluster_args(p):
+        p.add_argument("--scheduler", help="address of a running Dask scheduler (tcp://host:port)")
+        p.add_argument("--workers", type=int, default=2, help="local worker processes if no --scheduler (0: in-process)")
+
+    p = sub.add_parser("fit", help="fit k-means on a store and save the model")
+    p.add_argument("store")
+    p.add_argument("--k", type=int, required=True)
+    p.add_argument("--init", default="k-means||")
+    p.add_argument("--algorithm", choices=["lloyd", "minibatch"], default="lloyd")
+    p.add_argument("--n-init", default="auto")
+    p.add_argument("--max-iter", type=int, default=300)
+    p.add_argument("--tol", type=float, default=1e-4)
+    p.add_argument("--batch-size", type=int, default=1024)
+    p.add_argument("--polish-iter", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--standardize", action="store_true")
+    p.add_argument("--out")
+    cluster_args(p)
+    p.set_defaults(fn=cmd_fit)
+
+    p = sub.add_parser("predict", help="label a store with a saved model")
+    p.add_argument("model")
+    p.add_argument("store")
+    p.add_argument("--out", required=True)
+    p.add_argument("--overwrite", action="store_true")
+    cluster_args(p)
+    p.set_defaults(fn=cmd_predict)
+
+    p = sub.add_parser("info", help="describe a store or a saved model")
+    p.add_argument("path")
+    p.set_defaults(fn=cmd_info)
+
+    args = ap.parse_args(argv)
+    try:
+        args.fn(args)
+    except (ValueError, TypeError, FileNotFoundError, FileExistsError) as exc:
+        print(f"kmeans-dist: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

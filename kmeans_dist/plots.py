@@ -1,0 +1,75 @@
+"""Plots users look at first: the centroid grid (for image data), inertia per iteration, cluster sizes.
+
+Every function writes a PNG atomically (temp file, then rename) and returns its path.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["plot_centroid_grid", "plot_inertia", "plot_cluster_sizes", "save_figure"]
+
+
+def save_figure(fig, path) -> str:
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    os.replace(tmp, path)
+    return os.fspath(path)
+
+
+def _plt():
+    import matplotlib
+
+    if os.environ.get("MPLBACKEND") is None:
+        matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_centroid_grid(centers, image_shape, path, *, sizes=None, title="Cluster centers", cols=None) -> str:
+    """Each center drawn as an image (e.g. 28x28 for MNIST) in a grid, with the cluster size."""
+    plt = _plt()
+    centers = np.asarray(centers)
+    k = centers.shape[0]
+    cols = cols or min(k, 10)
+    rows = int(np.ceil(k / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(1.4 * cols, 1.6 * rows), squeeze=False)
+    for i, ax in enumerate(axes.ravel()):
+        ax.axis("off")
+        if i < k:
+            ax.imshow(centers[i].reshape(image_shape), cmap="gray_r")
+            ax.set_title(f"{i}" + (f" (n={int(sizes[i])})" if sizes is not None else ""), fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    return save_figure(fig, path)
+
+
+def plot_inertia(history, path, *, title="Inertia per iteration") -> str:
+    plt = _plt()
+    it = [h["iteration"] for h in history]
+    inertia = [h["inertia"] for h in history]
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ax.plot(it, inertia, marker="o", ms=3)
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("inertia (sum of squared distances)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    return save_figure(fig, path)
+
+
+def plot_cluster_sizes(counts, path, *, title="Cluster sizes") -> str:
+    plt = _plt()
+    counts = np.asarray(counts)
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ax.bar(np.arange(len(counts)), counts)
+    ax.set_xlabel("cluster")
+    ax.set_ylabel("samples")
+    ax.set_title(title, fontsize=9)
+    return save_figure(fig, path)
