@@ -174,11 +174,13 @@ class DaskBlocks(_Blocks):
     def map(self, fn, *args, **kwargs):
         from distributed import CancelledError  # noqa: F401  (re-raised as is)
 
-        if self._groups is None:
-            self._groups = self._worker_groups()
-        workers = _worker_addresses(self.client)
-        if any(a is not None and a not in workers for a in self._groups):
-            self._groups = self._worker_groups()
+        # worker -> blocks grouping; refreshed every 16 passes (a scheduler round trip), since tasks
+        # are only *placed* on a worker (allow_other_workers) a stale grouping costs speed, never results
+        self._n_maps = getattr(self, "_n_maps", 0) + 1
+        if self._groups is None or self._n_maps % 16 == 0:
+            workers = _worker_addresses(self.client)
+            if self._groups is None or any(a is not None and a not in workers for a in self._groups):
+                self._groups = self._worker_groups()
         futs, order = [], []
         for addr, idx in self._groups.items():
             kw = {"workers": [addr], "allow_other_workers": True} if addr else {}

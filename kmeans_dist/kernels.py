@@ -112,32 +112,41 @@ def lloyd_partial(X, sample_weight, centers, *, offset: int = 0, n_far: int | No
     k, d = centers.shape
     n = X.shape[0]
     f64 = _float64(xp)
-    if sample_weight is None:
-        sample_weight = xp.ones((n,), dtype=X.dtype)
-    w_x = xp.astype(sample_weight, X.dtype) if sample_weight.dtype != X.dtype else sample_weight
+    weighted = sample_weight is not None
+    w_x = None
+    if weighted:
+        w_x = xp.astype(sample_weight, X.dtype) if sample_weight.dtype != X.dtype else sample_weight
     c_sq = row_norms_sq(centers)
     ar = xp.arange(k)
     sums = xp.zeros((k, d), dtype=f64)
     weights = xp.zeros((k,), dtype=f64)
-    counts = xp.zeros((k,), dtype=xp.int64)
+    counts = xp.zeros((k,), dtype=f64)
     inertia = xp.zeros((), dtype=f64)
     labels_all, dist_all = [], []
     for start in range(0, n, sub_rows):
-        Xs = X[start:min(start + sub_rows, n), ...]
-        ws = w_x[start:min(start + sub_rows, n)]
+        stop = min(start + sub_rows, n)
+        Xs = X[start:stop, ...]
         P = c_sq[None, :] - 2 * (Xs @ centers.T)
         lab = xp.argmin(P, axis=1)
         if exact_inertia:
             dist = _exact_sq_dist_to(Xs, centers, lab)
         else:
             dist = xp.maximum(row_norms_sq(Xs) + xp.min(P, axis=1), xp.zeros((), dtype=P.dtype))
-        onehot = lab[:, None] == ar[None, :]
-        W = xp.astype(onehot, X.dtype) * ws[:, None]
+        onehot = xp.astype(lab[:, None] == ar[None, :], X.dtype)
+        ones = xp.ones((stop - start,), dtype=X.dtype)
+        cnt = xp.astype(ones @ onehot, f64)  # exact: at most sub_rows per entry
+        counts = counts + cnt
+        if weighted:
+            ws = w_x[start:stop]
+            W = onehot * ws[:, None]
+            weights = weights + xp.astype(ws @ onehot, f64)
+            inertia = inertia + xp.sum(xp.astype(dist, f64) * xp.astype(ws, f64))
+        else:
+            W = onehot
+            weights = weights + cnt
+            inertia = inertia + xp.sum(xp.astype(dist, f64))
         # (Xs^T W)^T is the fastest layout for the skinny (k x rows) x (rows x d) product in BLAS
         sums = sums + xp.astype((Xs.T @ W).T, f64)
-        weights = weights + xp.sum(xp.astype(W, f64), axis=0)
-        counts = counts + xp.sum(xp.astype(onehot, xp.int64), axis=0)
-        inertia = inertia + xp.sum(xp.astype(dist, f64) * xp.astype(ws, f64))
         labels_all.append(lab)
         dist_all.append(dist)
     if labels_all:
@@ -147,23 +156,50 @@ def lloyd_partial(X, sample_weight, centers, *, offset: int = 0, n_far: int | No
         labels = xp.zeros((0,), dtype=xp.int64)
         dist = xp.zeros((0,), dtype=X.dtype)
     m = min(k if n_far is None else n_far, n)
-    # farthest rows first; ties broken by row index (stable sort) so the choice is deterministic
-    order = xp.argsort(-xp.astype(dist, f64), stable=True)[:m]
+    order = _farthest(xp, dist, m)
+    if w_x is None:
+        far_w = np.ones(int(order.shape[0]), dtype=np.float64)
+    else:
+        far_w = to_numpy(xp.astype(xp.take(w_x, order, axis=0), f64))
     part = {
         "sum": to_numpy(sums),
         "weight": to_numpy(weights),
-        "count": to_numpy(counts),
+        "count": to_numpy(counts).astype(np.int64),
         "inertia": float(to_numpy(inertia)),
         "far_dist": to_numpy(xp.astype(xp.take(dist, order, axis=0), f64)),
         "far_index": to_numpy(order).astype(np.int64) + int(offset),
         "far_x": to_numpy(xp.take(X, order, axis=0)),
         "far_label": to_numpy(xp.take(labels, order, axis=0)).astype(np.int64),
-        "far_weight": to_numpy(xp.astype(xp.take(w_x, order, axis=0), f64)),
+        "far_weight": far_w,
     }
     if return_labels:
         part["labels"] = labels
         part["dist"] = dist
     return part
+
+
+def _farthest(xp, dist, m: int):
+    """Indices of the ``m`` largest distances, farthest first, ties by row index (deterministic).
+
+    Uses ``argpartition`` (NumPy and CuPy have it; O(n)) and sorts only the ``m`` winners; falls back
+    to a full stable sort for namespaces without it (array-api-strict).
+    """
+    n = int(dist.shape[0])
+    if m <= 0 or n == 0:
+        return xp.asarray(np.zeros(0, dtype=np.int64))
+    d64 = xp.astype(dist, xp.float64)
+    if hasattr(xp, "argpartition") and m < n:
+        cand = xp.argpartition(-d64, m - 1)[:m]
+        cd = to_numpy(xp.take(d64, cand, axis=0))
+        ci = to_numpy(cand).astype(np.int64)
+        # include every row tied with the m-th distance so the tie-break by index is exact
+        cut = cd.min()
+        ties = to_numpy(xp.nonzero(d64 == cut)[0]).astype(np.int64)
+        ci = np.union1d(ci[cd > cut], ties)
+        cd = to_numpy(xp.take(d64, xp.asarray(ci), axis=0))
+        sel = np.lexsort((ci, -cd))[:m]
+        return xp.asarray(ci[sel])
+    return xp.argsort(-d64, stable=True)[:m]
 
 
 def combine_lloyd_partials(parts: list[dict]) -> dict:

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from kmeans_dist import KMeans, kernels
 
-SET = settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SET = settings(max_examples=int(__import__("os").environ.get("HYP_EXAMPLES", 15)), deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 
 
 @st.composite
