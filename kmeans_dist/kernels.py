@@ -35,8 +35,16 @@ __all__ = [
     "KMeansResult",
 ]
 
-# rows per sub-chunk inside a kernel: keeps the (rows x k) distance block and the rows of X in cache
+# rows per sub-chunk inside a kernel: the rows of X and their (rows x k) distances take about
+# SUB_BYTES, so the second product (sums per center) reads X from cache, not memory
 SUB_ROWS = 8192
+SUB_BYTES = 4 * 2**20
+
+
+def _sub_rows(n_features: int, k: int, itemsize: int, sub_rows=None) -> int:
+    if sub_rows is not None:
+        return int(sub_rows)
+    return int(min(16384, max(256, SUB_BYTES // max(1, (n_features + k) * itemsize))))
 
 
 def _float64(xp):
@@ -95,7 +103,7 @@ def _exact_sq_dist_to(X, C, labels):
 
 def lloyd_partial(X, sample_weight, centers, *, offset: int = 0, n_far: int | None = None,
                   exact_inertia: bool = False, return_labels: bool = False,
-                  sub_rows: int = SUB_ROWS) -> dict:
+                  sub_rows: int | None = None) -> dict:
     """One chunk's share of a Lloyd iteration.
 
     Assigns every row of ``X`` to its nearest center and returns a partial (host NumPy arrays):
@@ -118,6 +126,7 @@ def lloyd_partial(X, sample_weight, centers, *, offset: int = 0, n_far: int | No
         w_x = xp.astype(sample_weight, X.dtype) if sample_weight.dtype != X.dtype else sample_weight
     c_sq = row_norms_sq(centers)
     ar = xp.arange(k)
+    sub_rows = _sub_rows(d, k, X.dtype.itemsize if hasattr(X.dtype, "itemsize") else 8, sub_rows)
     sums = xp.zeros((k, d), dtype=f64)
     weights = xp.zeros((k,), dtype=f64)
     counts = xp.zeros((k,), dtype=f64)
