@@ -26,7 +26,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m pipelines.demo
+	$(PY) -m flows.demo
 
 test: $(STAMP)
 	$(PY) -m pytest tests -q

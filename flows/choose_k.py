@@ -135,7 +135,11 @@ def _cli(argv=None):
             ap.add_argument(flag, type=int, nargs="+", default=None)
         else:
             ap.add_argument(flag, default=fld.default, help=fld.description)
-    res = choose_k_flow(**vars(ap.parse_args(argv)))
+    from flows.demo import local_prefect_server
+
+    args = vars(ap.parse_args(argv))
+    with local_prefect_server():  # PREFECT_API_URL, or a local `prefect server` for this run
+        res = choose_k_flow(**args)
     print(json.dumps({k: res[k] for k in ("output_dir", "report", "best")}, default=str))
 
 

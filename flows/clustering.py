@@ -290,7 +290,10 @@ def _cli(argv=None):
         else:
             ap.add_argument(flag, default=fld.default, help=fld.description)
     args = vars(ap.parse_args(argv))  # strings: the flow's parameter validation coerces them
-    res = clustering_flow(**args)
+    from flows.demo import local_prefect_server
+
+    with local_prefect_server():  # PREFECT_API_URL, or a local `prefect server` for this run
+        res = clustering_flow(**args)
     print(json.dumps({k: res[k] for k in ("output_dir", "report", "centers", "n_iter", "inertia")}, default=str))
 
 

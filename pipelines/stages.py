@@ -350,7 +350,7 @@ def fit_lloyd(store: dict, init: dict, out_dir, *, max_iter: int = 300, tol: flo
         hist = [_clean(h) for h in state["history"]] if state.get("history") is not None else \
             history + [_clean(state)]
         write_checkpoint(fdir, key=key, centers=state["centers"], iteration=it, history=hist,
-                         extra={"converged": bool(state.get("converged", False))})
+                         extra={"converged": bool(state.get("converged", False)), "pid": os.getpid()})
         if progress is not None:
             progress(it, max_iter)
         now = time.perf_counter()
@@ -427,12 +427,8 @@ def fit_minibatch(store: dict, init: dict, out_dir, *, batch_size: int = 1024, m
         done["seconds"] = time.perf_counter() - t0
         return done
     C0 = np.load(init["path"])
-    kw = dict(n_clusters=C0.shape[0], init=C0, batch_size=batch_size, max_iter=max_iter,
-              random_state=random_state)
-    try:
-        est = MiniBatchKMeans(**kw, client=client, tol=tol)
-    except TypeError:
-        est = MiniBatchKMeans(**kw)
+    est = MiniBatchKMeans(n_clusters=C0.shape[0], init=C0, n_init=1, batch_size=batch_size, max_iter=max_iter,
+                          random_state=random_state, tol=tol, compute_labels=False, client=client)
     est.fit(_open_X(store))
     hist = [{k: _scalar(v) for k, v in h.items() if k != "centers"} for h in (getattr(est, "history_", None) or [])]
     out = {"key": key, "name": name, "n_iter": int(getattr(est, "n_iter_", max_iter)),

@@ -271,3 +271,34 @@ def test_choose_k_flow_fits_k_in_parallel(prefect_harness, dask_client, tmp_path
     assert Path(res["plots"]["elbow"]).exists() and Path(res["plots"]["silhouette"]).exists()
     assert Artifact.get("choose-k-report") is not None
     assert json.loads((out / "run.json").read_text())["status"] == "completed"
+
+
+def test_minibatch_stage(tmp_path):
+    url = _blobs_store(tmp_path / "blobs.zarr", n=4000, k=4)
+    out = tmp_path / "run"
+    store = stages.ingest(url, out)
+    s = stages.seed(store, out, k=4, init="k-means++", random_state=0)
+    fit = stages.fit_minibatch(store, s, out, batch_size=256, max_iter=5, random_state=0)
+    assert fit["algorithm"] == "minibatch" and stages.load_centers(fit).shape == (4, 8)
+    m = stages.evaluate(store, fit, out, silhouette_sample=0)
+    assert m["ari"] > 0.5
+
+
+def test_standardize_stage_and_image_report(tmp_path):
+    out = tmp_path / "run"
+    store = stages.ingest("sklearn-digits", out)
+    assert store["image_shape"] == [8, 8] and store["has_labels"]
+    z = stages.standardize(store, out)
+    assert z["url"].endswith("standardized.zarr") and z["standardized_from"] == store["url"]
+    from kmeans_dist.data import open_store
+
+    X = open_store(z["url"]).compute()
+    np.testing.assert_allclose(X.mean(0), 0, atol=1e-5)
+    s = stages.seed(z, out, k=10, init="random", random_state=0)
+    fit = stages.fit_lloyd(z, s, out, max_iter=20, tol=1e-4)
+    m = stages.evaluate(z, fit, out, silhouette_sample=200)
+    rep = stages.report(out, store=z, fit=fit, metrics=m, params={"init": "random"}, timings={})
+    assert Path(rep["plots"]["centroids"]).exists()
+    assert "| standardized | True |" in Path(rep["report_path"]).read_text()
+    with pytest.raises(Exception, match="larger than the number of samples"):
+        stages.seed(z, out, k=5000, init="random", random_state=0)
