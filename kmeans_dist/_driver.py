@@ -36,7 +36,9 @@ def resolve_block_rows(n: int, d: int, itemsize: int, block_rows="auto") -> int:
 
 
 def get_client(client=None):
-    """The given client, else the current default distributed client, else None."""
+    """The given client, else the current default distributed client, else None (``False``: None)."""
+    if client is False:
+        return None
     if client is not None:
         return client
     try:

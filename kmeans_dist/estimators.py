@@ -284,7 +284,8 @@ class KMeans(_BaseKMeans):
     split_every : int, default=8.  Fan-in of the reduction tree.
     persist : "auto" or bool.  Keep the blocks in worker memory (auto: if X takes at most half of it),
         otherwise stream them from the source on every pass.
-    client : distributed.Client or None.  None uses the active client if any, else runs in-process.
+    client : distributed.Client, None or False.  None uses the active client if any, else runs
+        in-process; False always runs in-process.
     verbose : int.  Progress bar per iteration (and the Dask dashboard link).
     callback : callable or None.  Called after every Lloyd iteration with a dict (iteration, centers,
         inertia, center_shift, seconds, history); returning True stops the iterations.

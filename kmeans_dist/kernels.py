@@ -64,8 +64,20 @@ def sq_distances(X, C, x_sq=None, c_sq=None):
         x_sq = row_norms_sq(X)
     if c_sq is None:
         c_sq = row_norms_sq(C)
-    D = x_sq[:, None] - 2 * (X @ C.T) + c_sq[None, :]
+    D = x_sq[:, None] - 2 * _matmul_t(xp, X, C) + c_sq[None, :]
     return xp.maximum(D, xp.zeros((), dtype=D.dtype))
+
+
+def _matmul_t(xp, X, C):
+    """``X @ C.T`` through a real GEMM even when C has one row.
+
+    BLAS libraries forward a one-column GEMM to GEMV, whose summation order can depend on the memory
+    alignment of X; duplicating the row keeps the product a GEMM, so results are bit-identical wherever
+    the block happens to live.
+    """
+    if C.shape[0] == 1:
+        return (X @ xp.concat([C, C], axis=0).T)[:, :1]
+    return X @ C.T
 
 
 def assign_labels(X, C, c_sq=None, sub_rows: int = SUB_ROWS):
@@ -81,7 +93,7 @@ def assign_labels(X, C, c_sq=None, sub_rows: int = SUB_ROWS):
     labels, mins = [], []
     for start in range(0, n, sub_rows):
         Xs = X[start:min(start + sub_rows, n), ...]
-        P = c_sq[None, :] - 2 * (Xs @ C.T)
+        P = c_sq[None, :] - 2 * _matmul_t(xp, Xs, C)
         lab = xp.argmin(P, axis=1)
         pmin = xp.min(P, axis=1)
         d = xp.maximum(row_norms_sq(Xs) + pmin, xp.zeros((), dtype=pmin.dtype))
@@ -117,6 +129,15 @@ def lloyd_partial(X, sample_weight, centers, *, offset: int = 0, n_far: int | No
     ``offset`` is the global index of the chunk's first row.  Never validates its input.
     """
     xp = get_namespace(X, centers)
+    if centers.shape[0] == 1:
+        # one center: run with the center duplicated (ties go to the first copy), so every product is a
+        # real GEMM (see _matmul_t), then keep the first row of every per-center result
+        part = lloyd_partial(X, sample_weight, xp.concat([centers, centers], axis=0), offset=offset,
+                             n_far=1 if n_far is None else n_far, exact_inertia=exact_inertia,
+                             return_labels=return_labels, sub_rows=sub_rows)
+        for key in ("sum", "weight", "count"):
+            part[key] = part[key][:1]
+        return part
     k, d = centers.shape
     n = X.shape[0]
     f64 = _float64(xp)
@@ -143,12 +164,13 @@ def lloyd_partial(X, sample_weight, centers, *, offset: int = 0, n_far: int | No
             dist = xp.maximum(row_norms_sq(Xs) + xp.min(P, axis=1), xp.zeros((), dtype=P.dtype))
         onehot = xp.astype(lab[:, None] == ar[None, :], X.dtype)
         ones = xp.ones((stop - start,), dtype=X.dtype)
-        cnt = xp.astype(ones @ onehot, f64)  # exact: at most sub_rows per entry
+        cnt = xp.astype(ones @ onehot, f64)  # exact whatever the order: integers below 2**24
         counts = counts + cnt
         if weighted:
             ws = w_x[start:stop]
             W = onehot * ws[:, None]
-            weights = weights + xp.astype(ws @ onehot, f64)
+            # a plain reduction, not a GEMV: its summation order never depends on memory alignment
+            weights = weights + xp.sum(xp.astype(W, f64), axis=0)
             inertia = inertia + xp.sum(xp.astype(dist, f64) * xp.astype(ws, f64))
         else:
             W = onehot

@@ -26,7 +26,7 @@ def datasets(draw):
 @given(datasets())
 def test_inertia_never_rises(data):
     X, k, seed = data
-    km = KMeans(k, init="random", n_init=1, random_state=seed, tol=0.0, max_iter=50).fit(X)
+    km = KMeans(k, init="random", n_init=1, random_state=seed, tol=0.0, max_iter=50, client=False).fit(X)
     inert = [h["inertia"] for h in km.history_]
     assert all(b <= a * (1 + 1e-12) + 1e-12 for a, b in zip(inert, inert[1:]))
     assert km.inertia_ <= inert[-1] * (1 + 1e-12) + 1e-12
@@ -36,7 +36,7 @@ def test_inertia_never_rises(data):
 @given(datasets())
 def test_labels_are_argmin(data):
     X, k, seed = data
-    km = KMeans(k, random_state=seed).fit(X)
+    km = KMeans(k, random_state=seed, client=False).fit(X)
     D = ((X[:, None, :] - km.cluster_centers_[None]) ** 2).sum(-1)
     best = D.min(axis=1)
     chosen = D[np.arange(len(X)), km.labels_]
@@ -51,9 +51,9 @@ def test_weight_two_equals_duplicated_row(data, more):
     C0 = X[np.random.default_rng(seed).choice(len(X), k, replace=False)]
     w = np.ones(len(X))
     w[i] = 2.0
-    a = KMeans(k, init=C0, tol=0.0, max_iter=20, block_rows=10_000).fit(X, sample_weight=w)
+    a = KMeans(k, init=C0, tol=0.0, max_iter=20, block_rows=10_000, client=False).fit(X, sample_weight=w)
     Xdup = np.vstack([X, X[i:i + 1]])
-    b = KMeans(k, init=C0, tol=0.0, max_iter=20, block_rows=10_000).fit(Xdup)
+    b = KMeans(k, init=C0, tol=0.0, max_iter=20, block_rows=10_000, client=False).fit(Xdup)
     np.testing.assert_allclose(a.cluster_centers_, b.cluster_centers_, rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(a.inertia_, b.inertia_, rtol=1e-9, atol=1e-12)
 
@@ -64,9 +64,9 @@ def test_same_seed_same_result_whatever_the_chunking(data, n_chunks):
     import dask.array as da
 
     X, k, seed = data
-    ref = KMeans(k, random_state=seed, block_rows=16).fit(X)
+    ref = KMeans(k, random_state=seed, block_rows=16, client=False).fit(X)
     Xd = da.from_array(X, chunks=(max(1, -(-len(X) // n_chunks)), -1))
-    km = KMeans(k, random_state=seed, block_rows=16).fit(Xd)
+    km = KMeans(k, random_state=seed, block_rows=16, client=False).fit(Xd)
     np.testing.assert_array_equal(km.cluster_centers_, ref.cluster_centers_)
     assert km.inertia_ == ref.inertia_
 
