@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -46,6 +46,7 @@ __all__ = [
     "reference_data",
     "evaluate_k",
     "assemble",
+    "recommend",
     "choose_k",
     "KSelection",
     "plot_selection",
@@ -356,7 +357,8 @@ def assemble(rows: list[dict]):
 
     Adds the gap statistic: ``ref_log_w_mean``, ``gap``, ``gap_sd`` (1/B standard deviation) and
     ``gap_s`` (= ``gap_sd * sqrt(1 + 1/B)``).  Recommendations: ``elbow`` (Kneedle knee of the
-    inertia curve), ``silhouette`` (max), ``calinski_harabasz`` (max), ``davies_bouldin`` (min),
+    log-inertia curve log W_k: on the log scale the knee depends on relative drops, so it does not
+    drift to smaller k when the range of k is short), ``silhouette`` (max), ``calinski_harabasz`` (max), ``davies_bouldin`` (min),
     ``gap`` (smallest k with Gap(k) >= Gap(k+1) - s_{k+1}; None when no k qualifies).
     """
     import xarray as xr
@@ -411,7 +413,7 @@ def recommend(ds) -> dict:
         return int(ks[idx[fn(v[ok])]])
 
     rec = {
-        "elbow": kneedle(ks, ds["inertia"].values),
+        "elbow": kneedle(ks, np.log(ds["inertia"].values)),
         "silhouette": arg("silhouette", np.argmax),
         "calinski_harabasz": arg("calinski_harabasz", np.argmax),
         "davies_bouldin": arg("davies_bouldin", np.argmin),

@@ -15,9 +15,21 @@ from kmeans_dist import selection as S
 CENTERS = [[-6.0, -6.0], [-6.0, 6.0], [6.0, -6.0], [6.0, 6.0]]
 
 
+@pytest.fixture(autouse=True)
+def _threaded_unless_cluster(request):
+    """Tests that do not ask for the 2-process cluster run on the threaded scheduler (the session
+    cluster would otherwise become every later test's default scheduler)."""
+    if "dask_client" in request.fixturenames:
+        yield
+    else:
+        with dask.config.set(scheduler="threads"):
+            yield
+
+
 @pytest.fixture(scope="module")
 def blobs4():
-    return D.blobs(300, centers=CENTERS, cluster_std=1.0, random_state=0, as_numpy=True)
+    with dask.config.set(scheduler="threads"):
+        return D.blobs(300, centers=CENTERS, cluster_std=1.0, random_state=0, as_numpy=True)
 
 
 @pytest.fixture(scope="module")
@@ -93,6 +105,14 @@ def test_kneedle_and_gap_choice():
     assert S.kneedle(k[:2], y[:2]) is None
     assert S.kneedle(k, np.ones(10)) is None
     assert S.kneedle(k, -y, direction="increasing", curve="concave") == 4
+    # the elbow recommendation uses log W_k: a short range of k does not pull the knee to 3
+    import xarray as xr
+
+    w = np.array([146505.0, 51866.0, 21938.0, 7973.0, 7344.0, 6610.0])
+    assert S.kneedle(np.arange(1, 7), w) == 3           # linear scale: biased early on a short range
+    ds = xr.Dataset({v: ("k", np.full(6, np.nan)) for v in ("silhouette", "calinski_harabasz", "davies_bouldin")},
+                    coords={"k": np.arange(1, 7)}).assign(inertia=("k", w))
+    assert S.recommend(ds)["elbow"] == 4
     assert S.gap_choice([1, 2, 3, 4], [0.1, 0.5, 0.52, 0.3], [0.05, 0.05, 0.05, 0.05]) == 2
     assert S.gap_choice([1, 2, 3], [0.1, 0.5, 0.9], [0.01, 0.01, 0.01]) is None
 
