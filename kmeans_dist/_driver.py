@@ -24,12 +24,12 @@ from .kernels import tree_combine
 
 __all__ = ["make_blocks", "LocalBlocks", "DaskBlocks", "StreamBlocks", "resolve_block_rows", "get_client"]
 
-BLOCK_BYTES = 32 * 2**20
+BLOCK_BYTES = 8 * 2**20
 
 
 def resolve_block_rows(n: int, d: int, itemsize: int, block_rows="auto") -> int:
     if block_rows in (None, "auto"):
-        rows = max(1024, BLOCK_BYTES // max(1, d * itemsize))
+        rows = max(1024, BLOCK_BYTES // max(1, d * itemsize))  # about 8 MiB per block
     else:
         rows = int(block_rows)
     return int(max(1, min(rows, n)))

@@ -280,7 +280,7 @@ class KMeans(_BaseKMeans):
     init_rounds : int, default=5.  k-means|| rounds.
     block_rows : "auto" or int.  Rows per block of the reduction.  The floating-point summation order is
         fixed by the blocks, so for a given ``block_rows`` results are bit-identical whatever the input
-        chunking and number of workers.  "auto" gives about 32 MiB per block.
+        chunking and number of workers.  "auto" gives about 8 MiB per block.
     split_every : int, default=8.  Fan-in of the reduction tree.
     persist : "auto" or bool.  Keep the blocks in worker memory (auto: if X takes at most half of it),
         otherwise stream them from the source on every pass.

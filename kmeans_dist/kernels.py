@@ -153,15 +153,20 @@ def lloyd_partial(X, sample_weight, centers, *, offset: int = 0, n_far: int | No
     counts = xp.zeros((k,), dtype=f64)
     inertia = xp.zeros((), dtype=f64)
     labels_all, dist_all = [], []
+    m2C_T = (-2 * centers).T  # exact scaling: Xs @ (-2C)^T == -2 (Xs @ C^T) bit for bit
+    zero = xp.zeros((), dtype=X.dtype)
+    gather = getattr(xp, "take_along_axis", None)
     for start in range(0, n, sub_rows):
         stop = min(start + sub_rows, n)
         Xs = X[start:stop, ...]
-        P = c_sq[None, :] - 2 * (Xs @ centers.T)
+        P = Xs @ m2C_T
+        P += c_sq[None, :]
         lab = xp.argmin(P, axis=1)
         if exact_inertia:
             dist = _exact_sq_dist_to(Xs, centers, lab)
         else:
-            dist = xp.maximum(row_norms_sq(Xs) + xp.min(P, axis=1), xp.zeros((), dtype=P.dtype))
+            pmin = gather(P, lab[:, None], axis=1)[:, 0] if gather is not None else xp.min(P, axis=1)
+            dist = xp.maximum(row_norms_sq(Xs) + pmin, zero)
         onehot = xp.astype(lab[:, None] == ar[None, :], X.dtype)
         ones = xp.ones((stop - start,), dtype=X.dtype)
         cnt = xp.astype(ones @ onehot, f64)  # exact whatever the order: integers below 2**24
@@ -176,8 +181,12 @@ def lloyd_partial(X, sample_weight, centers, *, offset: int = 0, n_far: int | No
             W = onehot
             weights = weights + cnt
             inertia = inertia + xp.sum(xp.astype(dist, f64))
-        # (Xs^T W)^T is the fastest layout for the skinny (k x rows) x (rows x d) product in BLAS
-        sums = sums + xp.astype((Xs.T @ W).T, f64)
+        # W^T Xs: (k x rows) x (rows x d); with one feature, a duplicated column keeps it a GEMM
+        # (a GEMV's summation order may depend on memory alignment, see _matmul_t)
+        if d == 1:
+            sums = sums + xp.astype((W.T @ xp.concat([Xs, Xs], axis=1))[:, :1], f64)
+        else:
+            sums = sums + xp.astype(W.T @ Xs, f64)
         labels_all.append(lab)
         dist_all.append(dist)
     if labels_all:
