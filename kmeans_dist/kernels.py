@@ -52,9 +52,33 @@ def _float64(xp):
 
 
 def row_norms_sq(X):
-    """Squared Euclidean norm of each row of ``X`` (same dtype as X)."""
+    """Squared Euclidean norm of each row of ``X`` (same dtype as X), without an (n, d) temporary."""
     xp = get_namespace(X)
+    vecdot = getattr(xp, "vecdot", None)
+    if vecdot is not None:
+        return vecdot(X, X, axis=-1)
     return xp.sum(X * X, axis=1)
+
+
+_XSQ_CACHE: dict = {}
+
+
+def row_norms_sq_cached(X):
+    """:func:`row_norms_sq` memoised per array object (blocks persisted on workers are reused every
+    iteration, and their row norms never change).  Entries go away with the array."""
+    import weakref
+
+    key = id(X)
+    hit = _XSQ_CACHE.get(key)
+    if hit is not None and hit[0]() is X:
+        return hit[1]
+    v = row_norms_sq(X)
+    try:
+        ref = weakref.ref(X, lambda _r, key=key: _XSQ_CACHE.pop(key, None))
+    except TypeError:  # arrays without weak references: no caching
+        return v
+    _XSQ_CACHE[key] = (ref, v)
+    return v
 
 
 def sq_distances(X, C, x_sq=None, c_sq=None):
@@ -115,7 +139,7 @@ def _exact_sq_dist_to(X, C, labels):
 
 def lloyd_partial(X, sample_weight, centers, *, offset: int = 0, n_far: int | None = None,
                   exact_inertia: bool = False, return_labels: bool = False,
-                  sub_rows: int | None = None) -> dict:
+                  sub_rows: int | None = None, x_sq=None) -> dict:
     """One chunk's share of a Lloyd iteration.
 
     Assigns every row of ``X`` to its nearest center and returns a partial (host NumPy arrays):
@@ -134,7 +158,7 @@ def lloyd_partial(X, sample_weight, centers, *, offset: int = 0, n_far: int | No
         # real GEMM (see _matmul_t), then keep the first row of every per-center result
         part = lloyd_partial(X, sample_weight, xp.concat([centers, centers], axis=0), offset=offset,
                              n_far=1 if n_far is None else n_far, exact_inertia=exact_inertia,
-                             return_labels=return_labels, sub_rows=sub_rows)
+                             return_labels=return_labels, sub_rows=sub_rows, x_sq=x_sq)
         for key in ("sum", "weight", "count"):
             part[key] = part[key][:1]
         return part
@@ -166,8 +190,9 @@ def lloyd_partial(X, sample_weight, centers, *, offset: int = 0, n_far: int | No
             dist = _exact_sq_dist_to(Xs, centers, lab)
         else:
             pmin = gather(P, lab[:, None], axis=1)[:, 0] if gather is not None else xp.min(P, axis=1)
-            dist = xp.maximum(row_norms_sq(Xs) + pmin, zero)
-        onehot = xp.astype(lab[:, None] == ar[None, :], X.dtype)
+            xs_sq = row_norms_sq(Xs) if x_sq is None else x_sq[start:stop]
+            dist = xp.maximum(xs_sq + pmin, zero)
+        onehot = _onehot(xp, lab, ar, X.dtype)
         ones = xp.ones((stop - start,), dtype=X.dtype)
         cnt = xp.astype(ones @ onehot, f64)  # exact whatever the order: integers below 2**24
         counts = counts + cnt
@@ -216,6 +241,23 @@ def lloyd_partial(X, sample_weight, centers, *, offset: int = 0, n_far: int | No
         part["labels"] = labels
         part["dist"] = dist
     return part
+
+
+def _onehot(xp, lab, ar, dtype):
+    """(rows, k) indicator of the labels.  Integer-array assignment where the namespace has it
+    (NumPy, CuPy: O(rows)); the array-API comparison (O(rows * k)) elsewhere."""
+    n = int(lab.shape[0])
+    k = int(ar.shape[0])
+    if _has_fancy_setitem(xp):
+        W = xp.zeros((n, k), dtype=dtype)
+        W[xp.arange(n), lab] = 1
+        return W
+    return xp.astype(lab[:, None] == ar[None, :], dtype)
+
+
+def _has_fancy_setitem(xp) -> bool:
+    name = getattr(xp, "__name__", "")
+    return "numpy" in name or "cupy" in name
 
 
 def _farthest(xp, dist, m: int):

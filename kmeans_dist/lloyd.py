@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ._xp import get_namespace, to_numpy
-from .kernels import combine_lloyd_partials, finalize_centers, lloyd_partial, minibatch_update
+from .kernels import combine_lloyd_partials, finalize_centers, lloyd_partial, minibatch_update, row_norms_sq_cached
 from .preprocessing import check_stats, combine_stats, stats_chunk
 
 __all__ = ["lloyd", "lloyd_on_blocks", "LloydResult", "data_stats", "final_pass", "minibatch_on_blocks",
@@ -37,7 +37,7 @@ def _centers_for(X, centers):
 
 
 def _lloyd_chunk(X, w, offset, centers):
-    return lloyd_partial(X, w, _centers_for(X, centers), offset=offset)
+    return lloyd_partial(X, w, _centers_for(X, centers), offset=offset, x_sq=row_norms_sq_cached(X))
 
 
 def _final_chunk(X, w, offset, centers):
