@@ -58,25 +58,9 @@ def _fmt(vals):
     return f"{a.mean():.2f} +- {a.std():.2f}" if len(a) > 1 else f"{a.mean():.2f}"
 
 
-def write_results(workdir: Path, out: Path, args, progress: dict | None = None) -> None:
-    runs = load_runs(workdir)
-    lines = [
-        "# Deep k-means on MNIST (70,000 images): measured against Roy, ICPR 2024 (arXiv 2411.19496)",
-        "",
-        f"Written by `benchmarks/deep_mnist.py` at {time.strftime('%Y-%m-%d %H:%M:%S %Z')}.  Protocol: inputs in [0, 1], "
-        f"autoencoder 784-500-500-2000-10, Adam 1e-3, batch {args.batch_size}, {args.pretrain_epochs} pretraining epochs "
-        f"(shared by all methods of a seed), {args.finetune_epochs} finetuning epochs; k-means++ with n_init 10 for "
-        "AEKM, for the initial centroids and for CT's per-epoch re-initialisation (the project's NumPy kernels); "
-        f"torch threads = {args.threads}.  CT uses our reconstruction of the paper's lost equations 10-11 "
-        "(softmax memberships, alpha 3, lambda 10; see `kmeans_dist/deep/losses.py`).  DCN lambda 1, DKM lambda 1 "
-        "with constant alpha 1000 (both with reconstruction = per-sample sum of squared errors).",
-        "",
-        "Means and standard deviations (population std) are over the seeds listed; **complete** means the full "
-        "protocol above ran for every listed seed.",
-        "",
-        "| method | paper ACC / NMI | measured ACC | measured NMI | measured ARI | seeds | status |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
-    ]
+def _table(runs: list[dict]) -> list[str]:
+    lines = ["| method | paper ACC / NMI | measured ACC | measured NMI | measured ARI | seeds | status |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
     by = {}
     for r in runs:
         by.setdefault(r["method"], []).append(r)
@@ -91,33 +75,86 @@ def write_results(workdir: Path, out: Path, args, progress: dict | None = None) 
         status = ("complete" if rs and len(full) == len(rs) else
                   ("partial protocol" if rs else "not run yet"))
         if rs and not full:
-            status += " (" + ", ".join(r.get("protocol_note", "") for r in rs) + ")"
+            status += " (" + ", ".join(sorted({r.get("protocol_note", "") for r in rs})) + ")"
         lines.append(f"| {name} | {ptxt} | {_fmt([r['acc'] for r in use])} | {_fmt([r['nmi'] for r in use])} | "
                      f"{_fmt([r['ari'] for r in use])} | {','.join(str(r['seed']) for r in use) or '-'} | {status} |")
-    if progress and progress["method"] == "pretraining":
-        lines += ["", f"**In progress** (not a result): seed {progress['seed']}, pretraining epoch {progress['epoch']}/"
-                  f"{progress['epochs']}, reconstruction loss {progress['rec_loss']:.3f}, {progress['seconds']:.0f} s for "
-                  f"the last epoch (at {time.strftime('%H:%M:%S')})."]
-    elif progress:
-        lines += ["", f"**In progress** (not a result): {progress['method']} seed {progress['seed']}, finetuning epoch "
-                  f"{progress['epoch']}/{progress['epochs']}: ACC {100 * progress['acc']:.2f}, NMI {100 * progress['nmi']:.2f} "
-                  f"({progress['train_seconds']:.0f} + {progress['end_epoch_seconds']:.0f} s for the last epoch, "
-                  f"at {time.strftime('%H:%M:%S')})."]
-    lines += ["", "## Wall time per epoch", "",
-              "| seed | phase | mean seconds per epoch (train) | mean seconds per epoch (embed + k-means) | epochs |",
-              "| --- | --- | --- | --- | --- |"]
+    return lines
+
+
+def _progress_line(progress: dict) -> list[str]:
+    if progress["method"] == "pretraining":
+        return [f"**In progress** (not a result): seed {progress['seed']}, pretraining epoch {progress['epoch']}/"
+                f"{progress['epochs']}, reconstruction loss {progress['rec_loss']:.3f}, {progress['seconds']:.0f} s for "
+                f"the last epoch (at {time.strftime('%H:%M:%S')})."]
+    return [f"**In progress** (not a result): {progress['method']} seed {progress['seed']}, finetuning epoch "
+            f"{progress['epoch']}/{progress['epochs']}: ACC {100 * progress['acc']:.2f}, NMI {100 * progress['nmi']:.2f} "
+            f"({progress['train_seconds']:.0f} + {progress['end_epoch_seconds']:.0f} s for the last epoch, "
+            f"at {time.strftime('%H:%M:%S')})."]
+
+
+def _times(workdir: Path) -> list[str]:
+    lines = ["| seed | phase | mean seconds per epoch (train) | mean seconds per epoch (embed + k-means) | epochs |",
+             "| --- | --- | --- | --- | --- |"]
     for p in sorted(workdir.glob("pretrain_*.json")):
         d = json.loads(p.read_text())
         s = [h["seconds"] for h in d["history"]]
         lines.append(f"| {d['seed']} | pretrain | {np.mean(s):.1f} | - | {len(s)} |")
-    for r in runs:
+    for p in sorted(workdir.glob("ae_seed*.partial.pt")):
+        lines.append(f"| {p.name[7:].split('.')[0]} | pretrain (in progress) | see the log | - | - |")
+    for r in load_runs(workdir):
         h = [e for e in r.get("history", []) if e["epoch"] > 0]
         if h:
             lines.append(f"| {r['seed']} | {r['method']} | {np.mean([e['train_seconds'] for e in h]):.1f} | "
                          f"{np.mean([e['end_epoch_seconds'] for e in h]):.1f} | {len(h)} |")
+    return lines
+
+
+def _rel(p: Path) -> str:
+    p = p.resolve()
+    return os.path.relpath(p, REPO) if p.is_relative_to(REPO) else str(p)
+
+
+def write_results(workdir: Path, out: Path, args, progress: dict | None = None) -> None:
+    lines = [
+        "# Deep k-means on MNIST (70,000 images): measured against Roy, ICPR 2024 (arXiv 2411.19496)",
+        "",
+        f"Written by `benchmarks/deep_mnist.py` at {time.strftime('%Y-%m-%d %H:%M:%S %Z')}.  Protocol: inputs in [0, 1], "
+        f"autoencoder 784-500-500-2000-10, Adam 1e-3, batch {args.batch_size}, {args.pretrain_epochs} pretraining epochs "
+        f"(shared by all methods of a seed), {args.finetune_epochs} finetuning epochs"
+        + (f", first {args.limit} images only" if args.limit else ", all 70,000 images") +
+        "; k-means++ with n_init 10 for KM, AEKM, the initial centroids and CT's per-epoch re-initialisation (the "
+        f"project's NumPy kernels); torch threads = {args.threads}, CPU only.  CT uses our reconstruction of the paper's "
+        "lost equations 10-11 (softmax memberships, alpha 3, lambda 10; see `kmeans_dist/deep/losses.py`).  "
+        "DCN lambda 1; DKM lambda 1 with constant alpha 1000 (reconstruction = per-sample sum of squared errors).",
+        "",
+        "Means and standard deviations (population std) are over the seeds listed; **complete** means the full "
+        "protocol above ran for every listed seed.  The paper's numbers are ACC / NMI in percent.",
+        "",
+    ]
+    lines += _table(load_runs(workdir))
+    if progress:
+        lines += [""] + _progress_line(progress)
+    lines += ["", "## Wall time per epoch (this machine: 2 cores shared with other work, so these vary a lot)", ""]
+    lines += _times(workdir)
     lines += ["", "Per-epoch histories, plots (loss curves, highest-membership histograms before/after finetuning, "
               "2-D PCA embeddings at a few epochs, confusion matrices) and the log are in the work directory "
-              f"`{os.path.relpath(workdir, REPO) if workdir.is_relative_to(REPO) else workdir}`.", ""]
+              f"`{_rel(workdir)}`."]
+    notes = workdir / "NOTES.md"  # free-text observations kept beside the run, shown verbatim
+    if notes.exists():
+        lines += ["", notes.read_text().rstrip()]
+    for extra in getattr(args, "include", None) or []:
+        extra = Path(extra)
+        proto = extra / "protocol.json"
+        if not proto.exists():
+            continue
+        pr = json.loads(proto.read_text())
+        lines += ["", f"## Reduced protocol (NOT the paper's protocol): {pr['n_images']} images, "
+                  f"{pr['pretrain_epochs']} + {pr['finetune_epochs']} epochs", "",
+                  f"A smaller run kept beside the full one as an early signal (work directory `{_rel(extra)}`); "
+                  "not comparable with the paper's table.", ""]
+        lines += _table(load_runs(extra))
+        lines += [""] + _times(extra)
+    lines.append("")
     tmp = out.with_suffix(".md.tmp")
     tmp.write_text("\n".join(lines))
     tmp.replace(out)
@@ -159,6 +196,8 @@ def main(argv=None):
     ap.add_argument("--workdir", default=str(REPO / "benchmarks" / "out" / "deep"))
     ap.add_argument("--results", default=str(REPO / "benchmarks" / "RESULTS-deep.md"))
     ap.add_argument("--progress-every", type=int, default=5)
+    ap.add_argument("--include", nargs="*", default=[],
+                    help="work directories of other (reduced-protocol) runs to list in their own section")
     args = ap.parse_args(argv)
 
     import torch
@@ -183,7 +222,26 @@ def main(argv=None):
         p = workdir / f"run_{name}_seed{seed}.json"
         return p.exists() and json.loads(p.read_text()).get("complete") == full_protocol
 
+    (workdir / "protocol.json").write_text(json.dumps({"n_images": int(X.shape[0]), "pretrain_epochs": args.pretrain_epochs,
+                                                        "finetune_epochs": args.finetune_epochs,
+                                                        "batch_size": args.batch_size, "threads": args.threads}))
     write_results(workdir, out, args)
+    def run_km(seed):
+        t0 = time.perf_counter()
+        res = kmeans_inmemory(X_np, 10, n_init=10, random_state=seed)
+        sc = clustering_scores(y, np.asarray(res.labels))
+        rec = {"method": "KM", "seed": seed, **sc, "complete": args.limit is None,
+               "protocol_note": note, "seconds": time.perf_counter() - t0, "history": []}
+        save_run(workdir, rec)
+        log(f"seed {seed}: KM ACC {sc['acc']:.4f} NMI {sc['nmi']:.4f} ({rec['seconds']:.0f} s)")
+        write_results(workdir, out, args)
+
+    if set(args.methods) == {"KM"}:  # raw-pixel k-means only: no autoencoder needed
+        for seed in args.seeds:
+            if not done("KM", seed):
+                run_km(seed)
+        log("all done")
+        return
     for seed in args.seeds:
         ae_path = workdir / f"ae_seed{seed}.pt"
         torch.manual_seed(seed)
@@ -227,13 +285,7 @@ def main(argv=None):
                 continue
             t0 = time.perf_counter()
             if name == "KM":
-                res = kmeans_inmemory(X_np, 10, n_init=10, random_state=seed)
-                sc = clustering_scores(y, np.asarray(res.labels))
-                rec = {"method": "KM", "seed": seed, **sc, "complete": args.limit is None,
-                       "protocol_note": note, "seconds": time.perf_counter() - t0, "history": []}
-                save_run(workdir, rec)
-                log(f"seed {seed}: KM ACC {sc['acc']:.4f} NMI {sc['nmi']:.4f}")
-                write_results(workdir, out, args)
+                run_km(seed)
                 continue
             model.load_state_dict(pretrained)
             method = make_method(name, 10, seed=seed)

@@ -117,6 +117,8 @@ def train_loop_per_worker(config: dict) -> None:
     torch.manual_seed(seed)
     net = Autoencoder(X.shape[1], k, tuple(config.get("hidden", (500, 500, 2000)))).to(device)
     method = make_method(config["method"], k, seed=seed, **config.get("method_kwargs", {}))
+    if not method.finetunes:  # AEKM: one "finetuning" epoch that only runs the k-means on the embeddings
+        F = 1
     distributed = world > 1 and dist.is_available() and dist.is_initialized()
     if distributed:
         method.allreduce = lambda t: dist.all_reduce(t)
@@ -190,7 +192,10 @@ def train_loop_per_worker(config: dict) -> None:
                 opt = make_opt("finetune")
                 phase = "finetune"
         loader.set_epoch(ep)
-        m = train_epoch(model, opt, loader, method if cur == "finetune" else None, finetune=cur == "finetune")
+        if cur == "finetune" and not method.finetunes:
+            m = {"rec_loss": float("nan"), "clu_loss": 0.0, "n_samples": 1}
+        else:
+            m = train_epoch(model, opt, loader, method if cur == "finetune" else None, finetune=cur == "finetune")
         t_train = time.perf_counter() - t0
         rec_sum, clu_sum, n = sum_over_workers([m["rec_loss"] * m["n_samples"], m["clu_loss"] * m["n_samples"],
                                                 m["n_samples"]])

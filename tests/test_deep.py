@@ -204,3 +204,26 @@ def test_deep_package_never_imports_ray_or_prefect():
             "bad = [m for m in sys.modules if m.split('.')[0] in ('ray', 'prefect')]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("name", ["CT", "DKM"])
+def test_fit_method_resume_matches_uninterrupted(name, mnist, pretrained):
+    X, y = mnist
+    Xs, ys = X[:400], y[:400]
+
+    def run(epochs, resume=None):
+        model = Autoencoder(784, 10)
+        model.load_state_dict(pretrained)
+        method = make_method(name, 10, seed=0, n_init=1)
+        saved = []
+        res = fit_method(model, Xs, method, y=ys, epochs=epochs, seed=0, snapshot_size=50,
+                         checkpoint=saved.append, resume=resume)
+        return res, saved
+
+    full, _ = run(2)
+    _, saved = run(2)  # the same run, keeping the checkpoint of epoch 1 ...
+    resumed, _ = run(2, resume=saved[0])  # ... and continuing from it
+    assert saved[0]["epoch"] == 1
+    assert [h["epoch"] for h in resumed["history"]] == [0, 1, 2]
+    np.testing.assert_array_equal(resumed["labels"], full["labels"])
+    np.testing.assert_allclose(resumed["centroids"], full["centroids"], rtol=1e-6, atol=1e-6)

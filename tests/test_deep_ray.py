@@ -1,6 +1,7 @@
 """The Ray stage of deep k-means through its Prefect flow: Ray Train ``TorchTrainer`` with 2 workers on a
 2,000-image MNIST Zarr store, CT for 2 + 2 epochs, one injected worker failure resumed from the last
-checkpoint, identical centroids on both workers, and the figures written."""
+checkpoint, identical centroids on both workers, and the figures written.  Uses the session
+``prefect_harness`` of conftest.py."""
 from __future__ import annotations
 
 import json
@@ -27,15 +28,6 @@ def ray_local():
              log_to_driver=False)
     yield
     ray.shutdown()
-
-
-@pytest.fixture(scope="module")
-def prefect_harness_deep(tmp_path_factory):
-    os.environ.setdefault("PREFECT_HOME", str(tmp_path_factory.mktemp("prefect-home")))
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +63,8 @@ def test_padded_shard_equal_steps_and_full_cover():
     assert sorted(set(rows.tolist())) == list(range(2000))
 
 
-def test_flow_runs_ray_train_with_resume(ray_local, prefect_harness_deep, mnist_store, tmp_path):
+@pytest.mark.slow
+def test_flow_runs_ray_train_with_resume(ray_local, prefect_harness, mnist_store, tmp_path):
     from flows.deep import deep_clustering_flow
 
     out = tmp_path / "run"

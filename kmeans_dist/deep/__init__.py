@@ -1,6 +1,22 @@
 """Deep k-means in plain PyTorch: autoencoder, AEKM, DCN, DKM and CT (Roy, ICPR 2024).
 
-Never imports Ray or Prefect: the Ray Train stage lives in ``pipelines/deep.py``.
+Never imports Ray or Prefect: the Ray Train stage lives in ``pipelines/deep.py`` and its Prefect flow in
+``flows/deep.py``; ``benchmarks/deep_mnist.py`` runs the paper's MNIST protocol with this package.
+
+    import torch
+    from kmeans_dist.data import load_mnist
+    from kmeans_dist.deep import Autoencoder, fit_method, make_method, pretrain
+
+    X, y = load_mnist(scale=1 / 255)                  # 70,000 x 784 in [0, 1]
+    X = torch.from_numpy(X)
+    model = Autoencoder(784, 10)
+    pretrain(model, X, epochs=50)                      # reconstruction only
+    res = fit_method(model, X, make_method("CT", 10), y=y, epochs=100)
+    res["history"][-1]["acc"], res["labels"]
+
+Methods (:func:`make_method`): AEKM, DCN, DKM, DKM-anneal, DKM+reinit (ablation), CT, CT-fcm (fuzzy
+c-means memberships), CT-noreinit (ablation).  The CT loss is our reconstruction of the paper's lost
+equations 10-11; see :mod:`kmeans_dist.deep.losses`.
 """
 from . import plots
 from .evaluate import cluster_accuracy, clustering_scores

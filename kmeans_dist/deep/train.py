@@ -11,6 +11,7 @@
 """
 from __future__ import annotations
 
+import copy
 import math
 import time
 from typing import Callable, Iterable
@@ -19,8 +20,7 @@ import numpy as np
 import torch
 
 from ..kernels import assign_labels, kmeans_inmemory
-from .losses import (ct_loss, dcn_loss, dkm_loss, get_membership, pairwise_sq_dist, reconstruction_loss,
-                     softmax_membership)
+from .losses import ct_loss, dcn_loss, dkm_loss, get_membership, pairwise_sq_dist, reconstruction_loss
 from .model import Autoencoder, unwrap
 
 __all__ = [
@@ -556,8 +556,8 @@ def fit_method(model: Autoencoder, X: torch.Tensor, method: Method, *, y=None, e
                 callback(hist[-1])
             if checkpoint:
                 checkpoint({"epoch": ep, "model": {k: v.detach().clone() for k, v in unwrap(model).state_dict().items()},
-                            "optimizer": opt.state_dict(), "method": method.state_dict(), "history": hist,
-                            "snapshots": snapshots, "before": before})
+                            "optimizer": copy.deepcopy(opt.state_dict()), "method": method.state_dict(), "history": list(hist),
+                            "snapshots": dict(snapshots), "before": before})
     if Z is None:
         Z = embed(model, X)
         labels = method.predict(Z)
