@@ -57,3 +57,16 @@ def prefect_harness():
 
     with prefect_test_harness(server_startup_timeout=120):
         yield PREFECT_API_URL.value()
+
+
+@pytest.fixture
+def threaded_unless_cluster(request):
+    """Tests that do not ask for the 2-process cluster run on the threaded scheduler (the session
+    cluster would otherwise become every later test's default scheduler)."""
+    import dask
+
+    if "dask_client" in request.fixturenames:
+        yield
+    else:
+        with dask.config.set(scheduler="threads"):
+            yield

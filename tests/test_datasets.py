@@ -14,15 +14,7 @@ from kmeans_dist.kernels import kmeans_inmemory
 NAMES = sorted(D.DATASETS)
 
 
-@pytest.fixture(autouse=True)
-def _threaded_unless_cluster(request):
-    """Tests that do not ask for the 2-process cluster run on the threaded scheduler (the session
-    cluster would otherwise become every later test's default scheduler)."""
-    if "dask_client" in request.fixturenames:
-        yield
-    else:
-        with dask.config.set(scheduler="threads"):
-            yield
+pytestmark = pytest.mark.usefixtures("threaded_unless_cluster")
 
 
 @pytest.mark.parametrize("name", NAMES)
