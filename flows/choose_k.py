@@ -14,7 +14,7 @@ from typing import Optional
 from prefect import flow, get_run_logger, task
 
 from flows.artifacts import publish_report
-from flows.clustering import (_quiet_dask_logs, make_task_runner, stage_tasks,  # noqa: F401
+from flows.clustering import (_quiet_dask_logs, ingest_and_standardize, make_task_runner, stage_tasks,  # noqa: F401
                               write_status)
 from flows.params import ChooseKParams, check_dask_address, check_source, default_output_dir, validate_params
 from pipelines import stages
@@ -39,13 +39,7 @@ def choose_k_run(params: dict, source: str, out_dir: str) -> dict:
     try:
         T = stage_tasks(out_dir)
         timings: dict[str, float] = {}
-        t0 = time.perf_counter()
-        store = T.ingest.submit(source, out_dir, p.limit, p.chunk_rows).result()
-        timings["ingest"] = time.perf_counter() - t0
-        if p.standardize:
-            t0 = time.perf_counter()
-            store = T.standardize.submit(store, out_dir).result()
-            timings["standardize"] = time.perf_counter() - t0
+        store = ingest_and_standardize(T, p, source, out_dir, timings)
         n = store["shape"][0]
         if max(ks) > n:
             raise DataError(f"k_max={max(ks)} is larger than the number of samples ({n}); lower k_max")

@@ -184,6 +184,18 @@ def _quiet_dask_logs():
 # flows
 # ------------------------------------------------------------------------------------------------
 
+def ingest_and_standardize(T, p, source: str, out_dir: str, timings: dict) -> dict:
+    """The first stages shared by the clustering and choose-k runs; stage times go into ``timings``."""
+    t0 = time.perf_counter()
+    store = T.ingest.submit(source, out_dir, p.limit, p.chunk_rows).result()
+    timings["ingest"] = time.perf_counter() - t0
+    if p.standardize:
+        t0 = time.perf_counter()
+        store = T.standardize.submit(store, out_dir).result()
+        timings["standardize"] = time.perf_counter() - t0
+    return store
+
+
 @flow(name="clustering-run", validate_parameters=False)
 def clustering_run(params: dict, source: str, out_dir: str) -> dict:
     """The stages of one clustering run, on the flow's (Dask) task runner."""
@@ -194,13 +206,7 @@ def clustering_run(params: dict, source: str, out_dir: str) -> dict:
     try:
         T = stage_tasks(out_dir)
         timings: dict[str, float] = {}
-        t0 = time.perf_counter()
-        store = T.ingest.submit(source, out_dir, p.limit, p.chunk_rows).result()
-        timings["ingest"] = time.perf_counter() - t0
-        if p.standardize:
-            t0 = time.perf_counter()
-            store = T.standardize.submit(store, out_dir).result()
-            timings["standardize"] = time.perf_counter() - t0
+        store = ingest_and_standardize(T, p, source, out_dir, timings)
         n, d = store["shape"]
         logger.info("Data: %d samples x %d features; k=%d, init=%s, algorithm=%s, n_init=%d",
                     n, d, p.k, p.init, p.algorithm, p.n_init)

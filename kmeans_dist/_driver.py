@@ -174,8 +174,6 @@ class DaskBlocks(_Blocks):
         return groups
 
     def map(self, fn, *args, **kwargs):
-        from distributed import CancelledError  # noqa: F401  (re-raised as is)
-
         # worker -> blocks grouping; refreshed every 16 passes (a scheduler round trip), since tasks
         # are only *placed* on a worker (allow_other_workers) a stale grouping costs speed, never results
         self._n_maps = getattr(self, "_n_maps", 0) + 1

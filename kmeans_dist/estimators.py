@@ -209,10 +209,6 @@ class _BaseKMeans(TransformerMixin, ClusterMixin, BaseEstimator):
                           f"({self.n_clusters}). Possibly due to duplicate points in X.", ConvergenceWarning,
                           stacklevel=3)
 
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        return tags
-
 
 def _predict_block(x, C):
     labels, _ = assign_labels(x, C)

@@ -21,12 +21,6 @@ def _block_rng(seed: int, step: int, index: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence(entropy=int(seed), spawn_key=(int(step), int(index))))
 
 
-def _weights_np(w, n, xp):
-    if w is None:
-        return None
-    return np.asarray(to_numpy(w), dtype=np.float64)
-
-
 # ------------------------------------------------------------------------------------------------
 # fetching rows
 # ------------------------------------------------------------------------------------------------
@@ -272,7 +266,7 @@ def kmeans_parallel(blocks, n_clusters, rng, seed, block_weights, *, oversamplin
     states = None
     new = cands[0]
     base = 0
-    idx_of = _block_rng_index(blocks)
+    idx_of = _IndexOf(blocks.block_rows)
     for rnd in range(1, init_rounds + 1):
         states, res = blocks.map_state(_parallel_round_chunk, states, new, base, l, seed, rnd, idx_of)
         phi = sum(r["phi"] for r in res)
@@ -315,10 +309,6 @@ def kmeans_parallel(blocks, n_clusters, rng, seed, block_weights, *, oversamplin
         if res.inertia < best_inertia:
             best, best_inertia = res.centers, res.inertia
     return np.asarray(best)
-
-
-def _block_rng_index(blocks):
-    return _IndexOf(blocks.block_rows)
 
 
 # ------------------------------------------------------------------------------------------------
