@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .kernels import tree_combine
+from .kernels import tree_combine, tree_root, tree_subtrees
 
 __all__ = ["make_blocks", "LocalBlocks", "DaskBlocks", "StreamBlocks", "resolve_block_rows", "get_client"]
 
@@ -71,6 +71,15 @@ def _apply(fn, block, args, kwargs):
 
 def _apply_group(fn, blocks, args, kwargs):
     return [fn(b.X, b.w, b.offset, *args, **kwargs) for b in blocks]
+
+
+def _apply_group_reduce(fn, combine, blocks, n, split_every, args, kwargs):
+    """Map ``fn`` over a worker's blocks and combine the complete subtrees of the reduction tree
+    there; returned pickled, one frame (many small arrays cost more to send one by one)."""
+    import pickle
+
+    parts = {(0, b.index): fn(b.X, b.w, b.offset, *args, **kwargs) for b in blocks}
+    return pickle.dumps(tree_subtrees(parts, n, combine, split_every), protocol=5)
 
 
 def _apply_state(fn, block, state, args, kwargs):
@@ -173,7 +182,7 @@ class DaskBlocks(_Blocks):
             groups.setdefault(addr, []).append(i)
         return groups
 
-    def map(self, fn, *args, **kwargs):
+    def _current_groups(self):
         # worker -> blocks grouping; refreshed every 16 passes (a scheduler round trip), since tasks
         # are only *placed* on a worker (allow_other_workers) a stale grouping costs speed, never results
         self._n_maps = getattr(self, "_n_maps", 0) + 1
@@ -181,8 +190,26 @@ class DaskBlocks(_Blocks):
             workers = _worker_addresses(self.client)
             if self._groups is None or any(a is not None and a not in workers for a in self._groups):
                 self._groups = self._worker_groups()
+        return self._groups
+
+    def map_reduce(self, fn, combine, *args, **kwargs):
+        """One task per worker maps ``fn`` over its blocks and combines the complete subtrees of the
+        tree locally; the client finishes the same tree (bit-identical to :func:`tree_combine`)."""
+        import pickle
+
+        futs = []
+        for addr, idx in self._current_groups().items():
+            kw = {"workers": [addr], "allow_other_workers": True} if addr else {}
+            futs.append(self.client.submit(_apply_group_reduce, fn, combine, [self.futures[i] for i in idx],
+                                           self.n_blocks, self.split_every, args, kwargs, pure=False, **kw))
+        nodes = {}
+        for blob in self.client.gather(futs):
+            nodes.update(pickle.loads(blob))
+        return tree_root(nodes, self.n_blocks, combine, self.split_every)
+
+    def map(self, fn, *args, **kwargs):
         futs, order = [], []
-        for addr, idx in self._groups.items():
+        for addr, idx in self._current_groups().items():
             kw = {"workers": [addr], "allow_other_workers": True} if addr else {}
             futs.append(self.client.submit(_apply_group, fn, [self.futures[i] for i in idx], args, kwargs,
                                            pure=False, **kw))

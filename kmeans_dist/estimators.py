@@ -195,10 +195,12 @@ class _BaseKMeans(TransformerMixin, ClusterMixin, BaseEstimator):
 
         return save_model(self, path, overwrite=overwrite)
 
-    def _set_labels(self, Xa, lazy):
+    def _set_labels(self, Xa, lazy, labels=None):
         if lazy:
             C = self.cluster_centers_.astype(Xa.dtype, copy=False)
             self.labels_ = Xa.map_blocks(_predict_block, C, drop_axis=1, dtype=np.int64)
+        elif labels is not None:  # from the final pass, on the host
+            self.labels_ = get_namespace(Xa).asarray(labels)
         else:
             self.labels_, _ = assign_labels(Xa, self._centers_like(Xa))
 
@@ -360,7 +362,9 @@ class KMeans(_BaseKMeans):
                         _bar.update(state)
                         return self.callback(state) if self.callback is not None else None
 
-                    res = lloyd_on_blocks(blocks, C0, max_iter=self.max_iter, tol_abs=self._tol, callback=cb)
+                    # in-memory input: labels_ come from the final pass (lazy input gets lazy labels)
+                    res = lloyd_on_blocks(blocks, C0, max_iter=self.max_iter, tol_abs=self._tol, callback=cb,
+                                          final_labels=not lazy)
                 res.seeding_seconds = t_seed
                 if best is None or res.inertia < best.inertia:
                     best = res
@@ -376,7 +380,7 @@ class KMeans(_BaseKMeans):
         self.n_features_in_ = d
         self.converged_ = best.converged
         self._warn_distinct(best.counts)
-        self._set_labels(Xa, lazy)
+        self._set_labels(Xa, lazy, best.labels)
         return self
 
 
@@ -494,7 +498,7 @@ class MiniBatchKMeans(_BaseKMeans):
                 res = lloyd_on_blocks(blocks, C, max_iter=self.polish_iter, tol_abs=0.0, final=False)
                 C = res.centers
                 self.polish_history_ = res.history
-            f = final_pass(blocks, C)
+            f = final_pass(blocks, C, labels=self.compute_labels and not lazy)
         finally:
             blocks.release()
         self.cluster_centers_ = C
@@ -506,7 +510,7 @@ class MiniBatchKMeans(_BaseKMeans):
         self.converged_ = conv
         self.fit_seconds_ = time.perf_counter() - t_start
         if self.compute_labels:
-            self._set_labels(Xa, lazy)
+            self._set_labels(Xa, lazy, f.get("labels"))
         return self
 
     def partial_fit(self, X, y=None, sample_weight=None):

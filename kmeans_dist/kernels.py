@@ -28,6 +28,8 @@ __all__ = [
     "combine_lloyd_partials",
     "finalize_centers",
     "tree_combine",
+    "tree_subtrees",
+    "tree_root",
     "minibatch_update",
     "kmeans_plusplus",
     "lloyd_inmemory",
@@ -39,6 +41,7 @@ __all__ = [
 # SUB_BYTES, so the second product (sums per center) reads X from cache, not memory
 SUB_ROWS = 8192
 SUB_BYTES = 4 * 2**20
+FUSED_SUB_BYTES = 2**20
 
 
 def _sub_rows(n_features: int, k: int, itemsize: int, sub_rows=None) -> int:
@@ -169,9 +172,20 @@ def lloyd_partial(X, sample_weight, centers, *, offset: int = 0, n_far: int | No
     w_x = None
     if weighted:
         w_x = xp.astype(sample_weight, X.dtype) if sample_weight.dtype != X.dtype else sample_weight
+    itemsize = X.dtype.itemsize if hasattr(X.dtype, "itemsize") else 8
+    if _use_fused(X, centers):
+        from . import _fused
+
+        if sub_rows is None:  # the sub-chunk and its products stay in L2 for the compiled loop
+            sub_rows = int(min(16384, max(512, FUSED_SUB_BYTES // max(1, (d + k) * itemsize))))
+        m = min(k if n_far is None else n_far, n)
+        sums, weights, counts, inertia, labels, dist, order = _fused.lloyd_block(
+            X, w_x, centers, x_sq, int(sub_rows), exact_inertia, m, return_labels)
+        return _partial(xp, X, w_x, sums, weights, counts, inertia, labels, dist, k, n, n_far, offset,
+                        return_labels, order=order)
+    sub_rows = _sub_rows(d, k, itemsize, sub_rows)
     c_sq = row_norms_sq(centers)
     ar = xp.arange(k)
-    sub_rows = _sub_rows(d, k, X.dtype.itemsize if hasattr(X.dtype, "itemsize") else 8, sub_rows)
     sums = xp.zeros((k, d), dtype=f64)
     weights = xp.zeros((k,), dtype=f64)
     counts = xp.zeros((k,), dtype=f64)
@@ -220,18 +234,36 @@ def lloyd_partial(X, sample_weight, centers, *, offset: int = 0, n_far: int | No
     else:
         labels = xp.zeros((0,), dtype=xp.int64)
         dist = xp.zeros((0,), dtype=X.dtype)
-    m = min(k if n_far is None else n_far, n)
-    order = _farthest(xp, dist, m)
+    return _partial(xp, X, w_x, sums, weights, counts, inertia, labels, dist, k, n, n_far, offset,
+                    return_labels)
+
+
+def _use_fused(X, centers) -> bool:
+    """The compiled assign-and-accumulate loop (:mod:`kmeans_dist._fused`) runs on NumPy blocks of
+    float32/float64; every other namespace takes the array-API path."""
+    if type(X) is not np.ndarray or type(centers) is not np.ndarray:
+        return False
+    if X.dtype not in (np.float32, np.float64) or X.ndim != 2:
+        return False
+    from . import _fused
+
+    return _fused.available()
+
+
+def _partial(xp, X, w_x, sums, weights, counts, inertia, labels, dist, k, n, n_far, offset, return_labels,
+             order=None):
+    if order is None:
+        order = _farthest(xp, dist, min(k if n_far is None else n_far, n))
     if w_x is None:
         far_w = np.ones(int(order.shape[0]), dtype=np.float64)
     else:
-        far_w = to_numpy(xp.astype(xp.take(w_x, order, axis=0), f64))
+        far_w = to_numpy(xp.astype(xp.take(w_x, order, axis=0), xp.float64))
     part = {
         "sum": to_numpy(sums),
         "weight": to_numpy(weights),
         "count": to_numpy(counts).astype(np.int64),
         "inertia": float(to_numpy(inertia)),
-        "far_dist": to_numpy(xp.astype(xp.take(dist, order, axis=0), f64)),
+        "far_dist": to_numpy(xp.astype(xp.take(dist, order, axis=0), xp.float64)),
         "far_index": to_numpy(order).astype(np.int64) + int(offset),
         "far_x": to_numpy(xp.take(X, order, axis=0)),
         "far_label": to_numpy(xp.take(labels, order, axis=0)).astype(np.int64),
@@ -319,12 +351,48 @@ def tree_combine(parts: list, combine, split_every: int = 8):
     """
     n = len(parts)
     s = max(int(split_every), 2)
+    for _ in range(_tree_depth(n, s) - 1):
+        parts = [combine(parts[i:i + s]) for i in range(0, len(parts), s)]
+    return combine(parts)
+
+
+def _tree_depth(n: int, s: int) -> int:
     depth = 1
     if n > 1:
         depth = int(max(depth, math.ceil(math.log(n, s))))
-    for _ in range(depth - 1):
-        parts = [combine(parts[i:i + s]) for i in range(0, len(parts), s)]
-    return combine(parts)
+    return depth
+
+
+def tree_subtrees(nodes: dict, n: int, combine, split_every: int = 8) -> dict:
+    """Evaluate every node of :func:`tree_combine`'s tree whose leaves are all known.
+
+    ``nodes`` maps ``(level, j)`` to a value: ``(0, i)`` is the partial of block ``i`` of ``n``,
+    ``(L, j)`` the combine of the ``split_every`` consecutive nodes ``(L-1, j*s) ...`` below it.
+    Returns the maximal evaluated nodes (their children dropped).  A Dask worker applies it to the
+    blocks it holds, so only a few partials travel; the client applies it to the union of what the
+    workers sent and then :func:`tree_root`.  Every node is computed from the same children in the same
+    order as in :func:`tree_combine`, so the result is bit-identical to it.
+    """
+    s = max(int(split_every), 2)
+    nodes = dict(nodes)
+    depth = _tree_depth(n, s)
+    for level in range(1, depth):
+        below = -(-n // s ** (level - 1))
+        for j in range(-(-n // s ** level)):
+            if (level, j) in nodes:
+                continue
+            children = [(level - 1, i) for i in range(j * s, min((j + 1) * s, below))]
+            if all(c in nodes for c in children):
+                nodes[(level, j)] = combine([nodes.pop(c) for c in children])
+    return nodes
+
+
+def tree_root(nodes: dict, n: int, combine, split_every: int = 8):
+    """Finish :func:`tree_combine` from known nodes (see :func:`tree_subtrees`)."""
+    s = max(int(split_every), 2)
+    nodes = tree_subtrees(nodes, n, combine, s)
+    top = _tree_depth(n, s) - 1
+    return combine([nodes[(top, j)] for j in range(-(-n // s ** top))])
 
 
 def finalize_centers(part: dict, centers_old: np.ndarray) -> tuple[np.ndarray, int]:

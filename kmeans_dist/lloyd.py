@@ -29,6 +29,7 @@ class LloydResult:
     converged: bool = False
     counts: np.ndarray | None = None
     weights: np.ndarray | None = None
+    labels: np.ndarray | None = None
 
 
 def _centers_for(X, centers):
@@ -40,9 +41,13 @@ def _lloyd_chunk(X, w, offset, centers):
     return lloyd_partial(X, w, _centers_for(X, centers), offset=offset, x_sq=row_norms_sq_cached(X))
 
 
-def _final_chunk(X, w, offset, centers):
-    p = lloyd_partial(X, w, _centers_for(X, centers), offset=offset, exact_inertia=True, n_far=0)
-    return {"inertia": p["inertia"], "count": p["count"], "weight": p["weight"]}
+def _final_chunk(X, w, offset, centers, labels=False):
+    p = lloyd_partial(X, w, _centers_for(X, centers), offset=offset, exact_inertia=True, n_far=0,
+                      return_labels=labels)
+    out = {"inertia": p["inertia"], "count": p["count"], "weight": p["weight"]}
+    if labels:
+        out["labels"] = to_numpy(p["labels"]).astype(np.int64, copy=False)
+    return out
 
 
 def _combine_final(parts):
@@ -51,6 +56,8 @@ def _combine_final(parts):
         out["inertia"] += p["inertia"]
         out["count"] += p["count"]
         out["weight"] += p["weight"]
+    if "labels" in parts[0]:  # consecutive blocks, in order
+        out["labels"] = np.concatenate([p["labels"] for p in parts])
     return out
 
 
@@ -61,13 +68,15 @@ def data_stats(blocks) -> dict:
     return {"n": stats["n"], "mean": stats["mean"], "var": stats["M2"] / stats["n"]}
 
 
-def final_pass(blocks, centers) -> dict:
-    """Exact inertia (direct differences, as scikit-learn's ``_inertia``) and cluster sizes."""
-    return blocks.map_reduce(_final_chunk, _combine_final, np.asarray(centers))
+def final_pass(blocks, centers, labels: bool = False) -> dict:
+    """Exact inertia (direct differences, as scikit-learn's ``_inertia``) and cluster sizes; with
+    ``labels``, also every row's nearest center (host NumPy, int64), in the same pass."""
+    return blocks.map_reduce(_final_chunk, _combine_final, np.asarray(centers), labels=labels)
 
 
 def lloyd_on_blocks(blocks, centers, *, max_iter: int = 300, tol_abs: float = 0.0, callback=None,
-                    start_iteration: int = 0, history=None, final: bool = True) -> LloydResult:
+                    start_iteration: int = 0, history=None, final: bool = True,
+                    final_labels: bool = False) -> LloydResult:
     """Lloyd iterations from ``centers`` until ``center shift^2 <= tol_abs`` or ``max_iter``.
 
     ``start_iteration``/``history`` resume an interrupted run: pass the checkpointed centers, the number
@@ -97,8 +106,9 @@ def lloyd_on_blocks(blocks, centers, *, max_iter: int = 300, tol_abs: float = 0.
             break
     res = LloydResult(centers=centers, inertia=float("nan"), n_iter=it, history=history, converged=converged)
     if final:
-        f = final_pass(blocks, centers)
+        f = final_pass(blocks, centers, labels=final_labels)
         res.inertia, res.counts, res.weights = float(f["inertia"]), f["count"], f["weight"]
+        res.labels = f.get("labels")
     return res
 
 

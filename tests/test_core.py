@@ -255,3 +255,61 @@ def test_tree_combine_groups_consecutive_blocks():
 
     out = kernels.tree_combine([str(i) for i in range(10)], comb, 4)
     assert out == "((0+1+2+3)+(4+5+6+7)+(8+9))"
+
+
+def test_tree_finished_from_worker_subtrees_is_the_same_tree():
+    """Workers combine the complete subtrees of the blocks they hold; the client finishes the tree: the
+    result is the very tree of tree_combine, whatever the split of blocks between workers."""
+    def comb(parts):
+        return "(" + "+".join(parts) + ")"
+
+    rng = np.random.default_rng(0)
+    for n in [1, 2, 7, 8, 9, 27, 64, 65, 130]:
+        for s in [2, 4, 8]:
+            ref = kernels.tree_combine([str(i) for i in range(n)], comb, s)
+            for n_workers in [1, 2, 3, 5]:
+                owner = rng.integers(0, n_workers, n)
+                if n_workers == 2:
+                    owner = np.arange(n) * 2 // n  # contiguous ranges, as DaskBlocks places them
+                nodes = {}
+                for w in range(n_workers):
+                    mine = {(0, i): str(i) for i in range(n) if owner[i] == w}
+                    nodes.update(kernels.tree_subtrees(mine, n, comb, s))
+                assert kernels.tree_root(nodes, n, comb, s) == ref
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("shape", [(1000, 7, 5), (333, 1, 3), (50, 4, 1), (3000, 40, 12)])
+def test_fused_kernel_equals_array_api_path(dtype, weighted, shape, monkeypatch):
+    """The compiled NumPy loop (kmeans_dist._fused) gives what the array-API path gives: the same labels,
+    counts and farthest rows exactly, sums/inertia up to float rounding (it accumulates in float64)."""
+    from kmeans_dist import _fused
+
+    if not _fused.available():
+        pytest.skip("numba not importable")
+    n, d, k = shape
+    rng = np.random.default_rng(n + d + k)
+    X = rng.normal(size=(n, d)).astype(dtype)
+    X[5] = X[6]  # a duplicated row: equal distances, ties broken by index
+    C = X[rng.choice(n, k, replace=False)].copy()
+    w = rng.uniform(0.5, 2.0, n) if weighted else None
+    for exact in (False, True):
+        for sub in (None, 64):
+            fused = kernels.lloyd_partial(X, w, C, offset=11, exact_inertia=exact, return_labels=True,
+                                          sub_rows=sub)
+            monkeypatch.setattr(kernels, "_use_fused", lambda X, C: False)
+            ref = kernels.lloyd_partial(X, w, C, offset=11, exact_inertia=exact, return_labels=True,
+                                        sub_rows=sub)
+            monkeypatch.undo()
+            np.testing.assert_array_equal(fused["labels"], ref["labels"])
+            np.testing.assert_array_equal(fused["count"], ref["count"])
+            np.testing.assert_array_equal(fused["far_index"], ref["far_index"])
+            np.testing.assert_array_equal(fused["far_label"], ref["far_label"])
+            np.testing.assert_array_equal(fused["far_x"], ref["far_x"])
+            rtol = 1e-4 if dtype == np.float32 else 1e-10
+            np.testing.assert_allclose(fused["far_dist"], ref["far_dist"], rtol=rtol)
+            np.testing.assert_allclose(fused["dist"], ref["dist"], rtol=rtol, atol=1e-6)
+            np.testing.assert_allclose(fused["sum"], ref["sum"], rtol=rtol, atol=1e-6)
+            np.testing.assert_allclose(fused["weight"], ref["weight"], rtol=1e-6)
+            np.testing.assert_allclose(fused["inertia"], ref["inertia"], rtol=rtol)

@@ -1,0 +1,206 @@
+"""Fused assign-and-accumulate loop for NumPy blocks, compiled with Numba.
+
+:func:`kmeans_dist.kernels.lloyd_partial` computes the cross products of a sub-chunk with the
+centers by one BLAS GEMM (``P = X_s @ (-2 C)^T``), as scikit-learn does.  What follows the GEMM
+(argmin over the centers, the distance to the nearest one, the per-center weighted sums, weights,
+counts and inertia, and the rows farthest from their centers) is, in the array-API code path, an
+(rows x k) one-hot matrix, a second GEMM ``W^T X_s`` (2·rows·k·d more flops) and a partition of the
+distances.  Here it is one compiled loop over the rows instead (the role of scikit-learn's Cython
+``_update_chunk_dense``), reading every row of ``X_s`` once while it is still in cache, and keeping
+the farthest rows in a small heap.  The loop allocates nothing per row or per sub-chunk, which
+matters on Dask workers: they run with ``MALLOC_TRIM_THRESHOLD_`` set, so every large temporary
+is a fresh ``mmap`` and a round of page faults.
+
+The loop visits rows in order and accumulates in float64, so a block's partial is a fixed function
+of the block: results stay bit-identical whatever the input chunking, the number of workers or where
+the block lives in memory.  Labels are the first minimum of ``||c||^2 - 2 x.c`` evaluated in the
+data's dtype, as ``argmin`` in the array-API path; the farthest rows are the same as
+:func:`kmeans_dist.kernels._farthest` picks (distance descending, ties by row index).
+
+Numba is a dependency of the package, but it stays optional at run time: if it cannot be imported
+(or ``KMEANS_DIST_NO_NUMBA=1``), the array-API path runs instead.
+"""
+from __future__ import annotations
+
+import os
+import threading
+
+import numpy as np
+
+_LOCAL = threading.local()
+
+try:  # compiled at first use; cached on disk (module-level functions, so Numba's cache applies)
+    if os.environ.get("KMEANS_DIST_NO_NUMBA", "") not in ("", "0"):
+        raise ImportError("disabled by KMEANS_DIST_NO_NUMBA")
+    import numba
+
+    _jit = numba.njit(cache=True, nogil=True, boundscheck=False)
+except Exception:  # pragma: no cover - numba is a dependency; kept optional at run time
+    numba = None
+
+    def _jit(f):
+        return f
+
+
+def available() -> bool:
+    return numba is not None
+
+
+@_jit
+def _worse(da, ia, db, ib):  # pragma: no cover - compiled
+    # farther is better; at equal distance the lower row index is better
+    return da < db or (da == db and ia > ib)
+
+
+@_jit
+def _heap_offer(hd, hi, hn, dv, iv):  # pragma: no cover - compiled
+    """Keep the m best (distance, index) pairs in a heap whose root is the worst of them."""
+    m = hd.shape[0]
+    n = hn[0]
+    if n < m:
+        pos = n
+        hn[0] = n + 1
+        while pos > 0:
+            parent = (pos - 1) // 2
+            if _worse(dv, iv, hd[parent], hi[parent]):
+                hd[pos] = hd[parent]
+                hi[pos] = hi[parent]
+                pos = parent
+            else:
+                break
+        hd[pos] = dv
+        hi[pos] = iv
+        return
+    if not _worse(hd[0], hi[0], dv, iv):
+        return
+    pos = 0
+    while True:
+        c = 2 * pos + 1
+        if c >= m:
+            break
+        if c + 1 < m and _worse(hd[c + 1], hi[c + 1], hd[c], hi[c]):
+            c = c + 1
+        if _worse(hd[c], hi[c], dv, iv):
+            hd[pos] = hd[c]
+            hi[pos] = hi[c]
+            pos = c
+        else:
+            break
+    hd[pos] = dv
+    hi[pos] = iv
+
+
+@_jit
+def _assign_accumulate(X, P, c_sq, x_sq, w, exact, C, row0, sums, weights, counts, labels, dist,
+                       hd, hi, hn):  # pragma: no cover - compiled
+    n, k = P.shape
+    d = X.shape[1]
+    inertia = 0.0
+    weighted = w.shape[0] > 0
+    keep = hd.shape[0] > 0
+    for i in range(n):
+        best = P[i, 0] + c_sq[0]
+        lab = 0
+        for j in range(1, k):
+            v = P[i, j] + c_sq[j]
+            if v < best:
+                best = v
+                lab = j
+        # di is float64 in both branches: the exact distance (differences in the data's dtype,
+        # squares summed in float64), or the GEMM one computed in the data's dtype and clipped
+        # at zero, then widened exactly
+        di = 0.0
+        if exact:
+            for f in range(d):
+                t = X[i, f] - C[lab, f]
+                di += t * t
+        else:
+            di = np.float64(x_sq[i] + best)
+            if di < 0.0:
+                di = 0.0
+        labels[i] = lab
+        dist[i] = di
+        counts[lab] += 1
+        if keep:
+            _heap_offer(hd, hi, hn, np.float64(dist[i]), row0 + i)
+        if weighted:
+            wi = np.float64(w[i])
+            weights[lab] += wi
+            inertia += di * wi
+            for f in range(d):
+                sums[lab, f] += np.float64(X[i, f]) * wi
+        else:
+            weights[lab] += 1.0
+            inertia += di
+            for f in range(d):
+                sums[lab, f] += np.float64(X[i, f])
+    return inertia
+
+
+def _scratch(name: str, shape, dtype):
+    """A per-thread buffer reused across calls (grown when too small)."""
+    key = (name, np.dtype(dtype).str, len(shape))
+    cache = getattr(_LOCAL, "bufs", None)
+    if cache is None:
+        cache = _LOCAL.bufs = {}
+    size = int(np.prod(shape))
+    buf = cache.get(key)
+    if buf is None or buf.size < size:
+        buf = cache[key] = np.empty(size, dtype=dtype)
+    return buf[:size].reshape(shape)
+
+
+def lloyd_block(X, w, centers, x_sq, sub_rows: int, exact_inertia: bool, n_far: int, keep_labels: bool):
+    """Assign the rows of ``X`` (NumPy) to ``centers`` and accumulate, in one pass.
+
+    Returns ``(sums (k,d) f64, weights (k,) f64, counts (k,) int64, inertia float, labels int64,
+    dist X.dtype, far (m,) int64)``, ``far`` being the block-local indices of the ``n_far`` rows
+    farthest from their centers, farthest first.  ``labels`` and ``dist`` are per-thread scratch
+    buffers unless ``keep_labels``: valid until the next call in this thread.
+    """
+    kern = _assign_accumulate
+    n, d = X.shape
+    k = centers.shape[0]
+    dt = X.dtype
+    C = np.ascontiguousarray(centers, dtype=dt)
+    m2C_T = np.ascontiguousarray((-2 * C).T)  # exact scaling: Xs @ (-2C)^T == -2 (Xs @ C^T)
+    c_sq = _row_norms(C)
+    sums = np.zeros((k, d), dtype=np.float64)
+    weights = np.zeros(k, dtype=np.float64)
+    counts = np.zeros(k, dtype=np.int64)
+    if keep_labels:
+        labels = np.empty(n, dtype=np.int64)
+        dist = np.empty(n, dtype=dt)
+    else:
+        labels = _scratch("labels", (n,), np.int64)
+        dist = _scratch("dist", (n,), dt)
+    m = max(0, min(int(n_far), n))
+    hd = np.empty(m, dtype=np.float64)
+    hi = np.empty(m, dtype=np.int64)
+    hn = np.zeros(1, dtype=np.int64)
+    w_arr = np.zeros(0, dtype=dt) if w is None else np.asarray(w)
+    empty = np.zeros(0, dtype=dt)
+    P_buf = _scratch("P", (min(sub_rows, max(n, 1)), k), dt)
+    inertia = 0.0
+    for start in range(0, n, sub_rows):
+        stop = min(start + sub_rows, n)
+        Xs = X[start:stop]
+        if not Xs.flags.c_contiguous:
+            Xs = np.ascontiguousarray(Xs)
+        P = P_buf[:stop - start]
+        np.matmul(Xs, m2C_T, out=P)
+        if exact_inertia:
+            xs_sq = empty
+        elif x_sq is None:
+            xs_sq = _row_norms(Xs)
+        else:
+            xs_sq = x_sq[start:stop]
+        inertia += kern(Xs, P, c_sq, xs_sq, w_arr[start:stop] if w is not None else w_arr,
+                        bool(exact_inertia), C, start, sums, weights, counts, labels[start:stop],
+                        dist[start:stop], hd, hi, hn)
+    order = np.lexsort((hi, -hd))  # farthest first, ties by index
+    return sums, weights, counts, inertia, labels, dist, hi[order]
+
+
+def _row_norms(A):
+    return np.vecdot(A, A, axis=-1) if hasattr(np, "vecdot") else np.einsum("ij,ij->i", A, A)
