@@ -168,6 +168,7 @@ class DaskBlocks(_Blocks):
         else:
             self.futures = client.compute(parts)
         self._groups = None
+        self.direct = None  # gather straight from the workers (True) or through the scheduler (dask's default)
 
     def _worker_groups(self):
         """{worker address: [block indices]} from the scheduler; refreshed when workers change."""
@@ -203,7 +204,7 @@ class DaskBlocks(_Blocks):
             futs.append(self.client.submit(_apply_group_reduce, fn, combine, [self.futures[i] for i in idx],
                                            self.n_blocks, self.split_every, args, kwargs, pure=False, **kw))
         nodes = {}
-        for blob in self.client.gather(futs):
+        for blob in self.client.gather(futs, direct=self.direct):
             nodes.update(pickle.loads(blob))
         return tree_root(nodes, self.n_blocks, combine, self.split_every)
 
