@@ -10,6 +10,10 @@ Numerics follow scikit-learn's ``_kmeans.py``: squared distances are computed th
 sub-chunk with precomputed center norms, labels are the argmin of ``||c||^2 - 2 x.c``, float32 data is
 kept float32 in the GEMMs while sums, weights and inertia accumulate in float64, and empty clusters
 are relocated to the points farthest from their centers, never collapsed to zero.
+
+On NumPy blocks :func:`lloyd_partial` hands the work after the distance GEMM (argmin, sums, counts,
+inertia, farthest rows) to one compiled loop (:mod:`kmeans_dist._fused`, Numba) instead of a one-hot
+matrix and a second GEMM; the results are the same up to float64 rounding (tested against this path).
 """
 from __future__ import annotations
 
