@@ -184,8 +184,8 @@ class DaskBlocks(_Blocks):
         return groups
 
     def _current_groups(self):
-        # worker -> blocks grouping; refreshed every 16 passes (a scheduler round trip), since tasks
-        # are only *placed* on a worker (allow_other_workers) a stale grouping costs speed, never results
+        # worker -> blocks grouping; refreshed every 16 passes (a scheduler round trip).  Tasks run where
+        # the scheduler puts them (where most of their blocks are): a stale grouping costs speed, never results
         self._n_maps = getattr(self, "_n_maps", 0) + 1
         if self._groups is None or self._n_maps % 16 == 0:
             workers = _worker_addresses(self.client)
@@ -198,23 +198,24 @@ class DaskBlocks(_Blocks):
         tree locally; the client finishes the same tree (bit-identical to :func:`tree_combine`)."""
         import pickle
 
-        futs = []
-        for addr, idx in self._current_groups().items():
-            kw = {"workers": [addr], "allow_other_workers": True} if addr else {}
-            futs.append(self.client.submit(_apply_group_reduce, fn, combine, [self.futures[i] for i in idx],
-                                           self.n_blocks, self.split_every, args, kwargs, pure=False, **kw))
+        # one client.map: a single message to the scheduler for all the tasks (a client sends at most one
+        # batch per 10 ms, so one submit per worker could start the last worker's task 10 ms late); the
+        # scheduler places each task on the worker that holds its blocks
+        groups = list(self._current_groups().values())
+        G = len(groups)
+        futs = self.client.map(_apply_group_reduce, [fn] * G, [combine] * G,
+                               [[self.futures[i] for i in idx] for idx in groups], [self.n_blocks] * G,
+                               [self.split_every] * G, [args] * G, [kwargs] * G, pure=False)
         nodes = {}
         for blob in self.client.gather(futs, direct=self.direct):
             nodes.update(pickle.loads(blob))
         return tree_root(nodes, self.n_blocks, combine, self.split_every)
 
     def map(self, fn, *args, **kwargs):
-        futs, order = [], []
-        for addr, idx in self._current_groups().items():
-            kw = {"workers": [addr], "allow_other_workers": True} if addr else {}
-            futs.append(self.client.submit(_apply_group, fn, [self.futures[i] for i in idx], args, kwargs,
-                                           pure=False, **kw))
-            order.append(idx)
+        order = list(self._current_groups().values())
+        G = len(order)
+        futs = self.client.map(_apply_group, [fn] * G, [[self.futures[i] for i in idx] for idx in order],
+                               [args] * G, [kwargs] * G, pure=False)
         results = [None] * self.n_blocks
         for idx, res in zip(order, self.client.gather(futs)):
             for i, r in zip(idx, res):
@@ -227,14 +228,16 @@ class DaskBlocks(_Blocks):
         States stay on the workers (as futures); only the small results travel.
         """
         states = states or [None] * self.n_blocks
-        idx = range(self.n_blocks) if only is None else sorted(only)
+        idx = list(range(self.n_blocks)) if only is None else sorted(only)
         new_states = list(states)
-        outs = {}
-        for i in idx:
-            f = self.client.submit(_apply_state, fn, self.futures[i], states[i], args, kwargs, pure=False)
+        m = len(idx)
+        # one message to the scheduler per batch of tasks (see map_reduce); each runs where its block is
+        futs = self.client.map(_apply_state, [fn] * m, [self.futures[i] for i in idx], [states[i] for i in idx],
+                               [args] * m, [kwargs] * m, pure=False)
+        outs = self.client.map(_second, futs, pure=False)
+        for i, f in zip(idx, futs):
             new_states[i] = f
-            outs[i] = self.client.submit(_second, f, pure=False)
-        gathered = self.client.gather([outs[i] for i in idx])
+        gathered = self.client.gather(outs)
         results = [None] * self.n_blocks
         for i, r in zip(idx, gathered):
             results[i] = r
