@@ -168,7 +168,9 @@ class DaskBlocks(_Blocks):
         else:
             self.futures = client.compute(parts)
         self._groups = None
-        self.direct = None  # gather straight from the workers (True) or through the scheduler (dask's default)
+        # gather the pass's results straight from the workers when they all run on this host (the client can
+        # surely reach them; saves a hop through the scheduler per pass); otherwise dask's setting decides
+        self.direct = True if addrs and all(_is_local_address(a) for a in addrs) else None
 
     def _worker_groups(self):
         """{worker address: [block indices]} from the scheduler; refreshed when workers change."""
@@ -191,6 +193,8 @@ class DaskBlocks(_Blocks):
             workers = _worker_addresses(self.client)
             if self._groups is None or any(a is not None and a not in workers for a in self._groups):
                 self._groups = self._worker_groups()
+            if not all(_is_local_address(a) for a in workers):
+                self.direct = None  # a worker on another host joined: gather through the scheduler
         return self._groups
 
     def map_reduce(self, fn, combine, *args, **kwargs):
@@ -346,6 +350,15 @@ def _scheduler_info(client):
     except (TypeError, ValueError):  # pragma: no cover
         pass
     return client.scheduler_info()
+
+
+def _is_local_address(addr: str) -> bool:
+    from urllib.parse import urlsplit
+
+    if addr.startswith("inproc://"):
+        return True
+    host = urlsplit(addr).hostname or ""
+    return host in ("127.0.0.1", "localhost", "::1")
 
 
 def _worker_addresses(client) -> set:
