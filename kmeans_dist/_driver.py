@@ -168,9 +168,7 @@ class DaskBlocks(_Blocks):
         else:
             self.futures = client.compute(parts)
         self._groups = None
-        # gather the pass's results straight from the workers when they all run on this host (the client can
-        # surely reach them; saves a hop through the scheduler per pass); otherwise dask's setting decides
-        self.direct = True if addrs and all(_is_local_address(a) for a in addrs) else None
+        self.direct = None  # set with the grouping, see _current_groups
 
     def _worker_groups(self):
         """{worker address: [block indices]} from the scheduler; refreshed when workers change."""
@@ -193,8 +191,9 @@ class DaskBlocks(_Blocks):
             workers = _worker_addresses(self.client)
             if self._groups is None or any(a is not None and a not in workers for a in self._groups):
                 self._groups = self._worker_groups()
-            if not all(_is_local_address(a) for a in workers):
-                self.direct = None  # a worker on another host joined: gather through the scheduler
+            # gather the pass's results straight from the workers when they all run on this host (the client
+            # can surely reach them; saves a hop through the scheduler); otherwise dask's setting decides
+            self.direct = True if workers and all(_is_local_address(a) for a in workers) else None
         return self._groups
 
     def map_reduce(self, fn, combine, *args, **kwargs):

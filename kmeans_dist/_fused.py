@@ -27,6 +27,8 @@ import threading
 
 import numpy as np
 
+from .kernels import row_norms_sq
+
 _LOCAL = threading.local()
 
 try:  # compiled at first use; cached on disk (module-level functions, so Numba's cache applies)
@@ -123,17 +125,11 @@ def _assign_accumulate(X, P, c_sq, x_sq, w, exact, C, row0, sums, weights, count
         counts[lab] += 1
         if keep:
             _heap_offer(hd, hi, hn, np.float64(dist[i]), row0 + i)
-        if weighted:
-            wi = np.float64(w[i])
-            weights[lab] += wi
-            inertia += di * wi
-            for f in range(d):
-                sums[lab, f] += np.float64(X[i, f]) * wi
-        else:
-            weights[lab] += 1.0
-            inertia += di
-            for f in range(d):
-                sums[lab, f] += np.float64(X[i, f])
+        wi = np.float64(w[i]) if weighted else 1.0  # x * 1.0 == x: unweighted sums are exact as before
+        weights[lab] += wi
+        inertia += di * wi
+        for f in range(d):
+            sums[lab, f] += np.float64(X[i, f]) * wi
     return inertia
 
 
@@ -181,7 +177,7 @@ def lloyd_block(X, w, centers, x_sq, sub_rows: int, exact_inertia: bool, n_far: 
     dt = X.dtype
     C = np.ascontiguousarray(centers, dtype=dt)
     m2C_T = np.ascontiguousarray((-2 * C).T)  # exact scaling: Xs @ (-2C)^T == -2 (Xs @ C^T)
-    c_sq = _row_norms(C)
+    c_sq = row_norms_sq(C)
     sums = np.zeros((k, d), dtype=np.float64)
     weights = np.zeros(k, dtype=np.float64)
     counts = np.zeros(k, dtype=np.int64)
@@ -209,7 +205,7 @@ def lloyd_block(X, w, centers, x_sq, sub_rows: int, exact_inertia: bool, n_far: 
         if exact_inertia:
             xs_sq = empty
         elif x_sq is None:
-            xs_sq = _row_norms(Xs)
+            xs_sq = row_norms_sq(Xs)
         else:
             xs_sq = x_sq[start:stop]
         inertia += kern(Xs, P, c_sq, xs_sq, w_arr[start:stop] if w is not None else w_arr,
@@ -217,7 +213,3 @@ def lloyd_block(X, w, centers, x_sq, sub_rows: int, exact_inertia: bool, n_far: 
                         dist[start:stop], hd, hi, hn)
     order = np.lexsort((hi, -hd))  # farthest first, ties by index
     return sums, weights, counts, inertia, labels, dist, hi[order]
-
-
-def _row_norms(A):
-    return np.vecdot(A, A, axis=-1) if hasattr(np, "vecdot") else np.einsum("ij,ij->i", A, A)
