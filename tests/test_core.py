@@ -99,6 +99,47 @@ def test_one_worker_equals_two_workers():
     assert results[0].inertia_ == results[1].inertia_
 
 
+def test_actor_passes_equal_task_passes_and_survive_a_lost_worker():
+    """A pass through the per-worker actors equals the same pass as tasks, bit for bit.  When a worker
+    holding blocks dies, the next pass falls back to tasks (the scheduler recomputes the lost blocks
+    from the source) and gives the same partials again."""
+    import os
+    import signal
+
+    from distributed import Client, LocalCluster
+
+    from kmeans_dist._driver import DaskBlocks, make_blocks
+    from kmeans_dist.lloyd import _lloyd_chunk
+
+    X = _data(8, n=4000)
+    C = X[:6].copy()
+
+    def same(a, b):
+        assert a.keys() == b.keys()
+        for key in a:
+            np.testing.assert_array_equal(np.asarray(a[key]), np.asarray(b[key]), err_msg=key)
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address=":0") as lc, Client(lc) as c:
+        Xd = da.from_array(X, chunks=(700, -1))
+        b = make_blocks(Xd, block_rows=300, client=c, persist=True)
+        assert isinstance(b, DaskBlocks)
+        first = b.map_reduce(_lloyd_chunk, kernels.combine_lloyd_partials, C)
+        assert b.use_actors and b._hosts is not None and len(b._hosts[2]) == 2
+        t = make_blocks(Xd, block_rows=300, client=c, persist=True)
+        t.use_actors = False
+        same(first, t.map_reduce(_lloyd_chunk, kernels.combine_lloyd_partials, C))
+        same(first, kernels.tree_combine([_lloyd_chunk(X[o:o + 300], None, o, C) for o in range(0, 4000, 300)],
+                                         kernels.combine_lloyd_partials, 8))
+        t.release()
+        pid = next(iter(c.run(os.getpid).values()))
+        os.kill(pid, signal.SIGKILL)
+        again = b.map_reduce(_lloyd_chunk, kernels.combine_lloyd_partials, C)
+        assert not b.use_actors and b._hosts is None
+        same(first, again)
+        b.release()
+
+
 @pytest.mark.parametrize("init", ["k-means||", "k-means++", "random", "random-partition"])
 def test_seeding_methods(init, dask_client):
     X = _data(8, n=2000)
