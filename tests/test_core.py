@@ -140,6 +140,52 @@ def test_actor_passes_equal_task_passes_and_survive_a_lost_worker():
         b.release()
 
 
+def _slow_lloyd_chunk(X, w, offset, centers):
+    import time
+
+    from kmeans_dist.lloyd import _lloyd_chunk
+
+    time.sleep(0.4)
+    return _lloyd_chunk(X, w, offset, centers)
+
+
+def test_worker_killed_during_an_actor_pass_falls_back_to_tasks():
+    """A worker dies while its actor runs a pass: the pass is run again as tasks (the lost blocks are
+    recomputed from the source) and returns the same partials; it must not hang."""
+    import os
+    import signal
+    import threading
+    import time
+
+    from distributed import Client, LocalCluster
+
+    from kmeans_dist._driver import make_blocks
+    from kmeans_dist.lloyd import _lloyd_chunk
+
+    X = _data(9, n=3000)
+    C = X[:5].copy()
+    ref = kernels.tree_combine([_lloyd_chunk(X[o:o + 300], None, o, C) for o in range(0, 3000, 300)],
+                               kernels.combine_lloyd_partials, 8)
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address=":0") as lc, Client(lc) as c:
+        b = make_blocks(da.from_array(X, chunks=(1000, -1)), block_rows=300, client=c, persist=True)
+        b.map_reduce(_slow_lloyd_chunk, kernels.combine_lloyd_partials, C)  # actors made, one pass done
+        assert b._hosts is not None
+        pid = next(iter(c.run(os.getpid).values()))
+        box = {}
+        th = threading.Thread(target=lambda: box.setdefault(
+            "part", b.map_reduce(_slow_lloyd_chunk, kernels.combine_lloyd_partials, C)), daemon=True)
+        th.start()
+        time.sleep(0.8)  # mid-pass: each worker runs 5 blocks of 0.4 s
+        os.kill(pid, signal.SIGKILL)
+        th.join(timeout=120)
+        assert not th.is_alive(), "the pass hung after the worker died"
+        assert not b.use_actors
+        for key in ref:
+            np.testing.assert_array_equal(np.asarray(box["part"][key]), np.asarray(ref[key]), err_msg=key)
+        b.release()
+
+
 @pytest.mark.parametrize("init", ["k-means||", "k-means++", "random", "random-partition"])
 def test_seeding_methods(init, dask_client):
     X = _data(8, n=2000)
