@@ -107,6 +107,18 @@ def _second(t):
     return t[1]
 
 
+def _apply_group_state(fn, blocks, prev, args, kwargs):
+    """``fn`` over a worker's blocks with their previous states.  ``prev[j]`` is ``None`` or
+    ``(group_result, position)`` of an earlier call (dask resolved the future to its value: on this
+    worker when the grouping did not change).  Returns ``(states, results)``, both lists."""
+    states, results = [], []
+    for b, p in zip(blocks, prev):
+        st, res = fn(b.X, b.w, b.offset, None if p is None else p[0][0][p[1]], *args, **kwargs)
+        states.append(st)
+        results.append(res)
+    return states, results
+
+
 # ------------------------------------------------------------------------------------------------
 # transports
 # ------------------------------------------------------------------------------------------------
@@ -286,22 +298,26 @@ class DaskBlocks(_Blocks):
     def map_state(self, fn, states, *args, only=None, **kwargs):
         """Per-block stateful step: ``fn(X, w, offset, state, *args) -> (state, small)``.
 
-        States stay on the workers (as futures); only the small results travel.
+        States stay on the workers: one task per worker runs its blocks (of ``only``, default all) and
+        keeps their new states; the handle of block i's state is ``(future of that task, position)``.
+        Only the small results travel, through one more small task per worker.  A lost worker's states
+        are recomputed by dask from the chain of tasks that made them.
         """
         states = states or [None] * self.n_blocks
-        idx = list(range(self.n_blocks)) if only is None else sorted(only)
-        new_states = list(states)
-        m = len(idx)
-        # one message to the scheduler per batch of tasks (see map_reduce); each runs where its block is
-        futs = self.client.map(_apply_state, [fn] * m, [self.futures[i] for i in idx], [states[i] for i in idx],
-                               [args] * m, [kwargs] * m, pure=False)
+        idx = set(range(self.n_blocks)) if only is None else set(only)
+        groups = [[i for i in g if i in idx] for g in self._current_groups().values()]
+        groups = [g for g in groups if g]
+        G = len(groups)
+        # one message to the scheduler per batch of tasks (see map_reduce); each runs where its blocks are
+        futs = self.client.map(_apply_group_state, [fn] * G, [[self.futures[i] for i in g] for g in groups],
+                               [[states[i] for i in g] for g in groups], [args] * G, [kwargs] * G, pure=False)
         outs = self.client.map(_second, futs, pure=False)
-        for i, f in zip(idx, futs):
-            new_states[i] = f
-        gathered = self.client.gather(outs)
+        new_states = list(states)
         results = [None] * self.n_blocks
-        for i, r in zip(idx, gathered):
-            results[i] = r
+        for g, f, res in zip(groups, futs, self.client.gather(outs, direct=self.direct)):
+            for pos, (i, r) in enumerate(zip(g, res)):
+                new_states[i] = (f, pos)
+                results[i] = r
         return new_states, results
 
     def release(self):

@@ -132,21 +132,32 @@ def _cumsum_locate_chunk(X, w, offset, state, want, rows_per_block):
     return state, (idx + offset).tolist()
 
 
-def _locate(blocks, states, u, block_pots):
-    """Global rows for values ``u`` in [0, sum(block_pots)) of the distribution w * closest (one round trip)."""
+def _targets(u, block_pots):
+    """Block of each value of ``u`` in [0, sum(block_pots)), and the offsets within each block."""
     cum = np.cumsum(block_pots)
     b_of = np.minimum(np.searchsorted(cum, u, side="right"), len(cum) - 1)
     starts = cum - block_pots
     want: dict[int, list[float]] = {}
     for ui, b in zip(u, b_of):
         want.setdefault(int(b), []).append(float(ui - starts[b]))
-    _, res = blocks.map_state(_cumsum_locate_chunk, states, want, blocks.block_rows, only=set(want))
-    rows = []
-    counters = {b: 0 for b in want}
+    return b_of, want
+
+
+def _in_order(b_of, per_block):
+    """``per_block[b]`` lists the answers for block b's targets in order; returns them in the order of u."""
+    out, counters = [], {}
     for b in b_of:
-        rows.append(res[int(b)][counters[int(b)]])
-        counters[int(b)] += 1
-    return rows
+        j = counters.get(int(b), 0)
+        out.append(per_block[int(b)][j])
+        counters[int(b)] = j + 1
+    return out
+
+
+def _locate(blocks, states, u, block_pots):
+    """Global rows for values ``u`` in [0, sum(block_pots)) of the distribution w * closest (one round trip)."""
+    b_of, want = _targets(u, block_pots)
+    _, res = blocks.map_state(_cumsum_locate_chunk, states, want, blocks.block_rows, only=set(want))
+    return _in_order(b_of, res)
 
 
 def _update_closest_chunk(X, w, offset, state, centers, base_index):
@@ -194,27 +205,55 @@ def _choose_trial_chunk(X, w, offset, state, j):
     return new, float(to_numpy(xp.sum(_weighted(w, closest, xp))))
 
 
+def _choose_locate_chunk(X, w, offset, state, best, want, rows_per_block):
+    """Keep trial ``best`` as the block's closest distances (as :func:`_choose_trial_chunk`), then
+    locate this block's targets in ``want`` in the new distribution w * closest and return those rows."""
+    xp = get_namespace(X)
+    closest = state["trials"][:, best]
+    new = {"closest": closest, "owner": state.get("owner"), "x_sq": state["x_sq"]}
+    targets = want.get(offset // rows_per_block)
+    if not targets:
+        return new, None
+    cum = np.cumsum(np.asarray(to_numpy(_weighted(w, closest, xp)), dtype=np.float64))
+    idx = np.minimum(np.searchsorted(cum, np.asarray(targets), side="right"), X.shape[0] - 1)
+    return new, list(to_numpy(xp.take(X, xp.asarray(idx.astype(np.int64)), axis=0)))
+
+
 def kmeans_plusplus_chunked(blocks, n_clusters, rng, block_weights, n_local_trials=None):
-    """Greedy k-means++ over blocks: two round trips per center (locate candidates, score them)."""
+    """Greedy k-means++ over blocks: two round trips per center.
+
+    One scores the candidates (each block's potential for each of them); the client picks the best,
+    which also gives every block's potential after choosing it.  The next one keeps the chosen
+    candidate's distances in every block and, in the same call, draws the next candidates there.
+    """
     if n_local_trials is None:
         n_local_trials = 2 + int(np.log(n_clusters))
     first = _locate(blocks, None, rng.uniform(size=1) * block_weights.sum(), block_weights)[0]
     centers = [take_rows(blocks, [first])[0]]
     states, pots = blocks.map_state(_update_closest_chunk, None, np.asarray(centers), 0)
     pots = np.asarray(pots)
+    total = pots.sum()
+    if total <= 0:
+        rows = rng.integers(0, blocks.n_samples, size=n_local_trials)
+    else:
+        rows = _locate(blocks, states, rng.uniform(size=n_local_trials) * total, pots)
+    cands = take_rows(blocks, rows)
     for c in range(1, n_clusters):
+        states, res = blocks.map_state(_trials_chunk, states, cands)
+        per_block = np.stack(res)  # (blocks, candidates)
+        best = int(np.argmin(np.sum(per_block, axis=0)))
+        centers.append(cands[best])
+        if c == n_clusters - 1:
+            break
+        pots = per_block[:, best]
         total = pots.sum()
         if total <= 0:
-            rows = rng.integers(0, blocks.n_samples, size=n_local_trials)
+            states, _ = blocks.map_state(_choose_trial_chunk, states, best)
+            cands = take_rows(blocks, rng.integers(0, blocks.n_samples, size=n_local_trials))
         else:
-            rows = _locate(blocks, states, rng.uniform(size=n_local_trials) * total, pots)
-        cands = take_rows(blocks, rows)
-        states, res = blocks.map_state(_trials_chunk, states, cands)
-        trial_pots = np.sum(np.stack(res), axis=0)
-        best = int(np.argmin(trial_pots))
-        centers.append(cands[best])
-        states, pots = blocks.map_state(_choose_trial_chunk, states, best)
-        pots = np.asarray(pots)
+            b_of, want = _targets(rng.uniform(size=n_local_trials) * total, pots)
+            states, res = blocks.map_state(_choose_locate_chunk, states, best, want, blocks.block_rows)
+            cands = np.asarray(_in_order(b_of, res))
     return np.asarray(centers)
 
 

@@ -203,6 +203,17 @@ def test_seeding_methods(init, dask_client):
     assert km.inertia_ <= sk.inertia_ * 1.05
 
 
+def test_chunked_kmeanspp_with_fewer_distinct_points_than_k(dask_client):
+    """Zero potential after the distinct points are taken: candidates are then drawn uniformly; the
+    transports still agree and every center is a data point."""
+    X = np.repeat(np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 3.0]]), 400, axis=0)
+    a = init_centers(da.from_array(X, chunks=500), 5, "k-means++", random_state=2, client=dask_client, block_rows=300)
+    b = init_centers(X, 5, "k-means++", random_state=2, block_rows=300)
+    np.testing.assert_array_equal(a, b)
+    assert len({tuple(c) for c in a}) == 3
+    assert all(np.any(np.all(X == c, axis=1)) for c in a)
+
+
 def test_kmeans_parallel_quality_vs_sklearn_kmeanspp():
     # smaller replica of the benchmark's 2,000,000 x 32, 64 centers, std 1
     X, _ = make_blobs(60_000, 16, centers=32, cluster_std=1.0, random_state=0)
