@@ -231,8 +231,10 @@ def clustering_run(params: dict, source: str, out_dir: str) -> dict:
             publish_history(best["history"], "clustering-history", f"Lloyd history of {best['name']}")
         result = {"output_dir": out_dir, "report": rep["report_path"], "summary": rep["summary_path"],
                   "plots": rep["plots"], "centers": best["path"], "n_iter": best["n_iter"],
+                  "ms_per_iteration": stages.ms_per_iteration(best),
                   "inertia": metrics["inertia"], "metrics": {k: v for k, v in metrics.items()
-                                                              if k in ("ari", "nmi", "silhouette", "inertia")},
+                                                              if k in ("ari", "nmi", "accuracy", "silhouette",
+                                                                       "inertia")},
                   "timings": timings, "store": store["url"], "shape": store["shape"]}
         write_status(out_dir, "completed", flow="clustering_flow", report=rep["report_path"])
         logger.info("Report: %s", rep["report_path"])

@@ -107,7 +107,9 @@ def main(argv=None):
         from flows.clustering import clustering_flow
 
         res = clustering_flow(source=source, k=args.k, n_workers=args.n_workers, output_dir=args.output_dir)
-    summary = {"source": source, "shape": res["shape"], "n_iter": res["n_iter"], "inertia": res["inertia"],
+    summary = {"source": source, "shape": res["shape"], "n_iter": res["n_iter"],
+               "ms_per_iteration": None if res.get("ms_per_iteration") is None else round(res["ms_per_iteration"], 1),
+               "inertia": res["inertia"],
                **{k: v for k, v in res["metrics"].items() if k != "inertia"}, "report": res["report"],
                "plots": res["plots"]}
     # the one line a user needs (the flow itself logs through Prefect's logger)

@@ -586,6 +586,17 @@ def _plt():
     return plt
 
 
+def ms_per_iteration(fit: dict) -> float | None:
+    """Median wall time of the fit's Lloyd iterations, in milliseconds (None without a history)."""
+    secs = [h["seconds"] for h in (fit.get("history") or []) if h.get("seconds") is not None]
+    return float(np.median(secs)) * 1e3 if secs else None
+
+
+def _ms_per_iteration(fit: dict) -> str:
+    ms = ms_per_iteration(fit)
+    return "-" if ms is None else f"{ms:.1f} ms"
+
+
 def _plot_inertia(history: list, path: Path) -> str | None:
     its = [h.get("iteration", i + 1) for i, h in enumerate(history) if h.get("inertia") is not None]
     ine = [h["inertia"] for h in history if h.get("inertia") is not None]
@@ -694,6 +705,7 @@ def report(out_dir, *, store: dict, fit: dict, metrics: dict, params: dict, timi
         ("algorithm", fit.get("algorithm")),
         ("standardized", bool(store.get("standardized_from"))),
         ("iterations", fit.get("n_iter")),
+        ("time per Lloyd iteration (median)", _ms_per_iteration(fit)),
         ("converged", fit.get("converged")),
         ("resumed from iteration", fit.get("resumed_from") or 0),
         ("inertia", _fmt(metrics.get("inertia"))),

@@ -157,6 +157,7 @@ def test_clustering_flow_caches_and_reports(prefect_harness, dask_client, tmp_pa
         assert Path(res["plots"][name]).exists()
     assert (out / "data" / "input.zarr").exists() and (out / "fits" / "fit-0" / "checkpoint.npz").exists()
     assert "| k | 5 |" in Path(res["report"]).read_text()
+    assert res["ms_per_iteration"] > 0 and "| time per Lloyd iteration (median) |" in Path(res["report"]).read_text()
     rep = Artifact.get("clustering-report")
     assert rep is not None and "Time per stage" in rep.data
     assert Artifact.get("clustering-history") is not None
