@@ -176,8 +176,8 @@ class DaskBlocks(_Blocks):
     """Blocks persisted in Dask worker memory; one task (or actor call) per worker per pass.
 
     ``map_reduce`` (every Lloyd iteration) calls one :class:`_BlockHost` actor per worker, which
-    holds that worker's blocks.  If an actor call fails for any reason (a worker lost, blocks moved,
-    an error in the kernel), the actors are dropped and that pass, and every later one, runs as tasks
+    holds that worker's blocks.  If an actor call fails for any reason (a worker lost, an error in
+    the kernel), the actors are dropped and that pass, and every later one, runs as tasks
     through the scheduler instead, which recomputes lost blocks; a kernel error is then raised from
     there.  Results are bit-identical either way.  ``use_actors = False`` (class or instance) turns
     the actors off.
@@ -263,7 +263,7 @@ class DaskBlocks(_Blocks):
                 hosts = self._block_hosts(groups)
                 calls = [h.map_reduce(fn, combine, self.n_blocks, self.split_every, args, kwargs) for h in hosts]
                 blobs = [c.result() for c in calls]
-            except Exception:  # lost worker, moved blocks, kernel error: tasks from now on (see class doc)
+            except Exception:  # lost worker, kernel error: tasks from now on (see class doc)
                 self.use_actors = False
                 self._drop_hosts()
                 blobs = None

@@ -119,16 +119,19 @@ def _weighted(w, d, xp):
     return d if w is None else d * xp.astype(w, d.dtype)
 
 
-def _cumsum_locate_chunk(X, w, offset, state, want, rows_per_block):
-    """Rows whose cumulative (w * closest) reaches each of this block's targets in ``want``."""
-    xp = get_namespace(X)
-    targets = want[offset // rows_per_block]
+def _local_rows(X, w, state, targets):
+    """Block-local rows whose cumulative (w * closest) reaches each of ``targets`` (w alone without state)."""
     if state is None:
         p = np.ones(X.shape[0]) if w is None else np.asarray(to_numpy(w), dtype=np.float64)
     else:
-        p = np.asarray(to_numpy(_weighted(w, state["closest"], xp)), dtype=np.float64)
+        p = np.asarray(to_numpy(_weighted(w, state["closest"], get_namespace(X))), dtype=np.float64)
     cum = np.cumsum(p)
-    idx = np.minimum(np.searchsorted(cum, np.asarray(targets), side="right"), X.shape[0] - 1)
+    return np.minimum(np.searchsorted(cum, np.asarray(targets), side="right"), X.shape[0] - 1)
+
+
+def _cumsum_locate_chunk(X, w, offset, state, want, rows_per_block):
+    """Rows whose cumulative (w * closest) reaches each of this block's targets in ``want``."""
+    idx = _local_rows(X, w, state, want[offset // rows_per_block])
     return state, (idx + offset).tolist()
 
 
@@ -198,24 +201,26 @@ def _trials_chunk(X, w, offset, state, cands):
     return {**state, "trials": D}, np.asarray(pots, dtype=np.float64)
 
 
+def _chosen(state, j):
+    """The block's state once trial ``j`` is kept: its distances become the closest ones."""
+    return {"closest": state["trials"][:, j], "owner": state.get("owner"), "x_sq": state["x_sq"]}
+
+
 def _choose_trial_chunk(X, w, offset, state, j):
     xp = get_namespace(X)
-    closest = state["trials"][:, j]
-    new = {"closest": closest, "owner": state.get("owner"), "x_sq": state["x_sq"]}
-    return new, float(to_numpy(xp.sum(_weighted(w, closest, xp))))
+    new = _chosen(state, j)
+    return new, float(to_numpy(xp.sum(_weighted(w, new["closest"], xp))))
 
 
 def _choose_locate_chunk(X, w, offset, state, best, want, rows_per_block):
-    """Keep trial ``best`` as the block's closest distances (as :func:`_choose_trial_chunk`), then
-    locate this block's targets in ``want`` in the new distribution w * closest and return those rows."""
+    """Keep trial ``best`` (as :func:`_choose_trial_chunk`), then locate this block's targets in ``want``
+    in the new distribution w * closest (as :func:`_cumsum_locate_chunk`) and return those rows."""
     xp = get_namespace(X)
-    closest = state["trials"][:, best]
-    new = {"closest": closest, "owner": state.get("owner"), "x_sq": state["x_sq"]}
+    new = _chosen(state, best)
     targets = want.get(offset // rows_per_block)
     if not targets:
         return new, None
-    cum = np.cumsum(np.asarray(to_numpy(_weighted(w, closest, xp)), dtype=np.float64))
-    idx = np.minimum(np.searchsorted(cum, np.asarray(targets), side="right"), X.shape[0] - 1)
+    idx = _local_rows(X, w, new, targets)
     return new, list(to_numpy(xp.take(X, xp.asarray(idx.astype(np.int64)), axis=0)))
 
 
