@@ -98,11 +98,12 @@ def seed_task(store: dict, out_dir: str, k: int, init: str, random_state: int, n
 
 
 @task(name="fit_lloyd", cache_key_fn=_cache_key("fit_lloyd", ("store", "init")), persist_result=True)
-def fit_lloyd_task(store: dict, init: dict, out_dir: str, max_iter: int, tol: float, name: str) -> dict:
+def fit_lloyd_task(store: dict, init: dict, out_dir: str, max_iter: int, tol: float, name: str,
+                   algorithm: str = "lloyd") -> dict:
     progress = LloydProgress(name)
     with dask_client() as client:
         res = stages.fit_lloyd(store, init, out_dir, max_iter=max_iter, tol=tol, name=name, client=client,
-                               progress=progress, logger=get_run_logger())
+                               progress=progress, logger=get_run_logger(), algorithm=algorithm)
     progress.done(res["n_iter"])
     return res
 
@@ -212,8 +213,9 @@ def clustering_run(params: dict, source: str, out_dir: str) -> dict:
                     n, d, p.k, p.init, p.algorithm, p.n_init)
         t0 = time.perf_counter()
         seeds = [T.seed.submit(store, out_dir, p.k, p.init, p.seed + i, f"seed-{i}") for i in range(p.n_init)]
-        if p.algorithm == "lloyd":
-            fits = [T.fit_lloyd.submit(store, s, out_dir, p.max_iter, p.tol, f"fit-{i}") for i, s in enumerate(seeds)]
+        if p.algorithm in ("lloyd", "hamerly"):
+            fits = [T.fit_lloyd.submit(store, s, out_dir, p.max_iter, p.tol, f"fit-{i}", p.algorithm)
+                    for i, s in enumerate(seeds)]
         else:
             fits = [T.fit_minibatch.submit(store, s, out_dir, p.batch_size, p.max_iter, p.tol, p.seed + i, f"fit-{i}")
                     for i, s in enumerate(seeds)]

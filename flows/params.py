@@ -83,7 +83,8 @@ class ClusteringParams(_Common):
     """Parameters of ``clustering_flow``."""
 
     k: int = Field(8, ge=1, le=100_000, description="Number of clusters")
-    algorithm: Literal["lloyd", "minibatch"] = "lloyd"
+    algorithm: Literal["lloyd", "hamerly", "minibatch"] = Field(
+        "lloyd", description="lloyd; hamerly (the same iterations, bounds skip most distances); minibatch")
     batch_size: int = Field(1024, ge=1)
 
 

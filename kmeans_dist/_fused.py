@@ -123,7 +123,9 @@ def _assign_accumulate(X, P, c_sq, x_sq, w, exact, C, row0, sums, weights, count
         labels[i] = lab
         dist[i] = di
         counts[lab] += 1
-        if keep:
+        # the heap test inline: calling _heap_offer for every row (array arguments: reference counts)
+        # cost more than the rest of the accumulation; most rows are not among the farthest
+        if keep and (hn[0] < hd.shape[0] or _worse(hd[0], hi[0], np.float64(dist[i]), row0 + i)):
             _heap_offer(hd, hi, hn, np.float64(dist[i]), row0 + i)
         wi = np.float64(w[i]) if weighted else 1.0  # x * 1.0 == x: unweighted sums are exact as before
         weights[lab] += wi

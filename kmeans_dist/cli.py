@@ -69,7 +69,8 @@ def cmd_fit(args):
         if args.algorithm == "minibatch":
             est = MiniBatchKMeans(batch_size=args.batch_size, polish_iter=args.polish_iter, **common)
         else:
-            est = KMeans(n_init=args.n_init if args.n_init == "auto" else int(args.n_init), **common)
+            est = KMeans(n_init=args.n_init if args.n_init == "auto" else int(args.n_init), algorithm=args.algorithm,
+                         **common)
         est.fit(X)
         if args.out:
             est.save(args.out)
@@ -129,7 +130,8 @@ def main(argv=None):
     p.add_argument("store")
     p.add_argument("--k", type=int, required=True)
     p.add_argument("--init", default="k-means||")
-    p.add_argument("--algorithm", choices=["lloyd", "minibatch"], default="lloyd")
+    p.add_argument("--algorithm", choices=["lloyd", "hamerly", "minibatch"], default="lloyd",
+                   help="hamerly: Lloyd's iterations with bounds that skip most distances (many clusters)")
     p.add_argument("--n-init", default="auto")
     p.add_argument("--max-iter", type=int, default=300)
     p.add_argument("--tol", type=float, default=1e-4)

@@ -146,7 +146,7 @@ def _exact_sq_dist_to(X, C, labels):
 
 def lloyd_partial(X, sample_weight, centers, *, offset: int = 0, n_far: int | None = None,
                   exact_inertia: bool = False, return_labels: bool = False,
-                  sub_rows: int | None = None, x_sq=None) -> dict:
+                  sub_rows: int | None = None, x_sq=None, bounds: dict | None = None) -> dict:
     """One chunk's share of a Lloyd iteration.
 
     Assigns every row of ``X`` to its nearest center and returns a partial (host NumPy arrays):
@@ -157,7 +157,10 @@ def lloyd_partial(X, sample_weight, centers, *, offset: int = 0, n_far: int | No
     - ``far_*``: the ``n_far`` rows farthest from their centers (distance, global row index, values,
       label, weight), used to relocate empty clusters the way scikit-learn does.
 
-    ``offset`` is the global index of the chunk's first row.  Never validates its input.
+    ``offset`` is the global index of the chunk's first row.  ``bounds`` (a pass of
+    ``algorithm="hamerly"``, see :mod:`kmeans_dist._hamerly`) skips the distances that bounds kept from
+    the previous pass of the same run prove unneeded; then ``inertia`` and the far rows use exact
+    distances.  Never validates its input.
     """
     xp = get_namespace(X, centers)
     if centers.shape[0] == 1:
@@ -177,6 +180,13 @@ def lloyd_partial(X, sample_weight, centers, *, offset: int = 0, n_far: int | No
     if weighted:
         w_x = xp.astype(sample_weight, X.dtype) if sample_weight.dtype != X.dtype else sample_weight
     itemsize = X.dtype.itemsize if hasattr(X.dtype, "itemsize") else 8
+    if bounds is not None and not exact_inertia and not return_labels and _use_fused(X, centers):
+        from . import _hamerly
+
+        sums, weights, counts, inertia, labels, dist, order = _hamerly.lloyd_block_bounded(
+            X, w_x, centers, x_sq, min(k if n_far is None else n_far, n), bounds)
+        return _partial(xp, X, w_x, sums, weights, counts, inertia, labels, dist, k, n, n_far, offset,
+                        return_labels, order=order)
     if _use_fused(X, centers):
         from . import _fused
 

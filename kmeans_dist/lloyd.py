@@ -8,6 +8,7 @@ finalize the centers on the client.
 from __future__ import annotations
 
 import time
+import uuid
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -37,8 +38,8 @@ def _centers_for(X, centers):
     return xp.asarray(np.asarray(centers, dtype=to_numpy(X[:1, ...]).dtype))
 
 
-def _lloyd_chunk(X, w, offset, centers):
-    return lloyd_partial(X, w, _centers_for(X, centers), offset=offset, x_sq=row_norms_sq_cached(X))
+def _lloyd_chunk(X, w, offset, centers, bounds=None):
+    return lloyd_partial(X, w, _centers_for(X, centers), offset=offset, x_sq=row_norms_sq_cached(X), bounds=bounds)
 
 
 def _final_chunk(X, w, offset, centers, labels=False):
@@ -76,8 +77,13 @@ def final_pass(blocks, centers, labels: bool = False) -> dict:
 
 def lloyd_on_blocks(blocks, centers, *, max_iter: int = 300, tol_abs: float = 0.0, callback=None,
                     start_iteration: int = 0, history=None, final: bool = True,
-                    final_labels: bool = False) -> LloydResult:
+                    final_labels: bool = False, algorithm: str = "lloyd") -> LloydResult:
     """Lloyd iterations from ``centers`` until ``center shift^2 <= tol_abs`` or ``max_iter``.
+
+    ``algorithm="hamerly"`` runs the same iterations with Hamerly's bounds kept next to the blocks
+    (:mod:`kmeans_dist._hamerly`): most distance computations are skipped once the centers settle; the
+    labels and centers are Lloyd's (see there for the one exception, exact ties), the per-iteration
+    inertia is the exact one.
 
     ``start_iteration``/``history`` resume an interrupted run: pass the checkpointed centers, the number
     of iterations already done and their history; the result equals an uninterrupted run bit for bit.
@@ -86,9 +92,17 @@ def lloyd_on_blocks(blocks, centers, *, max_iter: int = 300, tol_abs: float = 0.
     history = list(history or [])
     converged = False
     it = int(start_iteration)
+    token = uuid.uuid4().hex if algorithm == "hamerly" and centers.shape[0] >= 2 else None
+    if token is not None:
+        from ._hamerly import bound_params
+    prev = None
     while it < max_iter:
         t0 = time.perf_counter()
-        part = blocks.map_reduce(_lloyd_chunk, combine_lloyd_partials, centers)
+        bounds = None
+        if token is not None:
+            bounds = {"token": token, "pass": it - int(start_iteration), **bound_params(centers, prev)}
+            prev = centers
+        part = blocks.map_reduce(_lloyd_chunk, combine_lloyd_partials, centers, bounds)
         new, n_reloc = finalize_centers(part, centers)
         shift = float(((new.astype(np.float64) - centers.astype(np.float64)) ** 2).sum())
         centers = new
@@ -113,7 +127,8 @@ def lloyd_on_blocks(blocks, centers, *, max_iter: int = 300, tol_abs: float = 0.
 
 
 def lloyd(X, centers, *, sample_weight=None, max_iter: int = 300, tol: float = 1e-4, client=None, callback=None,
-          start_iteration: int = 0, history=None, block_rows="auto", split_every: int = 8, persist="auto") -> LloydResult:
+          start_iteration: int = 0, history=None, block_rows="auto", split_every: int = 8, persist="auto",
+          algorithm: str = "lloyd") -> LloydResult:
     """Full Lloyd k-means from given ``centers`` on chunked X (NumPy, dask, xarray or a Zarr path).
 
     ``tol`` is relative to the mean feature variance, as in scikit-learn.  ``callback(state)`` is
@@ -130,7 +145,8 @@ def lloyd(X, centers, *, sample_weight=None, max_iter: int = 300, tol: float = 1
         stats = data_stats(blocks)
         tol_abs = float(np.mean(stats["var"]) * tol) if tol > 0 else 0.0
         return lloyd_on_blocks(blocks, np.asarray(centers, dtype=blocks.dtype), max_iter=max_iter, tol_abs=tol_abs,
-                               callback=callback, start_iteration=start_iteration, history=history)
+                               callback=callback, start_iteration=start_iteration, history=history,
+                               algorithm=algorithm)
     finally:
         blocks.release()
 

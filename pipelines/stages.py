@@ -317,8 +317,10 @@ def _lloyd_impl():
 
 def fit_lloyd(store: dict, init: dict, out_dir, *, max_iter: int = 300, tol: float = 1e-4, name: str = "fit",
               key: str | None = None, client=None, progress: Callable[[int, int], None] | None = None,
-              logger: logging.Logger | None = None) -> dict:
+              logger: logging.Logger | None = None, algorithm: str = "lloyd") -> dict:
     """Lloyd iterations from the centers in ``init``, checkpointed after every iteration.
+
+    ``algorithm``: "lloyd" or "hamerly" (the same iterations with bounds, see :class:`kmeans_dist.KMeans`).
 
     The checkpoint (centers, iteration, history) lives in ``out_dir/fits/<name>/checkpoint.npz`` and is
     replaced atomically each iteration.  If a checkpoint for the same key (same data, same initial
@@ -328,7 +330,10 @@ def fit_lloyd(store: dict, init: dict, out_dir, *, max_iter: int = 300, tol: flo
     """
     log = logger or _log
     t0 = time.perf_counter()
-    key = key or stage_key("fit_lloyd", {"store": store, "init": init}, {"max_iter": max_iter, "tol": tol})
+    params = {"max_iter": max_iter, "tol": tol}
+    if algorithm != "lloyd":  # keys of earlier "lloyd" runs stay valid
+        params["algorithm"] = algorithm
+    key = key or stage_key("fit_lloyd", {"store": store, "init": init}, params)
     fdir = Path(out_dir) / "fits" / name
     done = _read_fit(fdir / "fit.npz", key)
     if done is not None:
@@ -361,13 +366,13 @@ def fit_lloyd(store: dict, init: dict, out_dir, *, max_iter: int = 300, tol: flo
     lloyd = _lloyd_impl()
     # a checkpoint taken at convergence: no further iteration, only the final pass
     res = lloyd(_open_X(store), centers, max_iter=start if converged else max_iter, tol=tol, client=client,
-                callback=callback, start_iteration=start, history=list(history))
+                callback=callback, start_iteration=start, history=list(history), algorithm=algorithm)
     if converged:
         res.converged = True
     hist = [_clean(h) for h in res.history]
     out = {"key": key, "name": name, "n_iter": int(res.n_iter), "inertia": float(res.inertia),
            "converged": bool(getattr(res, "converged", res.n_iter < max_iter)), "history": hist,
-           "resumed_from": start, "algorithm": "lloyd", "k": int(np.shape(res.centers)[0])}
+           "resumed_from": start, "algorithm": algorithm, "k": int(np.shape(res.centers)[0])}
     path = save_npz_atomic(fdir / "fit.npz", centers=np.asarray(res.centers),
                            meta=np.array(json.dumps(out, default=_json_default)))
     out["path"] = path
