@@ -277,9 +277,9 @@ class KMeans(_BaseKMeans):
     oversampling_factor : float or None.  Candidates per k-means|| round (default 2 * n_clusters).
     init_rounds : int, default=5.  k-means|| rounds.
     algorithm : {"lloyd", "hamerly"}, default="lloyd".  "hamerly" runs the same Lloyd iterations with
-        Hamerly's bounds kept next to the blocks on the workers: once the centers settle, most rows cost one
-        distance instead of ``n_clusters``.  Same labels and centers as "lloyd" except at near-ties within
-        float rounding, which it decides by exact distance (as scikit-learn's "elkan"); 12 bytes per row of
+        Hamerly's bounds kept next to the blocks on the workers: once the centers settle, most rows cost a
+        few flops instead of ``n_clusters`` distances.  Same labels and centers as "lloyd" except at near-ties within
+        float rounding, which it decides by exact distance (as scikit-learn's "elkan"); 28 bytes per row of
         worker memory.  Worth it for many clusters (tens or more); with few, "lloyd" is as fast.
     block_rows : "auto" or int.  Rows per block of the reduction.  The floating-point summation order is
         fixed by the blocks, so for a given ``block_rows`` results are bit-identical whatever the input

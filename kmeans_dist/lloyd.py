@@ -81,9 +81,10 @@ def lloyd_on_blocks(blocks, centers, *, max_iter: int = 300, tol_abs: float = 0.
     """Lloyd iterations from ``centers`` until ``center shift^2 <= tol_abs`` or ``max_iter``.
 
     ``algorithm="hamerly"`` runs the same iterations with Hamerly's bounds kept next to the blocks
-    (:mod:`kmeans_dist._hamerly`): most distance computations are skipped once the centers settle; the
-    labels and centers are Lloyd's (see there for the one exception, exact ties), the per-iteration
-    inertia is the exact one.
+    (:mod:`kmeans_dist._hamerly`; streamed blocks, which do not stay in memory, run plain Lloyd): most
+    distance computations are skipped once the centers settle; the
+    labels and centers are Lloyd's (see there for the one exception, near-ties within rounding), the
+    per-iteration inertia comes from per-center sums in float64.
 
     ``start_iteration``/``history`` resume an interrupted run: pass the checkpointed centers, the number
     of iterations already done and their history; the result equals an uninterrupted run bit for bit.
@@ -92,7 +93,9 @@ def lloyd_on_blocks(blocks, centers, *, max_iter: int = 300, tol_abs: float = 0.
     history = list(history or [])
     converged = False
     it = int(start_iteration)
-    token = uuid.uuid4().hex if algorithm == "hamerly" and centers.shape[0] >= 2 else None
+    # bounds need blocks that stay in memory between passes; streamed blocks are read anew every pass
+    bounded = algorithm == "hamerly" and centers.shape[0] >= 2 and getattr(blocks, "kind", "") != "stream"
+    token = uuid.uuid4().hex if bounded else None
     if token is not None:
         from ._hamerly import bound_params
     prev = None
