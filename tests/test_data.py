@@ -132,6 +132,8 @@ def test_cli_ingest_fit_predict_info(tmp_path):
     out = run("fit", "x.zarr", "--k", "3", "--out", "model", "--workers", "0")
     summary = json.loads(out.strip().splitlines()[-1])
     assert summary["k"] == 3 and summary["n_iter"] >= 1
+    ham = json.loads(run("fit", "x.zarr", "--k", "3", "--algorithm", "hamerly", "--workers", "0").strip().splitlines()[-1])
+    assert ham["n_iter"] == summary["n_iter"] and ham["inertia"] == summary["inertia"]
     run("predict", "model", "x.zarr", "--out", "labels.zarr", "--workers", "0")
     labels = data.open_store(tmp_path / "labels.zarr").compute()[:, 0]
     assert len(np.unique(labels)) == 3

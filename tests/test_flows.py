@@ -111,6 +111,10 @@ def test_stages_compose_on_references(tmp_path):
     # a finished fit is returned as is
     again = stages.fit_lloyd(store, s, out, max_iter=50, tol=1e-4)
     assert again["n_iter"] == fit["n_iter"] and again["path"] == fit["path"]
+    # the same iterations with bounds: its own key, the same centers
+    ham = stages.fit_lloyd(store, s, out, max_iter=50, tol=1e-4, name="ham", algorithm="hamerly")
+    assert ham["key"] != fit["key"] and ham["algorithm"] == "hamerly" and ham["n_iter"] == fit["n_iter"]
+    np.testing.assert_array_equal(np.load(ham["path"])["centers"], np.load(fit["path"])["centers"])
 
 
 # ------------------------------------------------------------------------------------------------
