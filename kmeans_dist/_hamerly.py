@@ -48,9 +48,8 @@ import weakref
 
 import numpy as np
 
-from . import _fused
 from ._fused import _heap_offer, _jit, _scratch, _warm_blas, _worse
-from .kernels import row_norms_sq
+from .kernels import FUSED_SUB_BYTES, row_norms_sq
 
 __all__ = ["bound_params", "lloyd_block_bounded", "clear_state"]
 
@@ -225,6 +224,25 @@ def _accumulate(X, labels, upper, C64, x_sq64, w, row0, sums, weights, counts, s
 
 
 @_jit
+def _inertia_from_sums(C64, sums, weights, sq):  # pragma: no cover - compiled
+    """sum over rows of w ||x - c||^2 = sum over centers of (sum w ||x||^2) - 2 c.(sum w x) + W ||c||^2, in
+    float64 (the rows' norms too) and in a fixed order (NumPy's SIMD reductions may depend on alignment),
+    so no per-row distance is needed; a center's share is clipped at zero (rounding)."""
+    k, d = sums.shape
+    total = 0.0
+    for a in range(k):
+        cs = 0.0
+        cc = 0.0
+        for f in range(d):
+            cs += C64[a, f] * sums[a, f]
+            cc += C64[a, f] * C64[a, f]
+        v = sq[a] - 2.0 * cs + weights[a] * cc
+        if v > 0.0:
+            total += v
+    return total
+
+
+@_jit
 def _norms64(X, out):  # pragma: no cover - compiled
     n, d = X.shape
     for i in range(n):
@@ -288,7 +306,7 @@ def lloyd_block_bounded(X, w, centers, x_sq, n_far: int, bounds: dict):
     hn = np.zeros(1, dtype=np.int64)
     w_arr = np.zeros(0, dtype=dt) if w is None else np.asarray(w)
     # the Lloyd kernel's sub-chunks: the products of a sub-chunk stay in cache for _resolve
-    sub_rows = int(min(16384, max(512, _fused_sub_bytes() // max(1, (d + k) * dt.itemsize))))
+    sub_rows = int(min(16384, max(512, FUSED_SUB_BYTES // max(1, (d + k) * dt.itemsize))))
     P_buf = _scratch("P", (min(sub_rows, max(n, 1)), k), dt)
     todo_buf = _scratch("todo", (min(sub_rows, max(n, 1)),), np.int64)
     G_buf = _scratch("gathered", (max(2, int(BLAS_FRACTION * sub_rows) + 1), d), dt)
@@ -327,19 +345,6 @@ def lloyd_block_bounded(X, w, centers, x_sq, n_far: int, bounds: dict):
     except BaseException:  # half-updated bounds must not be trusted by the next pass
         _forget(X)
         raise
-    # sum over the rows of w ||x - c||^2 = sum over the centers of (sum w ||x||^2) - 2 c.(sum w x) + W ||c||^2,
-    # all in float64 (the rows' norms too), so no per-row distance is needed
-    per = sq - 2.0 * np.einsum("kd,kd->k", C64, sums) + weights * np.einsum("kd,kd->k", C64, C64)
-    inertia = float(np.maximum(per, 0.0).sum())
+    inertia = _inertia_from_sums(C64, sums, weights, sq)
     order = np.lexsort((hi, -hd))
     return sums, weights, counts, inertia, labels, dist, hi[order]
-
-
-def _fused_sub_bytes() -> int:
-    from .kernels import FUSED_SUB_BYTES
-
-    return FUSED_SUB_BYTES
-
-
-def available() -> bool:
-    return _fused.available()

@@ -22,21 +22,24 @@ def datasets(draw):
     return X, k, seed
 
 
+@pytest.mark.parametrize("algorithm", ["lloyd", "hamerly"])
 @SET
-@given(datasets())
-def test_inertia_never_rises(data):
+@given(data=datasets())
+def test_inertia_never_rises(data, algorithm):
     X, k, seed = data
-    km = KMeans(k, init="random", n_init=1, random_state=seed, tol=0.0, max_iter=50, client=False).fit(X)
+    km = KMeans(k, init="random", n_init=1, random_state=seed, tol=0.0, max_iter=50, algorithm=algorithm,
+                client=False).fit(X)
     inert = [h["inertia"] for h in km.history_]
     assert all(b <= a * (1 + 1e-12) + 1e-12 for a, b in zip(inert, inert[1:]))
     assert km.inertia_ <= inert[-1] * (1 + 1e-12) + 1e-12
 
 
+@pytest.mark.parametrize("algorithm", ["lloyd", "hamerly"])
 @SET
-@given(datasets())
-def test_labels_are_argmin(data):
+@given(data=datasets())
+def test_labels_are_argmin(data, algorithm):
     X, k, seed = data
-    km = KMeans(k, random_state=seed, client=False).fit(X)
+    km = KMeans(k, random_state=seed, algorithm=algorithm, client=False).fit(X)
     D = ((X[:, None, :] - km.cluster_centers_[None]) ** 2).sum(-1)
     best = D.min(axis=1)
     chosen = D[np.arange(len(X)), km.labels_]
