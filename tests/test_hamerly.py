@@ -44,6 +44,20 @@ def test_hamerly_equals_lloyd_bit_for_bit(seed, weighted):
     _same_fit(lloyd, ham)
 
 
+def test_hamerly_relocates_empty_clusters_as_lloyd():
+    """Duplicated initial centers leave clusters empty: they are relocated to the same farthest rows."""
+    X = _blobs(9, n=4000, d=6, k=12)
+    C0 = X[np.random.default_rng(9).choice(len(X), 16, replace=False)].copy()
+    C0[5] = C0[4]
+    C0[9] = C0[8]
+    C0[15] = C0[8]
+    kw = dict(init=C0, max_iter=40, tol=0.0, block_rows=700, client=False)
+    lloyd = KMeans(16, **kw).fit(X)
+    ham = KMeans(16, algorithm="hamerly", **kw).fit(X)
+    assert sum(h["n_relocated"] for h in ham.history_) >= 3
+    _same_fit(lloyd, ham)
+
+
 def test_hamerly_equals_sklearn_lloyd_and_elkan():
     X = _blobs(3, n=5000, d=5, k=12)
     C0 = X[np.random.default_rng(3).choice(len(X), 12, replace=False)]
