@@ -5,8 +5,9 @@
 Cases: MNIST 70,000 x 784 float32 k=10 (from ``MNIST_DIR`` / ../shared/data/mnist) and blobs
 2,000,000 x 32 float32 k=64 (make_blobs, std 1, random_state 0).  Every distributed run uses the same
 2-process LocalCluster (1 thread per worker).  Per-iteration times come from runs with the same initial
-centers, ``tol=0`` and a fixed number of iterations; quality (inertia, ACC/NMI) from full runs with each
-library's own seeding.  The floor: bytes of X per pass over the measured read bandwidth, and 2nkd flops
+centers, ``tol=0`` and a fixed number of iterations, kmeans-dist with ``algorithm="lloyd"`` and
+``"hamerly"`` and scikit-learn with ``"lloyd"`` and ``"elkan"``; quality (inertia, ACC/NMI) from full runs
+with each library's own seeding.  The floor: bytes of X per pass over the measured read bandwidth, and 2nkd flops
 over the measured float32 GEMM rate.
 """
 from __future__ import annotations
