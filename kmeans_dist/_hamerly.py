@@ -137,7 +137,7 @@ def _check(X, C64, x_sq, labels, upper, lower, todo, sep, delta, c_max2, e_coef,
         if z > 0.0 and z * z - u * u > e:
             upper[i] = u
             continue
-        u = math.sqrt(_sqdist(X, i, C64, a)) * (1.0 + 1e-12)
+        u = math.sqrt(_sqdist(X, i, C64, a)) * (1.0 + REL_SLACK)
         upper[i] = u
         z = sep[a] - u
         if lo > z:
@@ -149,13 +149,13 @@ def _check(X, C64, x_sq, labels, upper, lower, todo, sep, delta, c_max2, e_coef,
 
 
 @_jit
-def _best_two(P, p, c_sq, lo_j, hi_j):  # pragma: no cover - compiled
-    """(smallest, its first index, second smallest) of ``P[p, j] + c_sq[j]`` over ``lo_j <= j < hi_j``;
-    selects, not branches (the branch on a new minimum mispredicts)."""
-    best = P[p, lo_j] + c_sq[lo_j]
-    lab = lo_j
+def _best_two(P, p, c_sq):  # pragma: no cover - compiled
+    """(smallest, its first index, second smallest) of ``P[p, j] + c_sq[j]`` over the centers; selects,
+    not branches (the branch on a new minimum mispredicts)."""
+    best = P[p, 0] + c_sq[0]
+    lab = 0
     second = np.float32(np.inf)  # float32 unless the products are float64: no conversions in the chain
-    for j in range(lo_j + 1, hi_j):
+    for j in range(1, c_sq.shape[0]):
         v = P[p, j] + c_sq[j]
         lt = v < best
         second = best if lt else min(second, v)
@@ -176,7 +176,7 @@ def _resolve(P, by_row, c_sq, X, C64, x_sq, todo, m, labels, upper, lower, c_max
     for t in range(m):
         i = todo[t]
         p = i if by_row else t
-        best, lab, second = _best_two(P, p, c_sq, 0, k)
+        best, lab, second = _best_two(P, p, c_sq)
         xs = np.float64(x_sq[i])
         e = e_coef * (xs + c_max2)
         if np.float64(second) - np.float64(best) <= e:  # a near-tie: exact distances decide
@@ -189,10 +189,10 @@ def _resolve(P, by_row, c_sq, X, C64, x_sq, todo, m, labels, upper, lower, c_max
                         dl = dj
                         lab = j
             lo2 = xs + np.float64(best) - e
-            upper[i] = math.sqrt(dl) * (1.0 + 1e-12)
+            upper[i] = math.sqrt(dl) * (1.0 + REL_SLACK)
         else:
             lo2 = xs + np.float64(second) - e
-            upper[i] = math.sqrt(_sqdist(X, i, C64, lab)) * (1.0 + 1e-12)
+            upper[i] = math.sqrt(_sqdist(X, i, C64, lab)) * (1.0 + REL_SLACK)
         lower[i] = math.sqrt(lo2) if lo2 > 0.0 else 0.0
         labels[i] = lab
 
@@ -278,12 +278,12 @@ def _forget(X):
     _STATE.pop(id(X), None)
 
 
-def lloyd_block_bounded(X, w, centers, x_sq, n_far: int, bounds: dict):
+def lloyd_block_bounded(X, w, centers, n_far: int, bounds: dict):
     """A Lloyd pass over one NumPy block with Hamerly's bounds; returns what
     :func:`kmeans_dist._fused.lloyd_block` returns (``labels`` is the block's state, ``dist`` a scratch
     buffer exact only at the far rows: copy what you keep).  ``bounds``: ``token`` (the run), ``pass``
-    (its index in the run) and :func:`bound_params` of the pass.  ``x_sq`` is not used (the bounds take
-    the rows' norms in float64)."""
+    (its index in the run) and :func:`bound_params` of the pass.  The rows' squared norms are kept in
+    float64 with the block's state (the bounds and the inertia need them more exactly than the dtype's)."""
     _warm_blas()
     n, d = X.shape
     k = centers.shape[0]

@@ -159,8 +159,8 @@ def lloyd_partial(X, sample_weight, centers, *, offset: int = 0, n_far: int | No
 
     ``offset`` is the global index of the chunk's first row.  ``bounds`` (a pass of
     ``algorithm="hamerly"``, see :mod:`kmeans_dist._hamerly`) skips the distances that bounds kept from
-    the previous pass of the same run prove unneeded; then ``inertia`` and the far rows use exact
-    distances.  Never validates its input.
+    the previous pass of the same run prove unneeded; then ``inertia`` comes from per-center sums in
+    float64 and the far rows are chosen by exact distance.  Never validates its input.
     """
     xp = get_namespace(X, centers)
     if centers.shape[0] == 1:
@@ -184,7 +184,7 @@ def lloyd_partial(X, sample_weight, centers, *, offset: int = 0, n_far: int | No
         from . import _hamerly
 
         sums, weights, counts, inertia, labels, dist, order = _hamerly.lloyd_block_bounded(
-            X, w_x, centers, x_sq, min(k if n_far is None else n_far, n), bounds)
+            X, w_x, centers, min(k if n_far is None else n_far, n), bounds)
         return _partial(xp, X, w_x, sums, weights, counts, inertia, labels, dist, k, n, n_far, offset,
                         return_labels, order=order)
     if _use_fused(X, centers):

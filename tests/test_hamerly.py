@@ -119,7 +119,7 @@ def test_bounded_pass_labels_are_lloyds_except_near_ties(case):
     eps = float(np.finfo(X.dtype).eps)
     for p, C in enumerate(seq):
         b = {"token": "t", "pass": p, **H.bound_params(C, prev)}
-        sums, weights, counts, inertia, labels, dist, far = H.lloyd_block_bounded(X, None, C, x_sq, k, b)
+        sums, weights, counts, inertia, labels, dist, far = H.lloyd_block_bounded(X, None, C, k, b)
         prev = C
         ref = kernels.lloyd_partial(X, None, C, return_labels=True, x_sq=x_sq)
         X64 = X.astype(np.float64)
@@ -145,28 +145,38 @@ def test_bounded_pass_labels_are_lloyds_except_near_ties(case):
 
 def test_stale_or_foreign_state_is_never_used(monkeypatch):
     """Bounds from another run, from a pass that is not the previous one, or left by a failed pass are
-    ignored: the pass computes every distance, with the same result as a fresh one."""
+    ignored: the pass computes every distance.  The passes below claim that no center moved while the
+    centers are in fact permuted, so bounds that were used would keep the old labels (shown first)."""
     X = _blobs(5, n=3000, d=4, k=8)
-    x_sq = row_norms_sq(X)
     C0 = X[:8].copy()
-    C1 = C0 + 0.3
-    fresh = H.lloyd_block_bounded(X.copy(), None, C1, None, 8, {"token": "new", "pass": 0,
-                                                                  **H.bound_params(C1, None)})
-    fresh = [np.array(a, copy=True) for a in fresh]
+    Cn = C0[::-1].copy()  # the same points as centers, permuted: every label changes
+    lie = H.bound_params(Cn, Cn)  # "nothing moved"
 
-    def check(out):
-        for i, (a, b) in enumerate(zip(out, fresh)):
+    def pass_(Xb, C, token, p, b):
+        return [np.array(a, copy=True) for a in H.lloyd_block_bounded(Xb, None, C, 8, {"token": token, "pass": p, **b})]
+
+    fresh = pass_(X.copy(), Cn, "new", 0, H.bound_params(Cn, None))
+
+    def same(out, ref):
+        for i, (a, b) in enumerate(zip(out, ref)):
             if i == 5:  # distances: exact at the far rows only
-                a, b = a[out[6]], b[fresh[6]]
+                a, b = a[out[6]], b[ref[6]]
             np.testing.assert_array_equal(a, b)
 
-    first = {"token": "a", "pass": 0, **H.bound_params(C0, None)}
-    H.lloyd_block_bounded(X, None, C0, x_sq, 8, first)
-    check(H.lloyd_block_bounded(X, None, C1, x_sq, 8, {"token": "b", "pass": 1, **H.bound_params(C1, C0)}))
-    H.lloyd_block_bounded(X, None, C0, x_sq, 8, first)
-    check(H.lloyd_block_bounded(X, None, C1, x_sq, 8, {"token": "a", "pass": 2, **H.bound_params(C1, C0)}))
+    def start():
+        pass_(X, C0, "a", 0, H.bound_params(C0, None))
+
+    # the state is used when it is the previous pass of the same run: then the lie keeps the old labels
+    start()
+    kept = pass_(X, Cn, "a", 1, lie)
+    assert not np.array_equal(kept[4], fresh[4])
+    # another run; a pass that skips one: full passes
+    start()
+    same(pass_(X, Cn, "b", 1, lie), fresh)
+    start()
+    same(pass_(X, Cn, "a", 2, lie), fresh)
     # a pass that fails half-way: its half-updated bounds are forgotten
-    H.lloyd_block_bounded(X, None, C0, x_sq, 8, first)
+    start()
 
     def boom(*a):
         raise RuntimeError("worker lost")
@@ -174,13 +184,15 @@ def test_stale_or_foreign_state_is_never_used(monkeypatch):
     real = H._accumulate
     monkeypatch.setattr(H, "_accumulate", boom)
     with pytest.raises(RuntimeError):
-        H.lloyd_block_bounded(X, None, C1, x_sq, 8, {"token": "a", "pass": 1, **H.bound_params(C1, C0)})
+        pass_(X, Cn, "a", 1, lie)
     assert id(X) not in H._STATE
     monkeypatch.setattr(H, "_accumulate", real)
-    check(H.lloyd_block_bounded(X, None, C1, x_sq, 8, {"token": "a", "pass": 1, **H.bound_params(C1, C0)}))
-    # and the real next pass, with its bounds, gives the same too
-    H.lloyd_block_bounded(X, None, C0, x_sq, 8, first)
-    check(H.lloyd_block_bounded(X, None, C1, x_sq, 8, {"token": "a", "pass": 1, **H.bound_params(C1, C0)}))
+    same(pass_(X, Cn, "a", 1, lie), fresh)
+    # and the real next pass, with true bounds, equals a full pass
+    C1 = C0 + 0.3
+    fresh1 = pass_(X.copy(), C1, "new", 0, H.bound_params(C1, None))
+    start()
+    same(pass_(X, C1, "a", 1, H.bound_params(C1, C0)), fresh1)
     H.clear_state()
 
 
@@ -231,7 +243,7 @@ def test_algorithm_is_validated_with_sklearns_wording():
         KMeans(3, algorithm="elkan").fit(np.zeros((10, 2)))
 
 
-def test_one_cluster_and_cupy_free_namespaces_run_plain_lloyd():
+def test_one_cluster_runs_plain_lloyd():
     X = _blobs(8, n=500, d=3, k=3)
     a = KMeans(1, init=X[:1], algorithm="hamerly", client=False).fit(X)
     b = KMeans(1, init=X[:1], client=False).fit(X)
