@@ -7,6 +7,10 @@ epochs.  Plain PyTorch (no Ray), one thread by default, so it can run in the bac
 
     nice -n 10 .venv/bin/python benchmarks/deep_mnist.py --seeds 0 1 2 > benchmarks/out/deep/log.txt 2>&1 &
 
+On a GPU, ``--device cuda`` (or ``auto``) keeps the data, the model and the per-epoch k-means on the device
+(CuPy views of the embeddings through DLPack): one seed of the whole protocol then takes minutes, and several
+seeds or methods can share one GPU as separate processes with their own ``--workdir``.
+
 Every finished method (and every few epochs of the one in progress) rewrites ``benchmarks/RESULTS-deep.md``,
 so partial results survive an interrupted run; the pretrained autoencoder of each seed is cached in the
 work directory (``benchmarks/out/deep`` by default) and a restarted run skips what is already done.
@@ -34,7 +38,7 @@ PAPER = {  # ACC / NMI in percent, the paper's MNIST table
     "DKM": (84.0, 79.6, None, None),
     "CT": (90.01, 87.64, 5.83, 1.55),
 }
-ORDER = ["KM", "AEKM", "DCN", "DKM", "CT", "CT-noreinit", "DKM+reinit", "CT-fcm", "DKM-anneal"]
+ORDER = ["KM", "AEKM", "DCN", "DKM", "CT", "CT-noreinit", "DKM+reinit", "CT-fcm", "CT-mse", "DKM-anneal"]
 
 
 def log(*a):
@@ -93,19 +97,21 @@ def _progress_line(progress: dict) -> list[str]:
 
 
 def _times(workdir: Path) -> list[str]:
-    lines = ["| seed | phase | mean seconds per epoch (train) | mean seconds per epoch (embed + k-means) | epochs |",
-             "| --- | --- | --- | --- | --- |"]
+    lines = ["| seed | phase | device | mean seconds per epoch (train) | mean seconds per epoch (embed + k-means) "
+             "| epochs |", "| --- | --- | --- | --- | --- | --- |"]
+    cpu = "CPU, 1 thread(s)"  # runs written before the device was recorded ran on this machine's CPU
     for p in sorted(workdir.glob("pretrain_*.json")):
         d = json.loads(p.read_text())
         s = [h["seconds"] for h in d["history"]]
-        lines.append(f"| {d['seed']} | pretrain | {np.mean(s):.1f} | - | {len(s)} |")
+        lines.append(f"| {d['seed']} | pretrain | {d.get('device', cpu)} | {np.mean(s):.2f} | - | {len(s)} |")
     for p in sorted(workdir.glob("ae_seed*.partial.pt")):
-        lines.append(f"| {p.name[7:].split('.')[0]} | pretrain (in progress) | see the log | - | - |")
+        lines.append(f"| {p.name[7:].split('.')[0]} | pretrain (in progress) | - | see the log | - | - |")
     for r in load_runs(workdir):
         h = [e for e in r.get("history", []) if e["epoch"] > 0]
         if h:
-            lines.append(f"| {r['seed']} | {r['method']} | {np.mean([e['train_seconds'] for e in h]):.1f} | "
-                         f"{np.mean([e['end_epoch_seconds'] for e in h]):.1f} | {len(h)} |")
+            lines.append(f"| {r['seed']} | {r['method']} | {r.get('device', cpu)} | "
+                         f"{np.mean([e['train_seconds'] for e in h]):.2f} | "
+                         f"{np.mean([e['end_epoch_seconds'] for e in h]):.2f} | {len(h)} |")
     return lines
 
 
@@ -123,7 +129,7 @@ def write_results(workdir: Path, out: Path, args, progress: dict | None = None) 
         f"(shared by all methods of a seed), {args.finetune_epochs} finetuning epochs"
         + (f", first {args.limit} images only" if args.limit else ", all 70,000 images") +
         "; k-means++ with n_init 10 for KM, AEKM, the initial centroids and CT's per-epoch re-initialisation (the "
-        f"project's NumPy kernels); torch threads = {args.threads}, CPU only.  CT uses our reconstruction of the paper's "
+        f"project's kernels: NumPy on a CPU, CuPy on a GPU); each run's device is in the timing table below.  CT uses our reconstruction of the paper's "
         "lost equations 10-11 (softmax memberships, alpha 3, lambda 10; see `kmeans_dist/deep/losses.py`).  "
         "DCN lambda 1; DKM lambda 1 with constant alpha 1000 (reconstruction = per-sample sum of squared errors).",
         "",
@@ -134,7 +140,8 @@ def write_results(workdir: Path, out: Path, args, progress: dict | None = None) 
     lines += _table(load_runs(workdir))
     if progress:
         lines += [""] + _progress_line(progress)
-    lines += ["", "## Wall time per epoch (this machine: 2 cores shared with other work, so these vary a lot)", ""]
+    lines += ["", "## Wall time per epoch (CPU rows: this 2-core machine, shared with other work, so they vary a lot; "
+              "GPU rows: one GPU shared by several runs at once, see the notes)", ""]
     lines += _times(workdir)
     lines += ["", "Per-epoch histories, plots (loss curves, highest-membership histograms before/after finetuning, "
               "2-D PCA embeddings at a few epochs, confusion matrices) and the log are in the work directory "
@@ -192,6 +199,11 @@ def main(argv=None):
     ap.add_argument("--finetune-epochs", type=int, default=100)
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--pretrain-corruption", type=float, default=0.0,
+                    help="masking-noise probability for a denoising pretraining (0: plain autoencoder, the protocol)")
+    ap.add_argument("--device", default="cpu",
+                    help="torch device: cpu, cuda or auto (cuda when available); on a GPU the per-epoch k-means "
+                         "runs on CuPy views of the embeddings (DLPack, no host copy)")
     ap.add_argument("--limit", type=int, default=None, help="first N images only (smoke tests)")
     ap.add_argument("--workdir", default=str(REPO / "benchmarks" / "out" / "deep"))
     ap.add_argument("--results", default=str(REPO / "benchmarks" / "RESULTS-deep.md"))
@@ -211,12 +223,17 @@ def main(argv=None):
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     out = Path(args.results)
-    full_protocol = args.limit is None and args.pretrain_epochs >= 50 and args.finetune_epochs >= 100
+    full_protocol = (args.limit is None and args.pretrain_epochs >= 50 and args.finetune_epochs >= 100
+                     and not args.pretrain_corruption)
+    dev = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                       ("cpu" if args.device == "auto" else args.device))
+    dev_name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU, {torch.get_num_threads()} thread(s)"
     X_np, y = load_mnist(limit=args.limit, scale=1 / 255)
-    X = torch.from_numpy(X_np)
-    log(f"MNIST {X.shape}, seeds {args.seeds}, methods {args.methods}, threads {torch.get_num_threads()}")
+    X = torch.from_numpy(X_np).to(dev)
+    log(f"MNIST {tuple(X.shape)}, seeds {args.seeds}, methods {args.methods}, device {dev_name}")
     note = ("" if full_protocol else
-            f"{X.shape[0]} images, {args.pretrain_epochs}+{args.finetune_epochs} epochs")
+            f"{X.shape[0]} images, {args.pretrain_epochs}+{args.finetune_epochs} epochs"
+            + (f", denoising pretraining (masking {args.pretrain_corruption})" if args.pretrain_corruption else ""))
 
     def done(name, seed):
         p = workdir / f"run_{name}_seed{seed}.json"
@@ -230,7 +247,7 @@ def main(argv=None):
         t0 = time.perf_counter()
         res = kmeans_inmemory(X_np, 10, n_init=10, random_state=seed)
         sc = clustering_scores(y, np.asarray(res.labels))
-        rec = {"method": "KM", "seed": seed, **sc, "complete": args.limit is None,
+        rec = {"method": "KM", "seed": seed, **sc, "complete": args.limit is None, "device": "CPU (NumPy)",
                "protocol_note": note, "seconds": time.perf_counter() - t0, "history": []}
         save_run(workdir, rec)
         log(f"seed {seed}: KM ACC {sc['acc']:.4f} NMI {sc['nmi']:.4f} ({rec['seconds']:.0f} s)")
@@ -245,9 +262,9 @@ def main(argv=None):
     for seed in args.seeds:
         ae_path = workdir / f"ae_seed{seed}.pt"
         torch.manual_seed(seed)
-        model = Autoencoder(X.shape[1], 10)
+        model = Autoencoder(X.shape[1], 10).to(dev)
         if ae_path.exists():
-            model.load_state_dict(torch.load(ae_path))
+            model.load_state_dict(torch.load(ae_path, map_location=dev))
             log(f"seed {seed}: loaded pretrained autoencoder {ae_path}")
         else:
             # pretraining checkpoints every epoch (ae_seedN.partial.pt): a killed run resumes there
@@ -255,7 +272,7 @@ def main(argv=None):
             opt = torch.optim.Adam(model.parameters(), lr=1e-3)
             hist, start, secs = [], 0, 0.0
             if part_path.exists():
-                st = torch.load(part_path, weights_only=False)
+                st = torch.load(part_path, weights_only=False, map_location=dev)
                 model.load_state_dict(st["model"])
                 opt.load_state_dict(st["optimizer"])
                 hist, start, secs = st["history"], st["epoch"], st["seconds"]
@@ -271,9 +288,10 @@ def main(argv=None):
                                                             "epochs": args.pretrain_epochs, **m})
 
             pretrain(model, X, epochs=args.pretrain_epochs, batch_size=args.batch_size, seed=seed,
-                     optimizer=opt, start_epoch=start, callback=pcb)
+                     optimizer=opt, start_epoch=start, callback=pcb, corruption=args.pretrain_corruption)
             torch.save(model.state_dict(), ae_path)
-            (workdir / f"pretrain_{seed}.json").write_text(json.dumps({"seed": seed, "history": hist,
+            (workdir / f"pretrain_{seed}.json").write_text(json.dumps({"seed": seed, "history": hist, "device": dev_name,
+                                                                       "corruption": args.pretrain_corruption,
                                                                        "seconds": secs + time.perf_counter() - t0}))
             part_path.unlink(missing_ok=True)
         pretrained = {k: v.clone() for k, v in model.state_dict().items()}
@@ -300,7 +318,7 @@ def main(argv=None):
             ck_path = workdir / f"finetune_{name}_seed{seed}.partial.pt"
             resume = None
             if ck_path.exists():
-                resume = torch.load(ck_path, weights_only=False)
+                resume = torch.load(ck_path, weights_only=False, map_location=dev)
                 log(f"seed {seed}: resuming {name} after finetuning epoch {resume['epoch']}")
 
             def ckpt(state, ck_path=ck_path):
@@ -313,6 +331,7 @@ def main(argv=None):
             last = res["history"][-1]
             rec = {"method": name, "seed": seed, "acc": last["acc"], "nmi": last["nmi"], "ari": last["ari"],
                    "complete": full_protocol, "protocol_note": note, "seconds": time.perf_counter() - t0,
+                   "device": dev_name,
                    "config": method.describe(), "history": res["history"]}
             save_run(workdir, rec)
             np.savez_compressed(workdir / f"result_{name}_seed{seed}.npz", labels=res["labels"],

@@ -78,6 +78,14 @@ def test_dkm_dcn_losses_match_numpy(data):
     xh = np.random.default_rng(2).random((5, 8))
     assert float(L.reconstruction_loss(torch.tensor(xh), torch.tensor(x))) == pytest.approx(
         ((xh - x) ** 2).sum(1).mean(), rel=1e-12)
+    # "mean" is PyTorch's MSELoss: the per-sample sum divided by the number of features
+    assert float(L.reconstruction_loss(torch.tensor(xh), torch.tensor(x), "mean")) == pytest.approx(
+        float(torch.nn.functional.mse_loss(torch.tensor(xh), torch.tensor(x))), rel=1e-12)
+    with pytest.raises(ValueError, match="reduction"):
+        L.reconstruction_loss(torch.tensor(xh), torch.tensor(x), "max")
+    with pytest.raises(ValueError, match="reconstruction"):
+        make_method("CT", 10, reconstruction="max")
+    assert make_method("CT-mse", 10).describe()["reconstruction"] == "mean"
 
 
 def test_autoencoder_shapes():
@@ -227,3 +235,33 @@ def test_fit_method_resume_matches_uninterrupted(name, mnist, pretrained):
     assert [h["epoch"] for h in resumed["history"]] == [0, 1, 2]
     np.testing.assert_array_equal(resumed["labels"], full["labels"])
     np.testing.assert_allclose(resumed["centroids"], full["centroids"], rtol=1e-6, atol=1e-6)
+
+
+def test_denoising_pretraining_is_seeded_and_reconstructs_the_clean_input():
+    X = torch.rand(600, 20)
+
+    def run(corruption, start_epoch=0, model=None, opt=None, epochs=2):
+        if model is None:
+            torch.manual_seed(0)
+            model = Autoencoder(20, 3)
+        h = pretrain(model, X, epochs=epochs, batch_size=128, seed=5, corruption=corruption, optimizer=opt,
+                     start_epoch=start_epoch)
+        return model, h
+
+    a, ha = run(0.3)
+    b, hb = run(0.3)
+    c, hc = run(0.0)
+    assert torch.equal(a.encoder[0].weight, b.encoder[0].weight)  # the masks are seeded
+    assert not torch.equal(a.encoder[0].weight, c.encoder[0].weight)
+    # the loss is measured against the clean input: with everything masked the model sees only zeros, gives
+    # one output for every row of a batch, and so cannot do better than the batch's variance
+    torch.manual_seed(0)
+    h_all = pretrain(Autoencoder(20, 3), X, epochs=1, batch_size=128, seed=5, corruption=1.0)
+    assert h_all[0]["rec_loss"] >= 0.95 * float(X.var(0, unbiased=False).sum())
+    # resuming after epoch 1 draws the same masks as the uninterrupted run
+    torch.manual_seed(0)
+    r = Autoencoder(20, 3)
+    opt = torch.optim.Adam(r.parameters(), lr=1e-3)
+    pretrain(r, X, epochs=1, batch_size=128, seed=5, corruption=0.3, optimizer=opt)
+    pretrain(r, X, epochs=2, batch_size=128, seed=5, corruption=0.3, optimizer=opt, start_epoch=1)
+    assert torch.equal(r.encoder[0].weight, a.encoder[0].weight)

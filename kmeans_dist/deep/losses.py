@@ -77,8 +77,14 @@ def get_membership(name="softmax", **params) -> Callable[[torch.Tensor], torch.T
     return lambda d: fn(d, **params)
 
 
-def reconstruction_loss(x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """Mean over the batch of the per-sample sum of squared errors (DKM's convention)."""
+def reconstruction_loss(x_hat: torch.Tensor, x: torch.Tensor, reduction: str = "sum") -> torch.Tensor:
+    """Squared reconstruction error: ``"sum"`` = mean over the batch of the per-sample sum of squared errors
+    (DKM's convention, the default); ``"mean"`` = mean over every element (PyTorch's ``MSELoss``), which is
+    the ``"sum"`` value divided by the number of features and so weighs a clustering term d times more."""
+    if reduction == "mean":
+        return ((x_hat - x) ** 2).mean()
+    if reduction != "sum":
+        raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
     return ((x_hat - x) ** 2).sum(dim=1).mean()
 
 

@@ -74,11 +74,13 @@ class BatchLoader:
 # --------------------------------------------------------------------------------------------------
 
 def train_epoch(model, optimizer, loader: Iterable, method: "Method | None" = None, *, device=None,
-                finetune: bool = True) -> dict:
+                finetune: bool = True, corruption: float = 0.0, generator: torch.Generator | None = None) -> dict:
     """One pass over ``loader`` (batches of inputs, or tuples whose first item is the input).
 
     Loss = reconstruction + ``method.lam`` x ``method.batch_loss(z)`` when ``method`` finetunes;
-    reconstruction only otherwise (pretraining).  Returns the sample-weighted mean losses.
+    reconstruction only otherwise (pretraining).  ``corruption`` > 0 (pretraining only) makes it a denoising
+    autoencoder: each input value is set to 0 with that probability (masking noise, drawn from
+    ``generator``) and the clean input is reconstructed.  Returns the sample-weighted mean losses.
     """
     model.train()
     tot_rec = tot_clu = 0.0
@@ -88,8 +90,12 @@ def train_epoch(model, optimizer, loader: Iterable, method: "Method | None" = No
         x = batch[0] if isinstance(batch, (list, tuple)) else batch
         if device is not None:
             x = x.to(device, non_blocking=True)
-        z, x_hat = model(x)
-        rec = reconstruction_loss(x_hat, x)
+        if corruption > 0 and not use_clu:
+            keep = torch.rand(x.shape, generator=generator, device=x.device) >= corruption
+            z, x_hat = model(x * keep)
+        else:
+            z, x_hat = model(x)
+        rec = reconstruction_loss(x_hat, x, method.reconstruction if use_clu else "sum")
         if use_clu:
             clu = method.batch_loss(z)
             loss = rec + method.lam * clu
@@ -113,8 +119,11 @@ def train_epoch(model, optimizer, loader: Iterable, method: "Method | None" = No
 
 def pretrain(model, X: torch.Tensor, *, epochs: int = 50, batch_size: int = 256, lr: float = 1e-3, seed: int = 0,
              callback: Callable[[dict], None] | None = None, device=None, optimizer=None,
-             start_epoch: int = 0) -> list[dict]:
+             start_epoch: int = 0, corruption: float = 0.0) -> list[dict]:
     """Train the autoencoder on reconstruction alone; returns the per-epoch history.
+
+    ``corruption`` > 0 trains a denoising autoencoder (masking noise with that probability, a fresh mask per
+    epoch seeded by ``seed`` and the epoch, so a resumed run draws the same masks).
 
     ``optimizer`` (default: a new Adam) and ``start_epoch`` let a caller checkpoint in ``callback`` and
     resume: epochs ``start_epoch + 1 .. epochs`` run, with the same batches as an uninterrupted run.
@@ -125,7 +134,12 @@ def pretrain(model, X: torch.Tensor, *, epochs: int = 50, batch_size: int = 256,
     for ep in range(int(start_epoch), epochs):
         loader.set_epoch(ep)
         t0 = time.perf_counter()
-        m = train_epoch(model, opt, loader, None, device=device, finetune=False)
+        gen = None
+        if corruption > 0:
+            dev = device if device is not None else X.device
+            gen = torch.Generator(device=dev).manual_seed(seed * 1_000_003 + ep + 500_009)
+        m = train_epoch(model, opt, loader, None, device=device, finetune=False, corruption=corruption,
+                        generator=gen)
         m.update(epoch=ep + 1, phase="pretrain", seconds=time.perf_counter() - t0)
         hist.append(m)
         if callback is not None:
@@ -216,9 +230,13 @@ class Method:
     name = "method"
     finetunes = True
 
-    def __init__(self, n_clusters: int = 10, *, lam: float = 1.0, n_init: int = 10, seed: int = 0):
+    def __init__(self, n_clusters: int = 10, *, lam: float = 1.0, n_init: int = 10, seed: int = 0,
+                 reconstruction: str = "sum"):
+        if reconstruction not in ("sum", "mean"):
+            raise ValueError(f"reconstruction must be 'sum' or 'mean', got {reconstruction!r}")
         self.n_clusters = int(n_clusters)
         self.lam = float(lam)
+        self.reconstruction = reconstruction
         self.n_init = int(n_init)
         self.seed = int(seed)
         self.centroids: torch.Tensor | None = None
@@ -268,7 +286,7 @@ class Method:
             self._set_centroids(c.to(device) if device is not None else c)
 
     def describe(self) -> dict:
-        return {"name": self.name, "lam": self.lam}
+        return {"name": self.name, "lam": self.lam, "reconstruction": self.reconstruction}
 
 
 class AEKM(Method):
@@ -441,6 +459,8 @@ class CT(Method):
             self.name = "CT-noreinit"
         elif self.membership_name == "fcm":
             self.name = "CT-fcm"
+        elif self.reconstruction == "mean":
+            self.name = "CT-mse"
 
     def batch_loss(self, z):
         return ct_loss(z, self.centroids, self._membership, detach_membership=self.detach_membership)
@@ -473,11 +493,12 @@ METHODS = {
     "CT": lambda k, **kw: CT(k, **kw),
     "CT-fcm": lambda k, **kw: CT(k, membership="fcm", **kw),
     "CT-noreinit": lambda k, **kw: CT(k, reinit=False, **kw),
+    "CT-mse": lambda k, **kw: CT(k, reconstruction="mean", **kw),
 }
 
 
 def make_method(name: str, n_clusters: int = 10, **kw) -> Method:
-    """A method by name: AEKM, DCN, DKM, DKM-anneal, DKM+reinit, CT, CT-fcm, CT-noreinit."""
+    """A method by name: AEKM, DCN, DKM, DKM-anneal, DKM+reinit, CT, CT-fcm, CT-mse, CT-noreinit."""
     try:
         return METHODS[name](n_clusters, **kw)
     except KeyError:
