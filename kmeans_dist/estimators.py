@@ -281,7 +281,9 @@ class KMeans(_BaseKMeans):
         few flops instead of ``n_clusters`` distances.  Same labels and centers as "lloyd" except at near-ties within
         float rounding, which it decides by exact distance (as scikit-learn's "elkan"); 28 bytes per row of
         worker memory.  Worth it for many clusters (blobs, k=64: 0.63x of Lloyd's time per iteration); with
-        few, use "lloyd" (MNIST, k=10: hamerly takes 1.6x Lloyd's time).
+        few, use "lloyd" (MNIST, k=10: hamerly takes 1.6x Lloyd's time).  The bounds are kept for NumPy
+        blocks that stay in worker memory; CuPy blocks and streamed (not persisted) data run the plain Lloyd
+        pass, with the same result.
     block_rows : "auto" or int.  Rows per block of the reduction.  The floating-point summation order is
         fixed by the blocks, so for a given ``block_rows`` results are bit-identical whatever the input
         chunking and number of workers.  "auto" gives about 8 MiB per block.
