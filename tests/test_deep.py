@@ -174,6 +174,10 @@ def test_every_method_runs(name, mnist, pretrained):
         if h["epoch"]:
             assert np.isfinite(h["rec_loss"]) and np.isfinite(h["clu_loss"]) and h["clu_loss"] >= 0
     assert hist[-1]["acc"] > 0.15  # above chance (about 0.11 for 10 matched clusters) after 2 + 2 epochs
+    # the inertia of the epoch's k-means on the embeddings: the initial one, then each re-initialisation's
+    reinit = name.startswith("CT") and name != "CT-noreinit" or name == "DKM+reinit"
+    assert hist[0]["kmeans_inertia"] > 0
+    assert all((h["kmeans_inertia"] is not None) == reinit for h in hist[1:])
     assert res["labels"].shape == (N_IMAGES,)
     assert res["max_membership_before"].shape == res["max_membership_after"].shape == (N_IMAGES,)
     assert set(res["snapshots"]) == ({0, 1, 2} if method.finetunes else {0})

@@ -240,13 +240,15 @@ class Method:
         self.n_init = int(n_init)
         self.seed = int(seed)
         self.centroids: torch.Tensor | None = None
+        self.kmeans_inertia: float | None = None  # of the last k-means on the embeddings (initial or re-init)
         self.allreduce = None
         self.broadcast = None
 
     # lifecycle -------------------------------------------------------------------------------
     def initialize(self, Z: torch.Tensor) -> torch.Tensor:
         """Centroids from k-means on the embeddings of the pretrained autoencoder; returns labels."""
-        c, labels, _ = reinit_centroids(Z, self.n_clusters, n_init=self.n_init, random_state=self.seed)
+        c, labels, self.kmeans_inertia = reinit_centroids(Z, self.n_clusters, n_init=self.n_init,
+                                                          random_state=self.seed)
         self._set_centroids(c)
         return labels
 
@@ -399,8 +401,8 @@ class DKM(Method):
             n = epoch + 2
             self.alpha *= 2.0 ** (1.0 / math.log(n) ** 2)
         if self.reinit:
-            c, labels, _ = reinit_centroids(Z, self.n_clusters, n_init=self.n_init,
-                                            random_state=self.seed * 10_007 + epoch + 1)
+            c, labels, self.kmeans_inertia = reinit_centroids(Z, self.n_clusters, n_init=self.n_init,
+                                                              random_state=self.seed * 10_007 + epoch + 1)
             if self.broadcast is not None:
                 self.broadcast(c)
             self._set_centroids(c)
@@ -474,8 +476,8 @@ class CT(Method):
     def end_epoch(self, Z, epoch):
         if not self.reinit:
             return None
-        c, labels, _ = reinit_centroids(Z, self.n_clusters, n_init=self.reinit_n_init,
-                                        random_state=self.seed * 10_007 + epoch + 1)
+        c, labels, self.kmeans_inertia = reinit_centroids(Z, self.n_clusters, n_init=self.reinit_n_init,
+                                                          random_state=self.seed * 10_007 + epoch + 1)
         if self.broadcast is not None:
             self.broadcast(c)
             labels = None
@@ -540,7 +542,8 @@ def fit_method(model: Autoencoder, X: torch.Tensor, method: Method, *, y=None, e
         lab = labels.cpu().numpy()
         m = {"epoch": ep, "method": method.name, "phase": "finetune" if ep else "init",
              "rec_loss": train_m.get("rec_loss"), "clu_loss": train_m.get("clu_loss"),
-             "train_seconds": t_train, "end_epoch_seconds": t_end}
+             "train_seconds": t_train, "end_epoch_seconds": t_end, "kmeans_inertia": method.kmeans_inertia}
+        method.kmeans_inertia = None  # reported once, for the epoch whose k-means computed it
         if y_np is not None:
             m.update(clustering_scores(y_np, lab))
         if ep in snapshot_epochs or ep == 0:
