@@ -16,7 +16,8 @@ from prefect import flow, get_run_logger, task
 from flows.artifacts import publish_report
 from flows.clustering import (_quiet_dask_logs, ingest_and_standardize, make_task_runner, stage_tasks,  # noqa: F401
                               write_status)
-from flows.params import ChooseKParams, check_dask_address, check_source, default_output_dir, validate_params
+from flows.params import (ChooseKParams, check_dask_address, check_source, default_output_dir, run_cli,
+                          validate_params)
 from pipelines import stages
 
 __all__ = ["choose_k_flow", "choose_k_run"]
@@ -117,24 +118,7 @@ def choose_k_flow(
 
 
 def _cli(argv=None):
-    import argparse
-    import json
-
-    ap = argparse.ArgumentParser(prog="python -m flows.choose_k", description=choose_k_flow.description)
-    for name, fld in ChooseKParams.model_fields.items():
-        flag = "--" + name.replace("_", "-")
-        if fld.annotation is bool:
-            ap.add_argument(flag, action=argparse.BooleanOptionalAction, default=fld.default)
-        elif name == "ks":
-            ap.add_argument(flag, type=int, nargs="+", default=None)
-        else:
-            ap.add_argument(flag, default=fld.default, help=fld.description)
-    from flows.demo import local_prefect_server
-
-    args = vars(ap.parse_args(argv))
-    with local_prefect_server():  # PREFECT_API_URL, or a local `prefect server` for this run
-        res = choose_k_flow(**args)
-    print(json.dumps({k: res[k] for k in ("output_dir", "report", "best")}, default=str))
+    return run_cli(ChooseKParams, choose_k_flow, "python -m flows.choose_k", ("output_dir", "report", "best"), argv)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from prefect import flow, get_run_logger, task  # noqa: E402
 
 from flows.artifacts import LloydProgress, artifact_key, publish_history, publish_report  # noqa: E402
 from flows.params import (ClusteringParams, ParameterError, check_dask_address, check_source,  # noqa: E402
-                          default_output_dir, validate_params)
+                          default_output_dir, run_cli, validate_params)
 from pipelines import stages  # noqa: E402
 
 __all__ = ["clustering_flow", "clustering_run", "make_task_runner", "stage_tasks", "dask_client",
@@ -289,22 +289,8 @@ def clustering_flow(
 
 
 def _cli(argv=None):
-    import argparse
-    import json
-
-    ap = argparse.ArgumentParser(prog="python -m flows.clustering", description=clustering_flow.description)
-    for name, fld in ClusteringParams.model_fields.items():
-        flag = "--" + name.replace("_", "-")
-        if fld.annotation is bool:
-            ap.add_argument(flag, action=argparse.BooleanOptionalAction, default=fld.default)
-        else:
-            ap.add_argument(flag, default=fld.default, help=fld.description)
-    args = vars(ap.parse_args(argv))  # strings: the flow's parameter validation coerces them
-    from flows.demo import local_prefect_server
-
-    with local_prefect_server():  # PREFECT_API_URL, or a local `prefect server` for this run
-        res = clustering_flow(**args)
-    print(json.dumps({k: res[k] for k in ("output_dir", "report", "centers", "n_iter", "inertia")}, default=str))
+    return run_cli(ClusteringParams, clustering_flow, "python -m flows.clustering",
+                   ("output_dir", "report", "centers", "n_iter", "inertia"), argv)
 
 
 if __name__ == "__main__":

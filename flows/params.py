@@ -15,10 +15,8 @@ from typing import Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 __all__ = ["ParameterError", "ClusteringParams", "ChooseKParams", "validate_params", "check_source",
-           "check_dask_address", "default_output_dir"]
+           "check_dask_address", "default_output_dir", "cli_parser", "run_cli"]
 
-INITS = ("k-means++", "k-means||", "random", "random-partition")
-ALGORITHMS = ("lloyd", "minibatch")
 _ADDRESS = re.compile(r"^(tcp|tls)://(?P<host>\[[0-9a-fA-F:]+\]|[A-Za-z0-9_.\-]+):(?P<port>\d{1,5})$")
 
 
@@ -179,3 +177,39 @@ def default_output_dir(flow_name: str, params: BaseModel, base: str | os.PathLik
     digest = hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:10]
     name = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(params.source.rstrip("/")).name or "data").strip("-")[:40]
     return str((Path(base) / flow_name / f"{name}-{digest}").resolve())
+
+
+def cli_parser(model: type[BaseModel], prog: str, description: str | None = None):
+    """An ``argparse`` parser with one ``--flag`` per field of ``model``: booleans as ``--x/--no-x``,
+    ``list[int]`` fields as ``nargs="+"`` ints, everything else as a string that the flow's own parameter
+    validation coerces (so the CLI and the UI form give the same messages)."""
+    import argparse
+    import typing
+
+    ap = argparse.ArgumentParser(prog=prog, description=description)
+    for name, fld in model.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        ann = fld.annotation
+        args = [a for a in typing.get_args(ann) if a is not type(None)]
+        if ann is bool:
+            ap.add_argument(flag, action=argparse.BooleanOptionalAction, default=fld.default)
+        elif args and typing.get_origin(args[0]) is list:
+            ap.add_argument(flag, type=int, nargs="+", default=fld.default, help=fld.description)
+        else:
+            ap.add_argument(flag, default=fld.default, help=fld.description)
+    return ap
+
+
+def run_cli(model: type[BaseModel], flow, prog: str, keys, argv=None) -> dict:
+    """``python -m flows.<name>``: parse ``argv`` with :func:`cli_parser`, run ``flow`` against
+    ``PREFECT_API_URL`` (or a local ``prefect server`` started for the run), print ``keys`` of its result
+    as JSON and return the result."""
+    import json
+
+    from flows.demo import local_prefect_server
+
+    args = vars(cli_parser(model, prog, flow.description).parse_args(argv))
+    with local_prefect_server():
+        res = flow(**args)
+    print(json.dumps({k: res[k] for k in keys}, default=str))
+    return res

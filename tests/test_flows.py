@@ -68,6 +68,22 @@ def test_choose_k_params_range():
         validate_params(ChooseKParams, {"k_min": 5, "k_max": 2}, "choose_k_flow")
 
 
+def test_flow_clis_have_a_flag_per_parameter():
+    from flows.params import cli_parser
+
+    ap = cli_parser(ClusteringParams, "python -m flows.clustering")
+    args = vars(ap.parse_args(["--k", "5", "--algorithm", "hamerly", "--standardize", "--source", "mnist"]))
+    assert set(args) == set(ClusteringParams.model_fields)
+    # strings until the flow validates them: the CLI gives the same messages as the UI form
+    p = validate_params(ClusteringParams, args, "clustering_flow")
+    assert (p.k, p.algorithm, p.standardize, p.source) == (5, "hamerly", True, "mnist")
+    assert vars(ap.parse_args([]))["standardize"] is False
+    ks = vars(cli_parser(ChooseKParams, "python -m flows.choose_k").parse_args(["--ks", "3", "5", "8"]))
+    assert ks["ks"] == [3, 5, 8] and validate_params(ChooseKParams, ks, "choose_k_flow").ks == [3, 5, 8]
+    with pytest.raises(ParameterError, match="k"):
+        validate_params(ClusteringParams, vars(ap.parse_args(["--k", "0"])), "clustering_flow")
+
+
 def test_unreachable_dask_address_is_reported():
     with pytest.raises(ParameterError, match="Cannot reach the Dask scheduler at tcp://127.0.0.1:"):
         check_dask_address(f"tcp://127.0.0.1:{_free_port()}", timeout=2)
