@@ -603,70 +603,23 @@ def _ms_per_iteration(fit: dict) -> str:
 
 
 def _plot_inertia(history: list, path: Path) -> str | None:
-    its = [h.get("iteration", i + 1) for i, h in enumerate(history) if h.get("inertia") is not None]
-    ine = [h["inertia"] for h in history if h.get("inertia") is not None]
-    if not ine:
-        return None
-    try:
-        from kmeans_dist.plots import plot_inertia
+    from kmeans_dist.plots import plot_inertia
 
-        plot_inertia(history, str(path))
-        return str(path)
-    except (ImportError, AttributeError):
-        pass
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(its, ine, marker=".")
-    ax.set_xlabel("iteration")
-    ax.set_ylabel("inertia")
-    ax.set_title("Inertia per Lloyd iteration")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return str(path)
+    pts = [{"iteration": h.get("iteration", i + 1), "inertia": h["inertia"]}
+           for i, h in enumerate(history) if h.get("inertia") is not None]
+    return plot_inertia(pts, str(path), title="Inertia per Lloyd iteration") if pts else None
 
 
 def _plot_sizes(counts, path: Path) -> str:
-    try:
-        from kmeans_dist.plots import plot_cluster_sizes
+    from kmeans_dist.plots import plot_cluster_sizes
 
-        plot_cluster_sizes(np.asarray(counts), str(path))
-        return str(path)
-    except (ImportError, AttributeError):
-        pass
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.bar(np.arange(len(counts)), counts)
-    ax.set_xlabel("cluster")
-    ax.set_ylabel("samples")
-    ax.set_title("Cluster sizes")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return str(path)
+    return plot_cluster_sizes(np.asarray(counts), str(path))
 
 
 def _plot_grid(centers, image_shape, path: Path) -> str:
-    try:
-        from kmeans_dist.plots import plot_centroid_grid
+    from kmeans_dist.plots import plot_centroid_grid
 
-        plot_centroid_grid(centers, tuple(image_shape), str(path))
-        return str(path)
-    except (ImportError, AttributeError):
-        pass
-    plt = _plt()
-    k = centers.shape[0]
-    cols = min(k, 10)
-    rows = int(math.ceil(k / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.1, rows * 1.1), squeeze=False)
-    for i, ax in enumerate(axes.ravel()):
-        ax.axis("off")
-        if i < k:
-            ax.imshow(centers[i].reshape(image_shape), cmap="gray")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return str(path)
+    return plot_centroid_grid(centers, tuple(image_shape), str(path))
 
 
 def _fmt(v) -> str:
