@@ -340,11 +340,17 @@ def write_store(url, X, *, labels=None, chunk_rows: int | None = None, feature_n
             sources.append(yd)
         da.store(sources, targets, lock=False)
 
+    return _write_to(url, _write, overwrite)
+
+
+def _write_to(url, write, overwrite: bool) -> str:
+    """``write(root)`` into a local store atomically (a temporary folder renamed into place: a crash leaves
+    nothing that opens), or straight into a remote one."""
     if is_local_path(url):
         with atomic_dir(_local(url), overwrite=overwrite) as tmp:
-            _write(tmp)
+            write(tmp)
     else:
-        _write(url)
+        write(url)
     return os.fspath(url)
 
 
@@ -364,12 +370,7 @@ def _write_stream(url, blocks: Iterable[tuple[np.ndarray, np.ndarray | None]], n
         if start != n:
             raise DataError(f"source ended after {start} rows, expected {n}")
 
-    if is_local_path(url):
-        with atomic_dir(_local(url), overwrite=overwrite) as tmp:
-            _write(tmp)
-    else:
-        _write(url)
-    return os.fspath(url)
+    return _write_to(url, _write, overwrite)
 
 
 # --------------------------------------------------------------------------------------------------
