@@ -206,9 +206,9 @@ def train_loop_per_worker(config: dict) -> None:
             labels = method.end_epoch(Z, ep - P)
             lab, sc = scores(Z)
             metrics.update(sc)
-            if method.kmeans_inertia is not None:  # this epoch's re-initialisation (CT, DKM+reinit)
-                metrics["kmeans_inertia"] = method.kmeans_inertia
-                method.kmeans_inertia = None
+            inertia = method.kmeans_inertia_at(ep - P)  # this epoch's re-initialisation (CT, DKM+reinit)
+            if inertia is not None:
+                metrics["kmeans_inertia"] = inertia
             if distributed:  # all workers must hold rank 0's centroids exactly
                 ref = method.centroids.detach().clone()
                 dist.broadcast(ref, 0)

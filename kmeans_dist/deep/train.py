@@ -240,7 +240,9 @@ class Method:
         self.n_init = int(n_init)
         self.seed = int(seed)
         self.centroids: torch.Tensor | None = None
-        self.kmeans_inertia: float | None = None  # of the last k-means on the embeddings (initial or re-init)
+        # the last k-means on the embeddings: its inertia and the epoch it ran after (0: the initial one)
+        self.kmeans_inertia: float | None = None
+        self.kmeans_epoch: int | None = None
         self.allreduce = None
         self.broadcast = None
 
@@ -249,6 +251,7 @@ class Method:
         """Centroids from k-means on the embeddings of the pretrained autoencoder; returns labels."""
         c, labels, self.kmeans_inertia = reinit_centroids(Z, self.n_clusters, n_init=self.n_init,
                                                           random_state=self.seed)
+        self.kmeans_epoch = 0
         self._set_centroids(c)
         return labels
 
@@ -266,6 +269,10 @@ class Method:
 
     def after_step(self, z: torch.Tensor) -> None:
         pass
+
+    def kmeans_inertia_at(self, epoch: int) -> float | None:
+        """Inertia of the k-means on the embeddings that ran after ``epoch`` (0: the initial one), or None."""
+        return self.kmeans_inertia if self.kmeans_epoch == epoch else None
 
     def end_epoch(self, Z: torch.Tensor, epoch: int) -> torch.Tensor | None:
         """Called with the embeddings of the whole data set after each finetuning epoch; may return
@@ -403,6 +410,7 @@ class DKM(Method):
         if self.reinit:
             c, labels, self.kmeans_inertia = reinit_centroids(Z, self.n_clusters, n_init=self.n_init,
                                                               random_state=self.seed * 10_007 + epoch + 1)
+            self.kmeans_epoch = epoch
             if self.broadcast is not None:
                 self.broadcast(c)
             self._set_centroids(c)
@@ -478,6 +486,7 @@ class CT(Method):
             return None
         c, labels, self.kmeans_inertia = reinit_centroids(Z, self.n_clusters, n_init=self.reinit_n_init,
                                                           random_state=self.seed * 10_007 + epoch + 1)
+        self.kmeans_epoch = epoch
         if self.broadcast is not None:
             self.broadcast(c)
             labels = None
@@ -542,8 +551,7 @@ def fit_method(model: Autoencoder, X: torch.Tensor, method: Method, *, y=None, e
         lab = labels.cpu().numpy()
         m = {"epoch": ep, "method": method.name, "phase": "finetune" if ep else "init",
              "rec_loss": train_m.get("rec_loss"), "clu_loss": train_m.get("clu_loss"),
-             "train_seconds": t_train, "end_epoch_seconds": t_end, "kmeans_inertia": method.kmeans_inertia}
-        method.kmeans_inertia = None  # reported once, for the epoch whose k-means computed it
+             "train_seconds": t_train, "end_epoch_seconds": t_end, "kmeans_inertia": method.kmeans_inertia_at(ep)}
         if y_np is not None:
             m.update(clustering_scores(y_np, lab))
         if ep in snapshot_epochs or ep == 0:
