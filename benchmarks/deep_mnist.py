@@ -38,7 +38,7 @@ PAPER = {  # ACC / NMI in percent, the paper's MNIST table
     "DKM": (84.0, 79.6, None, None),
     "CT": (90.01, 87.64, 5.83, 1.55),
 }
-ORDER = ["KM", "AEKM", "DCN", "DKM", "CT", "CT-noreinit", "DKM+reinit", "CT-fcm", "CT-mse", "CT-reinit1", "DKM-anneal"]
+ORDER = ["KM", "AEKM", "DCN", "DKM", "CT", "CT-noreinit", "DKM+reinit", "CT-fcm", "CT-mse", "CT-reinit1", "AEKM-bal", "CT-bal", "DKM-anneal"]
 
 
 def log(*a):

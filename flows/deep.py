@@ -20,7 +20,13 @@ from prefect import flow, get_run_logger, task
 
 __all__ = ["deep_clustering_flow", "prepare_store", "ray_deep_stage"]
 
-METHODS = ("AEKM", "DCN", "DKM", "DKM-anneal", "DKM+reinit", "CT", "CT-fcm", "CT-noreinit")
+
+
+def _methods() -> tuple[str, ...]:
+    """The method names :func:`kmeans_dist.deep.make_method` knows (imported here: torch loads with it)."""
+    from kmeans_dist.deep import METHODS
+
+    return tuple(METHODS)
 
 
 def _is_store(path) -> bool:
@@ -81,8 +87,8 @@ def deep_clustering_flow(source: str, output_dir: str = "runs/deep", method: str
 
     ``source``: a Zarr store, an MNIST folder, or anything :func:`kmeans_dist.data.ingest` takes.
     """
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if method not in _methods():
+        raise ValueError(f"method must be one of {_methods()}, got {method!r}")
     if num_workers < 1 or pretrain_epochs < 0 or finetune_epochs < 0 or batch_size < 1:
         raise ValueError("num_workers and batch_size must be >= 1, epochs >= 0")
     out = Path(output_dir).resolve()
@@ -106,7 +112,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description="Deep k-means on Ray, as a Prefect flow")
     ap.add_argument("--source", required=True)
     ap.add_argument("--output-dir", default="runs/deep")
-    ap.add_argument("--method", default="CT", choices=METHODS)
+    ap.add_argument("--method", default="CT", choices=_methods())
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--pretrain-epochs", type=int, default=50)
     ap.add_argument("--finetune-epochs", type=int, default=100)

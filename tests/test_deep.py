@@ -158,6 +158,41 @@ def test_reinit_gives_exactly_the_kmeans_centers(mnist, pretrained):
     assert c2.dtype == Z.dtype and l2.dtype == torch.int64 and inertia > 0
 
 
+def test_balanced_selection_keeps_the_most_balanced_of_the_same_restarts(mnist, pretrained):
+    from scipy.stats import entropy
+
+    from kmeans_dist.deep.train import size_entropy
+    from kmeans_dist.kernels import kmeans_plusplus, lloyd_inmemory
+
+    X, _ = mnist
+    model = Autoencoder(784, 10)
+    model.load_state_dict(pretrained)
+    Z = embed(model, X)
+    Zn = Z.numpy().copy()
+    # the candidates: the restarts kmeans_inmemory runs (same generator), scored by scipy's entropy of the sizes
+    rng = np.random.default_rng(7)
+    cands = [lloyd_inmemory(Zn, kmeans_plusplus(Zn, 10, rng)[0]) for _ in range(6)]
+    ent = [entropy(np.bincount(c.labels, minlength=10)) / np.log(10) for c in cands]
+    for c, e in zip(cands, ent):
+        assert size_entropy(c.labels, 10) == pytest.approx(e, rel=1e-12)
+    best = max(range(6), key=lambda i: (ent[i], -cands[i].inertia))
+    c, labels, inertia = reinit_centroids(Z, 10, n_init=6, random_state=7, select="balanced")
+    assert np.array_equal(c.numpy(), cands[best].centers) and np.array_equal(labels.numpy(), cands[best].labels)
+    assert inertia == pytest.approx(cands[best].inertia)
+    # the classical rule on the same restarts is kmeans_inmemory's lowest inertia
+    ref = kmeans_inmemory(Zn, 10, n_init=6, random_state=7)
+    assert ref.inertia == pytest.approx(min(cd.inertia for cd in cands))
+    assert size_entropy(np.repeat(np.arange(4), 5), 4) == pytest.approx(1.0)
+    m = make_method("CT-bal", 10, seed=7, n_init=6)
+    assert m.name == "CT-bal" and m.select == "balanced" and m.describe()["select"] == "balanced"
+    assert np.array_equal(m.initialize(Z).numpy(), cands[best].labels)
+    with pytest.raises(ValueError, match="select must be one of"):
+        make_method("CT", 10, select="silhouette")
+    with pytest.raises(ValueError, match="select must be one of"):
+        reinit_centroids(Z, 10, n_init=1, select="silhouette")
+
+
+
 @pytest.mark.parametrize("name", sorted(METHODS))
 def test_every_method_runs(name, mnist, pretrained):
     X, y = mnist

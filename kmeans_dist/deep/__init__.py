@@ -15,7 +15,9 @@ Never imports Ray or Prefect: the Ray Train stage lives in ``pipelines/deep.py``
     res["history"][-1]["acc"], res["labels"]
 
 Methods (:func:`make_method`): AEKM, DCN, DKM, DKM-anneal, DKM+reinit (ablation), CT, CT-fcm (fuzzy
-c-means memberships), CT-noreinit (ablation).  The CT loss is our reconstruction of the paper's lost
+c-means memberships), CT-noreinit (ablation), CT-mse (mean-scaled reconstruction), CT-reinit1 (one k-means
+run per re-initialisation), and AEKM-bal / CT-bal (``select="balanced"``: each k-means on the embeddings
+keeps the restart with the most even cluster sizes instead of the lowest inertia).  The CT loss is our reconstruction of the paper's lost
 equations 10-11; see :mod:`kmeans_dist.deep.losses`.
 """
 from . import plots

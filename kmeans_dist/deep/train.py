@@ -19,7 +19,8 @@ from typing import Callable, Iterable
 import numpy as np
 import torch
 
-from ..kernels import assign_labels, kmeans_inmemory
+from .._xp import to_numpy
+from ..kernels import assign_labels, kmeans_inmemory, kmeans_plusplus, lloyd_inmemory
 from .losses import ct_loss, dcn_loss, dkm_loss, get_membership, pairwise_sq_dist, reconstruction_loss
 from .model import Autoencoder, unwrap
 
@@ -184,16 +185,45 @@ def from_kernel_array(a, like: torch.Tensor) -> torch.Tensor:
     return t.to(device=like.device, dtype=like.dtype)
 
 
+SELECT_RULES = ("inertia", "balanced")
+
+
+def size_entropy(labels, n_clusters: int) -> float:
+    """Entropy of the cluster sizes of ``labels`` (NumPy or CuPy), normalised to [0, 1] by ``log(n_clusters)``:
+    1 when every cluster has the same size."""
+    counts = to_numpy(labels).astype(np.int64).ravel()
+    p = np.bincount(counts, minlength=n_clusters).astype(np.float64) / max(counts.size, 1)
+    p = p[p > 0]
+    return float(-(p * np.log(p)).sum() / math.log(n_clusters)) if n_clusters > 1 else 1.0
+
+
 def reinit_centroids(Z: torch.Tensor, n_clusters: int, *, n_init: int = 10, max_iter: int = 300, tol: float = 1e-4,
-                     random_state=None):
+                     random_state=None, select: str = "inertia"):
     """Classical k-means (k-means++, ``n_init`` restarts, Lloyd) on embeddings ``Z``.
 
-    Runs :func:`kmeans_dist.kernels.kmeans_inmemory` on a DLPack view of ``Z``.  Returns
-    ``(centers, labels, inertia)`` with centers/labels as torch tensors on ``Z``'s device.
+    Runs the kernels on a DLPack view of ``Z``.  ``select`` chooses among the ``n_init`` restarts:
+    ``"inertia"`` keeps the lowest inertia (:func:`kmeans_dist.kernels.kmeans_inmemory`, classical k-means);
+    ``"balanced"`` keeps the partition whose cluster sizes have the highest entropy (:func:`size_entropy`,
+    ties to the lower inertia), a label-free prior for data sets whose classes have similar sizes (the
+    marginal-entropy prior of IIC and SCAN), applied to the same candidate restarts.
+    Returns ``(centers, labels, inertia)`` with centers/labels as torch tensors on ``Z``'s device.
     """
     arr = to_kernel_array(Z)
-    res = kmeans_inmemory(arr, int(n_clusters), n_init=n_init, max_iter=max_iter, tol=tol,
-                          random_state=random_state)
+    if select == "inertia":
+        res = kmeans_inmemory(arr, int(n_clusters), n_init=n_init, max_iter=max_iter, tol=tol,
+                              random_state=random_state)
+    elif select == "balanced":
+        # the same candidates as kmeans_inmemory: one generator, k-means++ then Lloyd per restart
+        rng = np.random.default_rng(random_state)
+        res, best = None, None
+        for _ in range(n_init):
+            C0, _ = kmeans_plusplus(arr, int(n_clusters), rng)
+            cand = lloyd_inmemory(arr, C0, None, max_iter=max_iter, tol=tol)
+            key = (-size_entropy(cand.labels, int(n_clusters)), float(cand.inertia))
+            if best is None or key < best:
+                res, best = cand, key
+    else:
+        raise ValueError(f"select must be one of {SELECT_RULES}, got {select!r}")
     centers = from_kernel_array(res.centers, Z)
     labels = from_kernel_array(res.labels, torch.empty(0, dtype=torch.int64, device=Z.device))
     return centers, labels, float(res.inertia)
@@ -231,9 +261,12 @@ class Method:
     finetunes = True
 
     def __init__(self, n_clusters: int = 10, *, lam: float = 1.0, n_init: int = 10, seed: int = 0,
-                 reconstruction: str = "sum"):
+                 reconstruction: str = "sum", select: str = "inertia"):
         if reconstruction not in ("sum", "mean"):
             raise ValueError(f"reconstruction must be 'sum' or 'mean', got {reconstruction!r}")
+        if select not in SELECT_RULES:
+            raise ValueError(f"select must be one of {SELECT_RULES}, got {select!r}")
+        self.select = select
         self.n_clusters = int(n_clusters)
         self.lam = float(lam)
         self.reconstruction = reconstruction
@@ -250,7 +283,7 @@ class Method:
     def initialize(self, Z: torch.Tensor) -> torch.Tensor:
         """Centroids from k-means on the embeddings of the pretrained autoencoder; returns labels."""
         c, labels, self.kmeans_inertia = reinit_centroids(Z, self.n_clusters, n_init=self.n_init,
-                                                          random_state=self.seed)
+                                                          random_state=self.seed, select=self.select)
         self.kmeans_epoch = 0
         self._set_centroids(c)
         return labels
@@ -295,7 +328,7 @@ class Method:
             self._set_centroids(c.to(device) if device is not None else c)
 
     def describe(self) -> dict:
-        return {"name": self.name, "lam": self.lam, "reconstruction": self.reconstruction}
+        return {"name": self.name, "lam": self.lam, "reconstruction": self.reconstruction, "select": self.select}
 
 
 class AEKM(Method):
@@ -409,7 +442,8 @@ class DKM(Method):
             self.alpha *= 2.0 ** (1.0 / math.log(n) ** 2)
         if self.reinit:
             c, labels, self.kmeans_inertia = reinit_centroids(Z, self.n_clusters, n_init=self.n_init,
-                                                              random_state=self.seed * 10_007 + epoch + 1)
+                                                              random_state=self.seed * 10_007 + epoch + 1,
+                                                              select=self.select)
             self.kmeans_epoch = epoch
             if self.broadcast is not None:
                 self.broadcast(c)
@@ -485,7 +519,8 @@ class CT(Method):
         if not self.reinit:
             return None
         c, labels, self.kmeans_inertia = reinit_centroids(Z, self.n_clusters, n_init=self.reinit_n_init,
-                                                          random_state=self.seed * 10_007 + epoch + 1)
+                                                          random_state=self.seed * 10_007 + epoch + 1,
+                                                          select=self.select)
         self.kmeans_epoch = epoch
         if self.broadcast is not None:
             self.broadcast(c)
@@ -512,11 +547,19 @@ METHODS = {
     "CT-noreinit": lambda k, **kw: CT(k, reinit=False, **kw),
     "CT-mse": lambda k, **kw: CT(k, reconstruction="mean", **kw),
     "CT-reinit1": lambda k, **kw: CT(k, reinit_n_init=1, **kw),
+    "AEKM-bal": lambda k, **kw: _named(AEKM(k, select="balanced", **kw), "AEKM-bal"),
+    "CT-bal": lambda k, **kw: _named(CT(k, select="balanced", **kw), "CT-bal"),
 }
 
 
+def _named(method: Method, name: str) -> Method:
+    method.name = name
+    return method
+
+
 def make_method(name: str, n_clusters: int = 10, **kw) -> Method:
-    """A method by name: AEKM, DCN, DKM, DKM-anneal, DKM+reinit, CT, CT-fcm, CT-mse, CT-noreinit, CT-reinit1."""
+    """A method by name: AEKM, DCN, DKM, DKM-anneal, DKM+reinit, CT, CT-fcm, CT-mse, CT-noreinit, CT-reinit1,
+    AEKM-bal, CT-bal (``select="balanced"``: each k-means on the embeddings keeps its most balanced restart)."""
     try:
         return METHODS[name](n_clusters, **kw)
     except KeyError:
