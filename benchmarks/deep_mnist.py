@@ -129,7 +129,9 @@ def write_results(workdir: Path, out: Path, args, progress: dict | None = None) 
         f"(shared by all methods of a seed), {args.finetune_epochs} finetuning epochs"
         + (f", first {args.limit} images only" if args.limit else ", all 70,000 images") +
         "; k-means++ with n_init 10 for KM, AEKM, the initial centroids and CT's per-epoch re-initialisation (the "
-        f"project's kernels: NumPy on a CPU, CuPy on a GPU); each run's device is in the timing table below.  CT uses our reconstruction of the paper's "
+        f"project's kernels: NumPy on a CPU, CuPy on a GPU), keeping the restart with the lowest inertia, except in "
+        f"the rows ending in -bal, which keep the restart with the most even cluster sizes (`select=\"balanced\"`); "
+        f"each run's device is in the timing table below.  CT uses our reconstruction of the paper's "
         "lost equations 10-11 (softmax memberships, alpha 3, lambda 10; see `kmeans_dist/deep/losses.py`).  "
         "DCN lambda 1; DKM lambda 1 with constant alpha 1000 (reconstruction = per-sample sum of squared errors).",
         "",

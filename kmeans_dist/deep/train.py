@@ -478,7 +478,9 @@ class CT(Method):
     ``reinit=False`` is the ablation "CT without re-initialisation" (centroids stay at the initial
     k-means centers).  ``reinit_n_init`` (default ``n_init``) is the number of k-means++ restarts of each
     re-initialisation; the paper does not say, and with 1 ("CT-reinit1") each epoch's k-means is one
-    k-means++/Lloyd run, which need not be the lowest-inertia partition.
+    k-means++/Lloyd run, which need not be the lowest-inertia partition.  ``select`` (any method) says which
+    restart each k-means keeps: ``"inertia"`` (classical k-means, the default) or ``"balanced"`` (the most even
+    cluster sizes, ``CT-bal``; see :func:`reinit_centroids`).
     """
 
     name = "CT"
