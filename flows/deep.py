@@ -21,7 +21,6 @@ from prefect import flow, get_run_logger, task
 __all__ = ["deep_clustering_flow", "prepare_store", "ray_deep_stage"]
 
 
-
 def _methods() -> tuple[str, ...]:
     """The method names :func:`kmeans_dist.deep.make_method` knows (imported here: torch loads with it)."""
     from kmeans_dist.deep import METHODS

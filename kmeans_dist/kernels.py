@@ -539,17 +539,26 @@ def lloyd_inmemory(X, centers, sample_weight=None, *, max_iter: int = 300, tol: 
 
 
 def kmeans_inmemory(X, n_clusters: int, *, n_init: int = 10, max_iter: int = 300, tol: float = 1e-4,
-                    random_state=None, sample_weight=None) -> KMeansResult:
+                    random_state=None, sample_weight=None, key=None) -> KMeansResult:
     """k-means++ seeding + Lloyd, ``n_init`` restarts keeping the lowest inertia, on one array.
 
+    ``key(result)`` (optional) ranks the restarts instead of the inertia: the restart with the smallest key
+    is kept (the first one on ties), e.g. :mod:`kmeans_dist.deep`'s most balanced partition.
     Works on NumPy and CuPy arrays alike (CuPy stays on the GPU); used on latent embeddings by
     :mod:`kmeans_dist.deep` and on k-means|| candidates.
     """
+    if key is None:
+        key = _by_inertia
     rng = np.random.default_rng(random_state)
-    best = None
+    best = best_key = None
     for _ in range(n_init):
         C0, _ = kmeans_plusplus(X, n_clusters, rng, sample_weight=sample_weight)
         res = lloyd_inmemory(X, C0, sample_weight, max_iter=max_iter, tol=tol)
-        if best is None or res.inertia < best.inertia:
-            best = res
+        k = key(res)
+        if best is None or k < best_key:
+            best, best_key = res, k
     return best
+
+
+def _by_inertia(res: KMeansResult) -> float:
+    return res.inertia

@@ -192,7 +192,6 @@ def test_balanced_selection_keeps_the_most_balanced_of_the_same_restarts(mnist, 
         reinit_centroids(Z, 10, n_init=1, select="silhouette")
 
 
-
 @pytest.mark.parametrize("name", sorted(METHODS))
 def test_every_method_runs(name, mnist, pretrained):
     X, y = mnist

@@ -19,8 +19,8 @@ from typing import Callable, Iterable
 import numpy as np
 import torch
 
-from .._xp import to_numpy
-from ..kernels import assign_labels, kmeans_inmemory, kmeans_plusplus, lloyd_inmemory
+from .._xp import get_namespace, to_numpy
+from ..kernels import assign_labels, kmeans_inmemory
 from .losses import ct_loss, dcn_loss, dkm_loss, get_membership, pairwise_sq_dist, reconstruction_loss
 from .model import Autoencoder, unwrap
 
@@ -190,9 +190,10 @@ SELECT_RULES = ("inertia", "balanced")
 
 def size_entropy(labels, n_clusters: int) -> float:
     """Entropy of the cluster sizes of ``labels`` (NumPy or CuPy), normalised to [0, 1] by ``log(n_clusters)``:
-    1 when every cluster has the same size."""
-    counts = to_numpy(labels).astype(np.int64).ravel()
-    p = np.bincount(counts, minlength=n_clusters).astype(np.float64) / max(counts.size, 1)
+    1 when every cluster has the same size.  Counts on the labels' device; only the ``n_clusters`` counts move."""
+    xp = get_namespace(labels)
+    counts = to_numpy(xp.bincount(xp.reshape(labels, (-1,)), minlength=n_clusters)).astype(np.float64)
+    p = counts / max(counts.sum(), 1.0)
     p = p[p > 0]
     return float(-(p * np.log(p)).sum() / math.log(n_clusters)) if n_clusters > 1 else 1.0
 
@@ -208,22 +209,12 @@ def reinit_centroids(Z: torch.Tensor, n_clusters: int, *, n_init: int = 10, max_
     marginal-entropy prior of IIC and SCAN), applied to the same candidate restarts.
     Returns ``(centers, labels, inertia)`` with centers/labels as torch tensors on ``Z``'s device.
     """
-    arr = to_kernel_array(Z)
-    if select == "inertia":
-        res = kmeans_inmemory(arr, int(n_clusters), n_init=n_init, max_iter=max_iter, tol=tol,
-                              random_state=random_state)
-    elif select == "balanced":
-        # the same candidates as kmeans_inmemory: one generator, k-means++ then Lloyd per restart
-        rng = np.random.default_rng(random_state)
-        res, best = None, None
-        for _ in range(n_init):
-            C0, _ = kmeans_plusplus(arr, int(n_clusters), rng)
-            cand = lloyd_inmemory(arr, C0, None, max_iter=max_iter, tol=tol)
-            key = (-size_entropy(cand.labels, int(n_clusters)), float(cand.inertia))
-            if best is None or key < best:
-                res, best = cand, key
-    else:
+    if select not in SELECT_RULES:
         raise ValueError(f"select must be one of {SELECT_RULES}, got {select!r}")
+    k = int(n_clusters)
+    key = None if select == "inertia" else (lambda r: (-size_entropy(r.labels, k), float(r.inertia)))
+    res = kmeans_inmemory(to_kernel_array(Z), k, n_init=n_init, max_iter=max_iter, tol=tol,
+                          random_state=random_state, key=key)
     centers = from_kernel_array(res.centers, Z)
     labels = from_kernel_array(res.labels, torch.empty(0, dtype=torch.int64, device=Z.device))
     return centers, labels, float(res.inertia)
