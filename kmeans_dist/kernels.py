@@ -539,11 +539,14 @@ def lloyd_inmemory(X, centers, sample_weight=None, *, max_iter: int = 300, tol: 
 
 
 def kmeans_inmemory(X, n_clusters: int, *, n_init: int = 10, max_iter: int = 300, tol: float = 1e-4,
-                    random_state=None, sample_weight=None, key=None) -> KMeansResult:
+                    random_state=None, sample_weight=None, key=None, init_candidates=()) -> KMeansResult:
     """k-means++ seeding + Lloyd, ``n_init`` restarts keeping the lowest inertia, on one array.
 
     ``key(result)`` (optional) ranks the restarts instead of the inertia: the restart with the smallest key
     is kept (the first one on ties), e.g. :mod:`kmeans_dist.deep`'s most balanced partition.
+    ``init_candidates``: more starting centers (arrays ``(n_clusters, n_features)`` of ``X``'s kind), each run
+    by Lloyd after the ``n_init`` restarts and ranked with them; they draw nothing from ``random_state``, so
+    the restarts are the same with or without them (a warm start from the previous centers, say).
     Works on NumPy and CuPy arrays alike (CuPy stays on the GPU); used on latent embeddings by
     :mod:`kmeans_dist.deep` and on k-means|| candidates.
     """
@@ -553,6 +556,11 @@ def kmeans_inmemory(X, n_clusters: int, *, n_init: int = 10, max_iter: int = 300
     best = best_key = None
     for _ in range(n_init):
         C0, _ = kmeans_plusplus(X, n_clusters, rng, sample_weight=sample_weight)
+        res = lloyd_inmemory(X, C0, sample_weight, max_iter=max_iter, tol=tol)
+        k = key(res)
+        if best is None or k < best_key:
+            best, best_key = res, k
+    for C0 in init_candidates:
         res = lloyd_inmemory(X, C0, sample_weight, max_iter=max_iter, tol=tol)
         k = key(res)
         if best is None or k < best_key:

@@ -168,8 +168,13 @@ def train_loop_per_worker(config: dict) -> None:
 
     for ep in range(start + 1, P + F + 1):
         if fail_at is not None and ep == int(fail_at) and fail_marker and not os.path.exists(fail_marker):
-            if rank == 0:
-                Path(fail_marker).write_text(f"failed at epoch {ep}\n")
+            # whichever rank gets here first leaves the marker: Ray may stop the group as soon as one rank
+            # raises, before the others reach this line, and the retry must not fail again
+            try:
+                with open(fail_marker, "x") as fh:
+                    fh.write(f"failed at epoch {ep} on rank {rank}\n")
+            except FileExistsError:
+                pass
             raise RuntimeError(f"injected failure at epoch {ep} (testing resume)")
         t0 = time.perf_counter()
         if ep <= P:

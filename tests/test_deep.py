@@ -192,6 +192,36 @@ def test_balanced_selection_keeps_the_most_balanced_of_the_same_restarts(mnist, 
         reinit_centroids(Z, 10, n_init=1, select="silhouette")
 
 
+def test_warm_start_is_one_more_candidate_and_leaves_the_restarts_alone(mnist, pretrained):
+    from kmeans_dist.deep.train import size_entropy
+    from kmeans_dist.kernels import lloyd_inmemory
+
+    X, _ = mnist
+    model = Autoencoder(784, 10)
+    model.load_state_dict(pretrained)
+    Z = embed(model, X)
+    Zn = Z.numpy().copy()
+    # one restart from seed 3, and a warm start from another partition's centers
+    cold = kmeans_inmemory(Zn, 10, n_init=1, random_state=3)
+    prev = kmeans_inmemory(Zn, 10, n_init=1, random_state=11).centers
+    warm = lloyd_inmemory(Zn, prev)
+    for select, key in (("inertia", lambda r: r.inertia),
+                        ("balanced", lambda r: (-size_entropy(r.labels, 10), r.inertia))):
+        want = warm if key(warm) < key(cold) else cold
+        c, labels, inertia = reinit_centroids(Z, 10, n_init=1, random_state=3, select=select,
+                                              warm_start=torch.from_numpy(prev))
+        assert np.array_equal(c.numpy(), want.centers) and np.array_equal(labels.numpy(), want.labels)
+        assert inertia == pytest.approx(want.inertia)
+    # CT-bal-warm hands its current centroids to each re-initialisation; CT-bal does not
+    m = make_method("CT-bal-warm", 10, seed=0, n_init=1)
+    assert m.name == "CT-bal-warm" and m.describe()["reinit_warm"] and not make_method("CT-bal").reinit_warm
+    m._set_centroids(torch.from_numpy(prev))
+    lab = m.end_epoch(Z, 5).numpy()
+    cold5 = kmeans_inmemory(Zn, 10, n_init=1, random_state=0 * 10_007 + 5 + 1)
+    key = lambda r: (-size_entropy(r.labels, 10), r.inertia)  # noqa: E731
+    assert np.array_equal(lab, (warm if key(warm) < key(cold5) else cold5).labels)
+
+
 @pytest.mark.parametrize("name", sorted(METHODS))
 def test_every_method_runs(name, mnist, pretrained):
     X, y = mnist

@@ -71,12 +71,14 @@ def test_flow_runs_ray_train_with_resume(ray_local, prefect_harness, mnist_store
     summary = deep_clustering_flow(source=mnist_store, output_dir=str(out), method="CT", pretrain_epochs=2,
                                    finetune_epochs=2, num_workers=2, use_gpu=False, seed=0,
                                    fail_at_epoch=4, max_failures=1, run_name="deep-test-ct")
-    # the injected failure at epoch 4 happened once and the worker group resumed from epoch 3's checkpoint
+    # the injected failure at epoch 4 happened once and the worker group resumed from the last checkpoint the
+    # Ray Train controller had registered: epoch 3's, or epoch 2's when a rank failed before the controller
+    # polled epoch 3's report (seen on a loaded machine); the history is the same either way
     assert (out / ".deep-test-ct.failed-once").exists()
     hist = json.loads((out / "history.json").read_text())
     assert [(h["epoch"], h["phase"]) for h in hist] == [(1, "pretrain"), (2, "pretrain"), (2, "init"),
                                                          (3, "finetune"), (4, "finetune")]
-    assert hist[-1]["resumed_from_epoch"] == 3
+    assert hist[-1]["resumed_from_epoch"] in (2, 3)
     assert "resumed_from_epoch" not in hist[2]
     assert summary["epochs"] == 4 and summary["num_workers"] == 2 and summary["use_gpu"] is False
     m = summary["metrics"]

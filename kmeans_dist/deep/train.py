@@ -199,22 +199,26 @@ def size_entropy(labels, n_clusters: int) -> float:
 
 
 def reinit_centroids(Z: torch.Tensor, n_clusters: int, *, n_init: int = 10, max_iter: int = 300, tol: float = 1e-4,
-                     random_state=None, select: str = "inertia"):
+                     random_state=None, select: str = "inertia", warm_start: torch.Tensor | None = None):
     """Classical k-means (k-means++, ``n_init`` restarts, Lloyd) on embeddings ``Z``.
 
     Runs the kernels on a DLPack view of ``Z``.  ``select`` chooses among the ``n_init`` restarts:
     ``"inertia"`` keeps the lowest inertia (:func:`kmeans_dist.kernels.kmeans_inmemory`, classical k-means);
     ``"balanced"`` keeps the partition whose cluster sizes have the highest entropy (:func:`size_entropy`,
     ties to the lower inertia), a label-free prior for data sets whose classes have similar sizes (the
-    marginal-entropy prior of IIC and SCAN), applied to the same candidate restarts.
+    marginal-entropy prior of IIC and SCAN), applied to the same candidate restarts.  ``warm_start`` (centers,
+    e.g. the previous epoch's) adds one candidate, Lloyd from those centers, ranked by the same rule; the
+    ``n_init`` restarts are unchanged by it.
     Returns ``(centers, labels, inertia)`` with centers/labels as torch tensors on ``Z``'s device.
     """
     if select not in SELECT_RULES:
         raise ValueError(f"select must be one of {SELECT_RULES}, got {select!r}")
     k = int(n_clusters)
     key = None if select == "inertia" else (lambda r: (-size_entropy(r.labels, k), float(r.inertia)))
-    res = kmeans_inmemory(to_kernel_array(Z), k, n_init=n_init, max_iter=max_iter, tol=tol,
-                          random_state=random_state, key=key)
+    Zk = to_kernel_array(Z)
+    extra = () if warm_start is None else (to_kernel_array(warm_start.detach().to(device=Z.device, dtype=Z.dtype)),)
+    res = kmeans_inmemory(Zk, k, n_init=n_init, max_iter=max_iter, tol=tol, random_state=random_state, key=key,
+                          init_candidates=extra)
     centers = from_kernel_array(res.centers, Z)
     labels = from_kernel_array(res.labels, torch.empty(0, dtype=torch.int64, device=Z.device))
     return centers, labels, float(res.inertia)
@@ -471,16 +475,20 @@ class CT(Method):
     re-initialisation; the paper does not say, and with 1 ("CT-reinit1") each epoch's k-means is one
     k-means++/Lloyd run, which need not be the lowest-inertia partition.  ``select`` (any method) says which
     restart each k-means keeps: ``"inertia"`` (classical k-means, the default) or ``"balanced"`` (the most even
-    cluster sizes, ``CT-bal``; see :func:`reinit_centroids`).
+    cluster sizes, ``CT-bal``; see :func:`reinit_centroids`).  ``reinit_warm=True`` adds the current centroids
+    as one more candidate of each re-initialisation (Lloyd from them, ranked by the same rule; ``CT-bal-warm``):
+    the re-initialisation then never keeps a partition that ranks below where Lloyd takes the previous one,
+    which stops the one-epoch flips of ``CT-bal`` to a merged partition.  Not in the paper.
     """
 
     name = "CT"
 
     def __init__(self, n_clusters=10, *, lam: float = 10.0, alpha: float = 3.0, membership="softmax",
                  m: float = 2.0, nu: float = 1.0, reinit: bool = True, detach_membership: bool = False,
-                 reinit_n_init: int | None = None, **kw):
+                 reinit_n_init: int | None = None, reinit_warm: bool = False, **kw):
         super().__init__(n_clusters, lam=lam, **kw)
         self.alpha = float(alpha)
+        self.reinit_warm = bool(reinit_warm)
         self.reinit_n_init = self.n_init if reinit_n_init is None else int(reinit_n_init)
         self.membership_name = membership if isinstance(membership, str) else getattr(membership, "__name__", "custom")
         if callable(membership):
@@ -513,7 +521,8 @@ class CT(Method):
             return None
         c, labels, self.kmeans_inertia = reinit_centroids(Z, self.n_clusters, n_init=self.reinit_n_init,
                                                           random_state=self.seed * 10_007 + epoch + 1,
-                                                          select=self.select)
+                                                          select=self.select,
+                                                          warm_start=self.centroids if self.reinit_warm else None)
         self.kmeans_epoch = epoch
         if self.broadcast is not None:
             self.broadcast(c)
@@ -526,7 +535,7 @@ class CT(Method):
 
     def describe(self):
         return {**super().describe(), "alpha": self.alpha, "membership": self.membership_name,
-                "m": self.m, "reinit": self.reinit, "reinit_n_init": self.reinit_n_init}
+                "m": self.m, "reinit": self.reinit, "reinit_n_init": self.reinit_n_init, "reinit_warm": self.reinit_warm}
 
 
 METHODS = {
@@ -542,6 +551,7 @@ METHODS = {
     "CT-reinit1": lambda k, **kw: CT(k, reinit_n_init=1, **kw),
     "AEKM-bal": lambda k, **kw: _named(AEKM(k, select="balanced", **kw), "AEKM-bal"),
     "CT-bal": lambda k, **kw: _named(CT(k, select="balanced", **kw), "CT-bal"),
+    "CT-bal-warm": lambda k, **kw: _named(CT(k, select="balanced", reinit_warm=True, **kw), "CT-bal-warm"),
 }
 
 
@@ -552,7 +562,8 @@ def _named(method: Method, name: str) -> Method:
 
 def make_method(name: str, n_clusters: int = 10, **kw) -> Method:
     """A method by name: AEKM, DCN, DKM, DKM-anneal, DKM+reinit, CT, CT-fcm, CT-mse, CT-noreinit, CT-reinit1,
-    AEKM-bal, CT-bal (``select="balanced"``: each k-means on the embeddings keeps its most balanced restart)."""
+    AEKM-bal, CT-bal (``select="balanced"``: each k-means on the embeddings keeps its most balanced restart),
+    CT-bal-warm (CT-bal with the previous centroids as one more candidate of each re-initialisation)."""
     try:
         return METHODS[name](n_clusters, **kw)
     except KeyError:
