@@ -553,14 +553,14 @@ def kmeans_inmemory(X, n_clusters: int, *, n_init: int = 10, max_iter: int = 300
     if key is None:
         key = _by_inertia
     rng = np.random.default_rng(random_state)
+
+    def starts():  # the k-means++ restarts (drawn lazily, as before), then the given candidates
+        for _ in range(n_init):
+            yield kmeans_plusplus(X, n_clusters, rng, sample_weight=sample_weight)[0]
+        yield from init_candidates
+
     best = best_key = None
-    for _ in range(n_init):
-        C0, _ = kmeans_plusplus(X, n_clusters, rng, sample_weight=sample_weight)
-        res = lloyd_inmemory(X, C0, sample_weight, max_iter=max_iter, tol=tol)
-        k = key(res)
-        if best is None or k < best_key:
-            best, best_key = res, k
-    for C0 in init_candidates:
+    for C0 in starts():
         res = lloyd_inmemory(X, C0, sample_weight, max_iter=max_iter, tol=tol)
         k = key(res)
         if best is None or k < best_key:
