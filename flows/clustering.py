@@ -50,6 +50,30 @@ def _cache_key(stage: str, inputs: tuple[str, ...]):
     return key_fn
 
 
+def _dask_cancelled(task, task_run, state) -> bool:
+    """Prefect ``retry_condition_fn``: retry a stage only when Dask cancelled one of its futures.
+
+    Stages that run at the same time on one worker share that worker's client, and their graphs share
+    keys (the store's chunks; the same seeded sample in every evaluation).  When one stage releases a
+    key just as another asks for it, the scheduler can cancel the newer future: the known race of
+    dask/distributed#4612 and dask/dask#6027.  The stage's inputs are unchanged and its outputs are
+    written atomically, so running it again gives the same result.  Every other failure fails at once.
+    """
+    from concurrent.futures import CancelledError
+
+    try:
+        state.result()
+    except CancelledError:
+        return True
+    except BaseException:
+        return False
+    return False
+
+
+# the stages that compute on the Dask cluster: up to two retries for the race above
+_DASK_RETRY = dict(retries=2, retry_condition_fn=_dask_cancelled)
+
+
 @contextmanager
 def dask_client():
     """The cluster's client inside a task on a Dask worker (``prefect_dask.get_dask_client``), else None.
@@ -84,20 +108,21 @@ def ingest_task(source: str, out_dir: str, limit: Optional[int] = None, chunk_ro
     return stages.ingest(source, out_dir, limit=limit, chunk_rows=chunk_rows, logger=get_run_logger())
 
 
-@task(name="standardize", cache_key_fn=_cache_key("standardize", ("store",)), persist_result=True)
+@task(name="standardize", **_DASK_RETRY, cache_key_fn=_cache_key("standardize", ("store",)), persist_result=True)
 def standardize_task(store: dict, out_dir: str) -> dict:
     with dask_client() as client:
         return stages.standardize(store, out_dir, client=client, logger=get_run_logger())
 
 
-@task(name="seed", cache_key_fn=_cache_key("seed", ("store",)), persist_result=True)
+@task(name="seed", **_DASK_RETRY, cache_key_fn=_cache_key("seed", ("store",)), persist_result=True)
 def seed_task(store: dict, out_dir: str, k: int, init: str, random_state: int, name: str) -> dict:
     with dask_client() as client:
         return stages.seed(store, out_dir, k=k, init=init, random_state=random_state, name=name, client=client,
                            logger=get_run_logger())
 
 
-@task(name="fit_lloyd", cache_key_fn=_cache_key("fit_lloyd", ("store", "init")), persist_result=True)
+@task(name="fit_lloyd", **_DASK_RETRY, cache_key_fn=_cache_key("fit_lloyd", ("store", "init")),
+      persist_result=True)
 def fit_lloyd_task(store: dict, init: dict, out_dir: str, max_iter: int, tol: float, name: str,
                    algorithm: str = "lloyd") -> dict:
     progress = LloydProgress(name)
@@ -108,7 +133,8 @@ def fit_lloyd_task(store: dict, init: dict, out_dir: str, max_iter: int, tol: fl
     return res
 
 
-@task(name="fit_minibatch", cache_key_fn=_cache_key("fit_minibatch", ("store", "init")), persist_result=True)
+@task(name="fit_minibatch", **_DASK_RETRY, cache_key_fn=_cache_key("fit_minibatch", ("store", "init")),
+      persist_result=True)
 def fit_minibatch_task(store: dict, init: dict, out_dir: str, batch_size: int, max_iter: int, tol: float,
                        random_state: int, name: str) -> dict:
     with dask_client() as client:
@@ -116,7 +142,7 @@ def fit_minibatch_task(store: dict, init: dict, out_dir: str, batch_size: int, m
                                     random_state=random_state, name=name, client=client, logger=get_run_logger())
 
 
-@task(name="evaluate", cache_key_fn=_cache_key("evaluate", ("store", "fit")), persist_result=True)
+@task(name="evaluate", **_DASK_RETRY, cache_key_fn=_cache_key("evaluate", ("store", "fit")), persist_result=True)
 def evaluate_task(store: dict, fit: dict, out_dir: str, silhouette_sample: int, random_state: int) -> dict:
     with dask_client() as client:
         return stages.evaluate(store, fit, out_dir, silhouette_sample=silhouette_sample,

@@ -294,6 +294,37 @@ def test_choose_k_flow_fits_k_in_parallel(prefect_harness, dask_client, tmp_path
     assert json.loads((out / "run.json").read_text())["status"] == "completed"
 
 
+def test_dask_stages_retry_only_a_cancelled_future(prefect_harness):
+    """The Dask stages retry when the scheduler cancelled a future (dask/distributed#4612), never on
+    another error."""
+    from distributed.client import FutureCancelledError
+    from prefect import flow, task
+
+    from flows.clustering import _DASK_RETRY
+
+    calls = {"cancelled": 0, "bad": 0}
+
+    @task(**_DASK_RETRY)
+    def cancelled_once():
+        calls["cancelled"] += 1
+        if calls["cancelled"] == 1:
+            raise FutureCancelledError("finalize-hlgfinalizecompute-0", reason="scheduler-race")
+        return "ok"
+
+    @task(**_DASK_RETRY)
+    def bad_input():
+        calls["bad"] += 1
+        raise ValueError("Input contains NaN")
+
+    @flow
+    def run():
+        return cancelled_once(), bad_input(return_state=True)
+
+    ok, bad = run()
+    assert ok == "ok" and calls["cancelled"] == 2
+    assert bad.is_failed() and calls["bad"] == 1
+
+
 def test_minibatch_stage(tmp_path):
     url = _blobs_store(tmp_path / "blobs.zarr", n=4000, k=4)
     out = tmp_path / "run"
