@@ -128,21 +128,24 @@ def pretrained(mnist):
     return {k: v.clone() for k, v in model.state_dict().items()}
 
 
-def test_dlpack_handover_shares_memory(mnist, pretrained):
+@pytest.fixture(scope="module")
+def embedded(mnist, pretrained):
+    """The 2,000 images' embeddings by the pretrained autoencoder (tests read them, never write)."""
     X, _ = mnist
     model = Autoencoder(784, 10)
     model.load_state_dict(pretrained)
-    Z = embed(model, X)
+    return embed(model, X)
+
+
+def test_dlpack_handover_shares_memory(embedded):
+    Z = embedded
     A = to_kernel_array(Z)
     assert isinstance(A, np.ndarray)
     assert A.__array_interface__["data"][0] == Z.data_ptr()  # no host copy
 
 
-def test_reinit_gives_exactly_the_kmeans_centers(mnist, pretrained):
-    X, _ = mnist
-    model = Autoencoder(784, 10)
-    model.load_state_dict(pretrained)
-    Z = embed(model, X)
+def test_reinit_gives_exactly_the_kmeans_centers(embedded):
+    Z = embedded
     ct = make_method("CT", 10, seed=4, n_init=3)
     ct.initialize(Z)
     labels = ct.end_epoch(Z, 5)
@@ -158,16 +161,13 @@ def test_reinit_gives_exactly_the_kmeans_centers(mnist, pretrained):
     assert c2.dtype == Z.dtype and l2.dtype == torch.int64 and inertia > 0
 
 
-def test_balanced_selection_keeps_the_most_balanced_of_the_same_restarts(mnist, pretrained):
+def test_balanced_selection_keeps_the_most_balanced_of_the_same_restarts(embedded):
     from scipy.stats import entropy
 
     from kmeans_dist.deep.train import size_entropy
     from kmeans_dist.kernels import kmeans_plusplus, lloyd_inmemory
 
-    X, _ = mnist
-    model = Autoencoder(784, 10)
-    model.load_state_dict(pretrained)
-    Z = embed(model, X)
+    Z = embedded
     Zn = Z.numpy().copy()
     # the candidates: the restarts kmeans_inmemory runs (same generator), scored by scipy's entropy of the sizes
     rng = np.random.default_rng(7)
@@ -192,14 +192,11 @@ def test_balanced_selection_keeps_the_most_balanced_of_the_same_restarts(mnist, 
         reinit_centroids(Z, 10, n_init=1, select="silhouette")
 
 
-def test_warm_start_is_one_more_candidate_and_leaves_the_restarts_alone(mnist, pretrained):
+def test_warm_start_is_one_more_candidate_and_leaves_the_restarts_alone(embedded):
     from kmeans_dist.deep.train import size_entropy
     from kmeans_dist.kernels import lloyd_inmemory
 
-    X, _ = mnist
-    model = Autoencoder(784, 10)
-    model.load_state_dict(pretrained)
-    Z = embed(model, X)
+    Z = embedded
     Zn = Z.numpy().copy()
     # one restart from seed 3, and a warm start from another partition's centers
     cold = kmeans_inmemory(Zn, 10, n_init=1, random_state=3)
@@ -259,11 +256,8 @@ def test_every_method_runs(name, mnist, pretrained):
         assert method.alpha > 0.1
 
 
-def test_state_dict_roundtrip(mnist, pretrained):
-    X, _ = mnist
-    model = Autoencoder(784, 10)
-    model.load_state_dict(pretrained)
-    Z = embed(model, X)
+def test_state_dict_roundtrip(embedded):
+    Z = embedded
     for name in ("DCN", "DKM", "CT"):
         m = make_method(name, 10, seed=0, n_init=2)
         m.initialize(Z)
