@@ -6,8 +6,8 @@ history) and, for a run still in progress, the ``seed N <method> epoch E: ACC a 
 A *flip* is an epoch (from epoch 5 on) whose ACC is more than 5 points below the median of the run's
 last 20 epochs: the re-initialisation picked a different partition for that one epoch.
 
-    python benchmarks/deep_epochs.py --methods CT CT-bal CT-bal-warm \\
-        --out benchmarks/deep-plots/ct_bal_acc_per_epoch.png benchmarks/out/deep benchmarks/out/deep-bal-s*
+    python benchmarks/deep_epochs.py benchmarks/out/deep benchmarks/out/deep-bal-s* \\
+        --methods CT CT-bal CT-bal-warm --out benchmarks/deep-plots/ct_bal_acc_per_epoch.png
 """
 from __future__ import annotations
 
