@@ -12,11 +12,11 @@ last 20 epochs: the re-initialisation picked a different partition for that one 
 from __future__ import annotations
 
 import argparse
-import json
 import re
 from pathlib import Path
 
 import numpy as np
+from deep_mnist import PAPER, load_runs
 
 LINE = re.compile(r"seed (\d+) (\S+) epoch (\d+): ACC ([0-9.]+) NMI ([0-9.]+)")
 
@@ -24,18 +24,14 @@ LINE = re.compile(r"seed (\d+) (\S+) epoch (\d+): ACC ([0-9.]+) NMI ([0-9.]+)")
 def read_runs(dirs: list[Path], methods: list[str]) -> dict[tuple[str, int], dict[int, tuple[float, float]]]:
     """{(method, seed): {epoch: (ACC %, NMI %)}}; a finished run's JSON wins over log lines."""
     runs: dict[tuple[str, int], dict[int, tuple[float, float]]] = {}
-    finished = set()
-    for d in dirs:
-        for f in sorted(d.glob("run_*_seed*.json")):
-            r = json.loads(f.read_text())
-            key = (r["method"], int(r["seed"]))
-            if r["method"] not in methods or not r.get("complete", True):
-                continue
-            pts = {int(h["epoch"]): (100 * h["acc"], 100 * h["nmi"]) for h in r.get("history", [])
-                   if h.get("phase", "finetune") == "finetune" and h.get("acc") is not None}
-            if pts:
-                runs[key] = pts
-                finished.add(key)
+    for r in (r for d in dirs for r in load_runs(d)):
+        if r["method"] not in methods or not r.get("complete", True):
+            continue
+        pts = {int(h["epoch"]): (100 * h["acc"], 100 * h["nmi"]) for h in r.get("history", [])
+               if h.get("phase", "finetune") == "finetune" and h.get("acc") is not None}
+        if pts:
+            runs[(r["method"], int(r["seed"]))] = pts
+    finished = set(runs)
     for d in dirs:
         for f in sorted(d.glob("log*.txt")):
             for line in f.read_text().splitlines():
@@ -69,7 +65,7 @@ def table(runs, methods) -> str:
     return "\n".join(rows)
 
 
-def plot(runs, methods, out: Path, paper_mean: float = 90.01) -> Path:
+def plot(runs, methods, out: Path, paper_mean: float = PAPER["CT"][0]) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")

@@ -66,7 +66,7 @@ def _dask_cancelled(task, task_run, state) -> bool:
     except CancelledError:
         return True
     except BaseException:
-        return False
+        pass
     return False
 
 

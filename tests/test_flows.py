@@ -300,7 +300,12 @@ def test_dask_stages_retry_only_a_cancelled_future(prefect_harness):
     from distributed.client import FutureCancelledError
     from prefect import flow, task
 
+    from flows import clustering as C
     from flows.clustering import _DASK_RETRY
+
+    # every stage that computes on Dask carries the retry; ingest and report do not compute there
+    for t in (C.standardize_task, C.seed_task, C.fit_lloyd_task, C.fit_minibatch_task, C.evaluate_task):
+        assert t.retries == 2 and t.retry_condition_fn is C._dask_cancelled, t.name
 
     calls = {"cancelled": 0, "bad": 0}
 
