@@ -451,7 +451,9 @@ def fit_minibatch(store: dict, init: dict, out_dir, *, batch_size: int = 1024, m
 # evaluation
 # --------------------------------------------------------------------------------------------------
 
-def _eval_chunk(x, y, centers, n_classes: int):
+def _eval_chunk(x, y, centers):
+    """Cluster sizes, inertia and (with labels) the chunk's cluster x class table, as wide as the chunk's
+    largest label: the tables are padded to one width when combined, so no pass finds the number of classes."""
     from kmeans_dist.kernels import assign_labels
 
     x = np.asarray(x)
@@ -461,46 +463,27 @@ def _eval_chunk(x, y, centers, n_classes: int):
     out = {"count": np.bincount(lab, minlength=k).astype(np.int64),
            "inertia": float(np.sum(np.asarray(d2, dtype=np.float64)))}
     if y is not None:
-        cont = np.zeros((k, n_classes), dtype=np.int64)
-        np.add.at(cont, (lab, np.asarray(y, dtype=np.int64)), 1)
+        y = np.asarray(y, dtype=np.int64)
+        cont = np.zeros((k, int(y.max()) + 1 if y.size else 0), dtype=np.int64)
+        np.add.at(cont, (lab, y), 1)
         out["cont"] = cont
     return out
 
 
-def _ari_nmi(cont: np.ndarray) -> tuple[float, float]:
-    """Adjusted Rand index and NMI (arithmetic normalisation, as scikit-learn) from a contingency table."""
-    from sklearn.metrics import mutual_info_score
-
-    cont = cont[cont.sum(1) > 0][:, cont.sum(0) > 0]
-    n = cont.sum()
-
-    def comb2(a):
-        a = np.asarray(a, dtype=np.float64)
-        return (a * (a - 1) / 2).sum()
-
-    a, b = cont.sum(1), cont.sum(0)
-    sa, sb, sij, sn = comb2(a), comb2(b), comb2(cont), n * (n - 1) / 2
-    expected = sa * sb / sn if sn else 0.0
-    mx = (sa + sb) / 2
-    ari = 1.0 if mx == expected else float((sij - expected) / (mx - expected))
-    if cont.shape[0] == 1 and cont.shape[1] == 1:
-        return ari, 1.0
-    mi = mutual_info_score(None, None, contingency=cont)
-
-    def ent(m):
-        p = m / m.sum()
-        p = p[p > 0]
-        return float(-(p * np.log(p)).sum())
-
-    ha, hb = ent(a), ent(b)
-    nmi = 0.0 if (ha + hb) == 0 else float(mi / ((ha + hb) / 2))
-    return ari, nmi
+def _sum_tables(tables: list[np.ndarray]) -> np.ndarray:
+    """Sum of (k x c_i) tables, each padded with zero columns to the widest."""
+    width = max(t.shape[1] for t in tables)
+    total = np.zeros((tables[0].shape[0], width), dtype=np.int64)
+    for t in tables:
+        total[:, :t.shape[1]] += t
+    return total
 
 
 def evaluate(store: dict, fit: dict, out_dir, *, silhouette_sample: int = 2000, random_state: int = 0,
              client=None, logger: logging.Logger | None = None) -> dict:
     """Inertia and cluster sizes over all samples; ARI/NMI against the store's labels (if any);
-    silhouette on a random sample.  One pass over the data, chunk by chunk."""
+    silhouette on a random sample.  Sizes, inertia and the cluster x class table come from one pass over the
+    data, chunk by chunk; the unsupervised scores (Calinski-Harabasz, Davies-Bouldin, silhouette) read it again."""
     import dask
     from dask import delayed
 
@@ -511,20 +494,18 @@ def evaluate(store: dict, fit: dict, out_dir, *, silhouette_sample: int = 2000, 
     centers = load_centers(fit)
     X = _open_X(store)
     y = open_labels(store["url"]) if store.get("has_labels") else None
-    n_classes = 0
     if y is not None:
         y = y.rechunk((X.chunks[0],))
-        n_classes = int((y.max().compute() if client is None else client.compute(y.max()).result())) + 1
     xs = X.to_delayed().ravel()
     ys = y.to_delayed().ravel() if y is not None else [None] * len(xs)
-    tasks = [delayed(_eval_chunk)(xb, yb, centers, n_classes) for xb, yb in zip(xs, ys)]
+    tasks = [delayed(_eval_chunk)(xb, yb, centers) for xb, yb in zip(xs, ys)]
     parts = client.gather(client.compute(tasks)) if client is not None else list(dask.compute(*tasks))
     counts = np.sum([p["count"] for p in parts], axis=0)
     inertia = float(math.fsum(p["inertia"] for p in parts))
     out: dict[str, Any] = {"n_samples": int(X.shape[0]), "k": int(centers.shape[0]), "inertia": inertia,
                            "cluster_sizes": counts.tolist(), "empty_clusters": int((counts == 0).sum())}
     if y is not None:
-        cont = np.sum([p["cont"] for p in parts], axis=0)
+        cont = _sum_tables([p["cont"] for p in parts])
         out.update(_labelled_metrics(cont))
     k = int(centers.shape[0])
     if 2 <= k < X.shape[0] and int((counts > 0).sum()) >= 2:
@@ -547,16 +528,12 @@ def _labels_block(x, centers):
 
 def _labelled_metrics(cont: np.ndarray) -> dict:
     """ARI, NMI and accuracy against the ground truth, from the (cluster x class) contingency table."""
-    try:
-        from kmeans_dist import metrics as M
+    from kmeans_dist import metrics as M
 
-        t = cont.T  # classes x clusters
-        return {"ari": float(M.adjusted_rand_score(contingency=t)),
-                "nmi": float(M.normalized_mutual_info_score(contingency=t)),
-                "accuracy": float(M.clustering_accuracy(contingency=t))}
-    except ImportError:  # pragma: no cover - the metrics module is part of the library
-        ari, nmi = _ari_nmi(cont)
-        return {"ari": ari, "nmi": nmi}
+    t = cont.T  # classes x clusters
+    return {"ari": float(M.adjusted_rand_score(contingency=t)),
+            "nmi": float(M.normalized_mutual_info_score(contingency=t)),
+            "accuracy": float(M.clustering_accuracy(contingency=t))}
 
 
 def _unlabelled_metrics(X, centers, silhouette_sample: int, random_state: int, client) -> dict:

@@ -330,6 +330,30 @@ def test_dask_stages_retry_only_a_cancelled_future(prefect_harness):
     assert bad.is_failed() and calls["bad"] == 1
 
 
+def test_evaluate_matches_sklearn_when_chunks_miss_classes(tmp_path):
+    """Labels sorted by class: the first chunks hold only the small labels, so each chunk's table is narrower
+    than the whole; the padded sum must give scikit-learn's scores on the same labels."""
+    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
+    from kmeans_dist.data import write_store
+    from kmeans_dist.kernels import assign_labels
+
+    rng = np.random.default_rng(3)
+    y = np.sort(rng.integers(0, 6, size=1200))
+    centers = rng.normal(scale=2.0, size=(6, 4))
+    X = centers[y] + rng.normal(size=(1200, 4))
+    url = write_store(str(tmp_path / "sorted.zarr"), X, labels=y, chunk_rows=150, overwrite=True)
+    out = tmp_path / "run"
+    store = stages.ingest(url, out)
+    s = stages.seed(store, out, k=4, init="k-means++", random_state=0)
+    fit = stages.fit_lloyd(store, s, out, max_iter=20, tol=1e-4)
+    m = stages.evaluate(store, fit, out, silhouette_sample=0)
+    lab = np.asarray(assign_labels(X, stages.load_centers(fit).astype(X.dtype))[0])
+    assert m["ari"] == pytest.approx(adjusted_rand_score(y, lab), abs=1e-12)
+    assert m["nmi"] == pytest.approx(normalized_mutual_info_score(y, lab), abs=1e-12)
+    assert m["cluster_sizes"] == np.bincount(lab, minlength=4).tolist()
+
+
 def test_minibatch_stage(tmp_path):
     url = _blobs_store(tmp_path / "blobs.zarr", n=4000, k=4)
     out = tmp_path / "run"
