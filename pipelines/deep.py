@@ -100,6 +100,7 @@ def train_loop_per_worker(config: dict) -> None:
 
     from kmeans_dist.deep import Autoencoder, embed, make_method, max_membership, train_epoch
     from kmeans_dist.deep.evaluate import clustering_scores
+    from kmeans_dist.deep.train import size_entropy
 
     torch.set_num_threads(int(config.get("threads", 1)))
     ctx = ray.train.get_context()
@@ -158,7 +159,8 @@ def train_loop_per_worker(config: dict) -> None:
 
     def scores(Z):
         labels = method.predict(Z)
-        return labels, ({} if y is None else clustering_scores(y, labels.cpu().numpy()))
+        sc = {"size_entropy": size_entropy(labels, method.n_clusters)}
+        return labels, (sc if y is None else {**sc, **clustering_scores(y, labels.cpu().numpy())})
 
     def sum_over_workers(vals):
         t = torch.tensor(vals, dtype=torch.float64, device=device)

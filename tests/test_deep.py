@@ -239,6 +239,11 @@ def test_every_method_runs(name, mnist, pretrained):
     reinit = name.startswith("CT") and name != "CT-noreinit" or name == "DKM+reinit"
     assert hist[0]["kmeans_inertia"] > 0
     assert all((h["kmeans_inertia"] is not None) == reinit for h in hist[1:])
+    # the evenness of each epoch's partition, as the "balanced" selection ranks it
+    from kmeans_dist.deep.train import size_entropy
+
+    assert all(0.0 <= h["size_entropy"] <= 1.0 for h in hist)  # 0: one cluster (DCN can collapse on 2,000 images)
+    assert hist[-1]["size_entropy"] == pytest.approx(size_entropy(res["labels"], 10), rel=1e-12)
     assert res["labels"].shape == (N_IMAGES,)
     assert res["max_membership_before"].shape == res["max_membership_after"].shape == (N_IMAGES,)
     assert set(res["snapshots"]) == ({0, 1, 2} if method.finetunes else {0})

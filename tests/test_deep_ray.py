@@ -82,7 +82,7 @@ def test_flow_runs_ray_train_with_resume(ray_local, prefect_harness, mnist_store
     assert "resumed_from_epoch" not in hist[2]
     assert summary["epochs"] == 4 and summary["num_workers"] == 2 and summary["use_gpu"] is False
     m = summary["metrics"]
-    for key in ("rec_loss", "clu_loss", "acc", "nmi", "ari"):
+    for key in ("rec_loss", "clu_loss", "acc", "nmi", "ari", "size_entropy"):
         assert np.isfinite(m[key])
     for h in hist[3:]:
         assert h["centroid_divergence"] == 0.0  # the re-initialised centroids are identical on both workers

@@ -195,7 +195,7 @@ def size_entropy(labels, n_clusters: int) -> float:
     counts = to_numpy(xp.bincount(xp.reshape(labels, (-1,)), minlength=n_clusters)).astype(np.float64)
     p = counts / max(counts.sum(), 1.0)
     p = p[p > 0]
-    return float(-(p * np.log(p)).sum() / math.log(n_clusters)) if n_clusters > 1 else 1.0
+    return float(-(p * np.log(p)).sum() / math.log(n_clusters)) + 0.0 if n_clusters > 1 else 1.0  # + 0.0: never -0.0
 
 
 def reinit_centroids(Z: torch.Tensor, n_clusters: int, *, n_init: int = 10, max_iter: int = 300, tol: float = 1e-4,
@@ -598,7 +598,8 @@ def fit_method(model: Autoencoder, X: torch.Tensor, method: Method, *, y=None, e
         lab = labels.cpu().numpy()
         m = {"epoch": ep, "method": method.name, "phase": "finetune" if ep else "init",
              "rec_loss": train_m.get("rec_loss"), "clu_loss": train_m.get("clu_loss"),
-             "train_seconds": t_train, "end_epoch_seconds": t_end, "kmeans_inertia": method.kmeans_inertia_at(ep)}
+             "train_seconds": t_train, "end_epoch_seconds": t_end, "kmeans_inertia": method.kmeans_inertia_at(ep),
+             "size_entropy": size_entropy(labels, method.n_clusters)}
         if y_np is not None:
             m.update(clustering_scores(y_np, lab))
         if ep in snapshot_epochs or ep == 0:
