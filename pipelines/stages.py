@@ -470,24 +470,31 @@ def _eval_chunk(x, y, centers):
     return out
 
 
-def _sum_tables(tables: list[np.ndarray]) -> np.ndarray:
-    """Sum of (k x c_i) tables, each padded with zero columns to the widest."""
-    width = max(t.shape[1] for t in tables)
-    total = np.zeros((tables[0].shape[0], width), dtype=np.int64)
-    for t in tables:
-        total[:, :t.shape[1]] += t
-    return total
+def _combine_eval(parts: list[dict]) -> dict:
+    """Sum of :func:`_eval_chunk` partials; the cluster x class tables are padded with zero columns to the
+    widest."""
+    out = {"count": np.sum([p["count"] for p in parts], axis=0),
+           "inertia": math.fsum(p["inertia"] for p in parts)}
+    if "cont" in parts[0]:
+        tables = [p["cont"] for p in parts]
+        total = np.zeros((tables[0].shape[0], max(t.shape[1] for t in tables)), dtype=np.int64)
+        for t in tables:
+            total[:, :t.shape[1]] += t
+        out["cont"] = total
+    return out
 
 
 def evaluate(store: dict, fit: dict, out_dir, *, silhouette_sample: int = 2000, random_state: int = 0,
-             client=None, logger: logging.Logger | None = None) -> dict:
+             client=None, split_every: int = 8, logger: logging.Logger | None = None) -> dict:
     """Inertia and cluster sizes over all samples; ARI/NMI against the store's labels (if any);
     silhouette on a random sample.  Sizes, inertia and the cluster x class table come from one pass over the
-    data, chunk by chunk; the unsupervised scores (Calinski-Harabasz, Davies-Bouldin, silhouette) read it again."""
+    data, chunk by chunk, and the chunks' partials are summed in a ``split_every``-ary tree on the cluster;
+    the unsupervised scores (Calinski-Harabasz, Davies-Bouldin, silhouette) read the data again."""
     import dask
     from dask import delayed
 
     from kmeans_dist.data import open_labels
+    from kmeans_dist.kernels import tree_combine
 
     log = logger or _log
     t0 = time.perf_counter()
@@ -498,15 +505,15 @@ def evaluate(store: dict, fit: dict, out_dir, *, silhouette_sample: int = 2000, 
         y = y.rechunk((X.chunks[0],))
     xs = X.to_delayed().ravel()
     ys = y.to_delayed().ravel() if y is not None else [None] * len(xs)
-    tasks = [delayed(_eval_chunk)(xb, yb, centers) for xb, yb in zip(xs, ys)]
-    parts = client.gather(client.compute(tasks)) if client is not None else list(dask.compute(*tasks))
-    counts = np.sum([p["count"] for p in parts], axis=0)
-    inertia = float(math.fsum(p["inertia"] for p in parts))
+    # keys unique to this call (not pure): flow stages evaluating at once on one client share no keys
+    parts = [delayed(_eval_chunk)(xb, yb, centers) for xb, yb in zip(xs, ys)]
+    total = tree_combine(parts, delayed(_combine_eval), split_every)  # dask.array.reduction's tree
+    total = client.compute(total).result() if client is not None else dask.compute(total)[0]
+    counts, inertia = total["count"], float(total["inertia"])
     out: dict[str, Any] = {"n_samples": int(X.shape[0]), "k": int(centers.shape[0]), "inertia": inertia,
                            "cluster_sizes": counts.tolist(), "empty_clusters": int((counts == 0).sum())}
     if y is not None:
-        cont = _sum_tables([p["cont"] for p in parts])
-        out.update(_labelled_metrics(cont))
+        out.update(_labelled_metrics(total["cont"]))
     k = int(centers.shape[0])
     if 2 <= k < X.shape[0] and int((counts > 0).sum()) >= 2:
         out.update(_unlabelled_metrics(X, centers, silhouette_sample, random_state, client))

@@ -347,7 +347,7 @@ def test_evaluate_matches_sklearn_when_chunks_miss_classes(tmp_path):
     store = stages.ingest(url, out)
     s = stages.seed(store, out, k=4, init="k-means++", random_state=0)
     fit = stages.fit_lloyd(store, s, out, max_iter=20, tol=1e-4)
-    m = stages.evaluate(store, fit, out, silhouette_sample=0)
+    m = stages.evaluate(store, fit, out, silhouette_sample=0, split_every=3)  # 8 chunks: a tree of depth 2
     lab = np.asarray(assign_labels(X, stages.load_centers(fit).astype(X.dtype))[0])
     assert m["ari"] == pytest.approx(adjusted_rand_score(y, lab), abs=1e-12)
     assert m["nmi"] == pytest.approx(normalized_mutual_info_score(y, lab), abs=1e-12)
