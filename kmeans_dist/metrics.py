@@ -60,6 +60,7 @@ __all__ = [
     "clustering_accuracy",
     "purity_score",
     "clustering_report",
+    "partition_scores",
     "check_number_of_labels",
 ]
 
@@ -860,3 +861,148 @@ def clustering_report(labels_true, labels_pred) -> dict:
         "n_clusters": int(ct.table.shape[1]),
         "n_samples": ct.n_samples,
     }
+
+
+# --------------------------------------------------------------------------------------------------
+# every score of a nearest-center partition, in two passes over X
+# --------------------------------------------------------------------------------------------------
+
+def _partition_chunk(x, y, offset, centers, sample_idx):
+    """Pass 1 over one chunk: nearest-center labels, then the cluster sizes, inertia, per-cluster float64
+    sums, the (cluster x class) table as wide as the chunk's largest label (``y`` given), and the chunk's
+    rows that are in the silhouette sample (``sample_idx``: sorted global row indices)."""
+    from .kernels import assign_labels
+
+    x = np.asarray(x)
+    lab, d2 = assign_labels(x, centers.astype(x.dtype, copy=False))
+    lab = np.asarray(lab, dtype=np.int64)
+    k = centers.shape[0]
+    sums = np.zeros((k, x.shape[1]))
+    for s in range(0, x.shape[0], SUB_ROWS):
+        sums += _onehot_matrix(lab[s:s + SUB_ROWS], k) @ np.asarray(x[s:s + SUB_ROWS], dtype=np.float64)
+    local = sample_idx[(sample_idx >= offset) & (sample_idx < offset + x.shape[0])] - offset
+    out = {"count": np.bincount(lab, minlength=k).astype(np.int64),
+           "inertia": np.array([np.sum(np.asarray(d2, dtype=np.float64))]),
+           "sum": sums, "sample": x[local], "sample_label": lab[local]}
+    if y is not None:
+        y = np.asarray(y, dtype=np.int64)
+        cont = np.zeros((k, int(y.max()) + 1 if y.size else 0), dtype=np.int64)
+        np.add.at(cont, (lab, y), 1)
+        out["cont"] = cont
+    return out
+
+
+def _partition_combine(parts):
+    """Sum of :func:`_partition_chunk` partials, in order: sample rows are concatenated (so they stay sorted
+    by row index), class tables padded with zero columns to the widest."""
+    out = {"count": np.sum([p["count"] for p in parts], axis=0),
+           "inertia": np.array([math.fsum(float(p["inertia"][0]) for p in parts)]),
+           "sum": np.sum([p["sum"] for p in parts], axis=0),
+           "sample": np.concatenate([p["sample"] for p in parts]),
+           "sample_label": np.concatenate([p["sample_label"] for p in parts])}
+    if "cont" in parts[0]:
+        tables = [p["cont"] for p in parts]
+        total = np.zeros((tables[0].shape[0], max(t.shape[1] for t in tables)), dtype=np.int64)
+        for t in tables:
+            total[:, :t.shape[1]] += t
+        out["cont"] = total
+    return out
+
+
+def _partition_chunk2(x, offset, centers, centroids, remap, sample, sample_idx, precision):
+    """Pass 2 over one chunk: the same labels again (codes of the non-empty clusters), the per-cluster sums
+    of squared and plain distances to the partition's centroids, and the per-cluster distance sums from
+    the silhouette sample to the chunk's rows (the sample in sub-blocks: bounded temporaries)."""
+    from .kernels import assign_labels
+
+    x = np.asarray(x)
+    lab, _ = assign_labels(x, centers.astype(x.dtype, copy=False))
+    codes = remap[np.asarray(lab, dtype=np.int64)]
+    k = centroids.shape[0]
+    out = _within_chunk(x, codes, centroids, k)
+    m = sample.shape[0]
+    S = np.zeros((m, k))
+    if m:
+        sub = int(max(16, PAIR_BLOCK_ELEMS // max(x.shape[0], 1)))
+        for s in range(0, m, sub):
+            S[s:s + sub] = _sample_sums_chunk(x, codes, offset, sample[s:s + sub], sample_idx[s:s + sub],
+                                              k, precision)["sum"]
+    out["sil"] = S
+    return out
+
+
+def _run(obj, client):
+    import dask
+
+    return client.compute(obj).result() if client is not None else dask.compute(obj)[0]
+
+
+def partition_scores(X, centers, labels_true=None, *, silhouette_sample: int = 2000, random_state=0,
+                     split_every: int = SPLIT_EVERY, precision: str = "auto", client=None) -> dict:
+    """Every score of the partition of ``X`` by nearest ``centers``, in two passes over ``X``.
+
+    Pass 1 (one task per chunk, partials summed in a ``split_every``-ary tree on the cluster): cluster sizes,
+    inertia, per-cluster sums (the partition's centroids), the cluster x class table against
+    ``labels_true`` (ARI, NMI, accuracy: no pass finds the number of classes) and the rows of a seeded
+    silhouette sample.  Pass 2: the distances to those centroids (Calinski-Harabasz, Davies-Bouldin) and from
+    the sample to every row (the silhouette estimate of :func:`silhouette_estimate`, with its standard
+    error; exact, error 0, when the sample is all of ``X``).  Pass 2 is skipped when fewer than 2 clusters
+    are non-empty or there are as many non-empty clusters as samples (the unsupervised scores are then
+    undefined, as scikit-learn's ``check_number_of_labels`` says).  Empty clusters count as absent in the
+    unsupervised scores, as in scikit-learn (which encodes the labels it is given).
+
+    The tasks' keys are unique to each call, so concurrent calls on one client share nothing.
+    ``client``: a ``distributed.Client`` to compute on (the active scheduler otherwise).
+    """
+    from dask import delayed
+
+    Xd = as_dask_array(X)
+    C = np.asarray(centers)
+    if C.ndim != 2 or C.shape[1] != Xd.shape[1]:
+        raise ValueError(f"centers must have shape (k, {Xd.shape[1]}), got {C.shape}")
+    n, k = int(Xd.shape[0]), int(C.shape[0])
+    y = None
+    if labels_true is not None:
+        y = as_labels_array(labels_true)
+        if y.shape[0] != n:
+            raise ValueError(f"labels_true has {y.shape[0]} entries, X has {n} rows")
+        y = y.rechunk((Xd.chunks[0],))
+    m = int(min(max(int(silhouette_sample or 0), 0), n))
+    idx = (np.sort(np.random.default_rng(random_state).choice(n, size=m, replace=False)) if m
+           else np.zeros(0, dtype=np.int64))
+    xs, offs = _blocks(Xd), _offsets(Xd.chunks[0])
+    ys = _blocks(y) if y is not None else [None] * len(xs)
+    C_d, I_d = delayed(C, pure=True), delayed(idx, pure=True)
+    # not pure: keys unique to this call
+    parts = [delayed(_partition_chunk, pure=False)(xb, yb, o, C_d, I_d) for xb, yb, o in zip(xs, ys, offs)]
+    p1 = _run(_tree_reduce(parts, _partition_combine, split_every), client)
+    counts = p1["count"]
+    out: dict = {"n_samples": n, "k": k, "inertia": float(p1["inertia"][0]),
+                 "cluster_sizes": counts.tolist(), "empty_clusters": int((counts == 0).sum())}
+    if y is not None:
+        t = p1["cont"].T  # classes x clusters
+        out.update({"ari": float(adjusted_rand_score(contingency=t)),
+                    "nmi": float(normalized_mutual_info_score(contingency=t)),
+                    "accuracy": float(clustering_accuracy(contingency=t))})
+    present = counts > 0
+    k_eff = int(present.sum())
+    if not 2 <= k_eff <= n - 1:
+        return out
+    remap = np.cumsum(present) - 1  # cluster -> code among the non-empty clusters
+    sizes = counts[present]
+    centroids = p1["sum"][present] / sizes[:, None]
+    S_d = delayed(p1["sample"], pure=True)
+    args = (delayed(centroids, pure=True), delayed(remap, pure=True), S_d, I_d)
+    parts2 = [delayed(_partition_chunk2, pure=False)(xb, o, C_d, *args, precision) for xb, o in zip(xs, offs)]
+    p2 = _run(_tree_reduce(parts2, _sum_dicts, split_every), client)
+    stats = {"size": sizes, "centroid": centroids, "sse": p2["sse"], "mean_distance": p2["dist"] / sizes,
+             "mean": p1["sum"].sum(axis=0) / n, "n_samples": n}
+    out["calinski_harabasz"] = _ch_from_stats(stats)
+    out["davies_bouldin"] = _db_from_stats(stats)
+    if m:
+        vals = _sil_from_sums(p2["sil"], remap[p1["sample_label"]], sizes.astype(np.float64))
+        sd = float(vals.std(ddof=1)) if m > 1 else 0.0
+        fpc = math.sqrt((n - m) / (n - 1)) if n > 1 else 0.0
+        out["silhouette"] = float(vals.mean())
+        out["silhouette_se"] = sd / math.sqrt(m) * fpc
+    return out

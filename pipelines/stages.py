@@ -451,114 +451,29 @@ def fit_minibatch(store: dict, init: dict, out_dir, *, batch_size: int = 1024, m
 # evaluation
 # --------------------------------------------------------------------------------------------------
 
-def _eval_chunk(x, y, centers):
-    """Cluster sizes, inertia and (with labels) the chunk's cluster x class table, as wide as the chunk's
-    largest label: the tables are padded to one width when combined, so no pass finds the number of classes."""
-    from kmeans_dist.kernels import assign_labels
-
-    x = np.asarray(x)
-    lab, d2 = assign_labels(x, centers.astype(x.dtype, copy=False))
-    lab = np.asarray(lab, dtype=np.int64)
-    k = centers.shape[0]
-    out = {"count": np.bincount(lab, minlength=k).astype(np.int64),
-           "inertia": float(np.sum(np.asarray(d2, dtype=np.float64)))}
-    if y is not None:
-        y = np.asarray(y, dtype=np.int64)
-        cont = np.zeros((k, int(y.max()) + 1 if y.size else 0), dtype=np.int64)
-        np.add.at(cont, (lab, y), 1)
-        out["cont"] = cont
-    return out
-
-
-def _combine_eval(parts: list[dict]) -> dict:
-    """Sum of :func:`_eval_chunk` partials; the cluster x class tables are padded with zero columns to the
-    widest."""
-    out = {"count": np.sum([p["count"] for p in parts], axis=0),
-           "inertia": math.fsum(p["inertia"] for p in parts)}
-    if "cont" in parts[0]:
-        tables = [p["cont"] for p in parts]
-        total = np.zeros((tables[0].shape[0], max(t.shape[1] for t in tables)), dtype=np.int64)
-        for t in tables:
-            total[:, :t.shape[1]] += t
-        out["cont"] = total
-    return out
-
-
 def evaluate(store: dict, fit: dict, out_dir, *, silhouette_sample: int = 2000, random_state: int = 0,
              client=None, split_every: int = 8, logger: logging.Logger | None = None) -> dict:
-    """Inertia and cluster sizes over all samples; ARI/NMI against the store's labels (if any);
-    silhouette on a random sample.  Sizes, inertia and the cluster x class table come from one pass over the
-    data, chunk by chunk, and the chunks' partials are summed in a ``split_every``-ary tree on the cluster;
-    the unsupervised scores (Calinski-Harabasz, Davies-Bouldin, silhouette) read the data again."""
-    import dask
-    from dask import delayed
-
+    """Inertia and cluster sizes over all samples; ARI/NMI/accuracy against the store's labels (if any);
+    Calinski-Harabasz, Davies-Bouldin, and the silhouette estimated on a seeded sample.  Two passes over the
+    data (:func:`kmeans_dist.metrics.partition_scores`): sizes, inertia, the partition's centroids, the
+    cluster x class table and the sample rows in the first; the distances to the centroids and from the
+    sample in the second.  Each pass's chunk partials are summed in a ``split_every``-ary tree on the
+    cluster."""
+    from kmeans_dist import metrics as M
     from kmeans_dist.data import open_labels
-    from kmeans_dist.kernels import tree_combine
 
     log = logger or _log
     t0 = time.perf_counter()
     centers = load_centers(fit)
     X = _open_X(store)
     y = open_labels(store["url"]) if store.get("has_labels") else None
-    if y is not None:
-        y = y.rechunk((X.chunks[0],))
-    xs = X.to_delayed().ravel()
-    ys = y.to_delayed().ravel() if y is not None else [None] * len(xs)
-    # keys unique to this call (not pure): flow stages evaluating at once on one client share no keys
-    parts = [delayed(_eval_chunk)(xb, yb, centers) for xb, yb in zip(xs, ys)]
-    total = tree_combine(parts, delayed(_combine_eval), split_every)  # dask.array.reduction's tree
-    total = client.compute(total).result() if client is not None else dask.compute(total)[0]
-    counts, inertia = total["count"], float(total["inertia"])
-    out: dict[str, Any] = {"n_samples": int(X.shape[0]), "k": int(centers.shape[0]), "inertia": inertia,
-                           "cluster_sizes": counts.tolist(), "empty_clusters": int((counts == 0).sum())}
-    if y is not None:
-        out.update(_labelled_metrics(total["cont"]))
-    k = int(centers.shape[0])
-    if 2 <= k < X.shape[0] and int((counts > 0).sum()) >= 2:
-        out.update(_unlabelled_metrics(X, centers, silhouette_sample, random_state, client))
+    out: dict[str, Any] = M.partition_scores(X, centers, y, silhouette_sample=silhouette_sample,
+                                             random_state=random_state, split_every=split_every, client=client)
     out["seconds"] = time.perf_counter() - t0
     path = atomic_write_json(Path(out_dir) / "metrics" / f"{fit.get('name', 'fit')}.json", out)
     out["path"] = path
-    log.info("Evaluated %s: inertia %.6g%s", fit.get("name"), inertia,
+    log.info("Evaluated %s: inertia %.6g%s", fit.get("name"), out["inertia"],
              "".join(f", {m} {out[m]:.4f}" for m in ("ari", "nmi", "silhouette") if out.get(m) is not None))
-    return out
-
-
-def _labels_block(x, centers):
-    from kmeans_dist.kernels import assign_labels
-
-    x = np.asarray(x)
-    lab, _ = assign_labels(x, centers.astype(x.dtype, copy=False))
-    return np.asarray(lab, dtype=np.int64)
-
-
-def _labelled_metrics(cont: np.ndarray) -> dict:
-    """ARI, NMI and accuracy against the ground truth, from the (cluster x class) contingency table."""
-    from kmeans_dist import metrics as M
-
-    t = cont.T  # classes x clusters
-    return {"ari": float(M.adjusted_rand_score(contingency=t)),
-            "nmi": float(M.normalized_mutual_info_score(contingency=t)),
-            "accuracy": float(M.clustering_accuracy(contingency=t))}
-
-
-def _unlabelled_metrics(X, centers, silhouette_sample: int, random_state: int, client) -> dict:
-    """Silhouette (estimated from a seeded sample, each sampled point exact against all n), Calinski-
-    Harabasz and Davies-Bouldin, with the distributed metrics of :mod:`kmeans_dist.metrics`."""
-    from kmeans_dist import metrics as M
-
-    lab = X.map_blocks(_labels_block, centers, drop_axis=1, dtype=np.int64)
-    if client is not None:
-        lab = client.persist(lab)
-    out = {"calinski_harabasz": float(M.calinski_harabasz_score(X, lab)),
-           "davies_bouldin": float(M.davies_bouldin_score(X, lab))}
-    if silhouette_sample:
-        if silhouette_sample >= X.shape[0] and X.shape[0] <= 20_000:
-            out["silhouette"], out["silhouette_se"] = float(M.silhouette_score(X, lab)), 0.0
-        else:
-            est = M.silhouette_estimate(X, lab, n_sampled=silhouette_sample, random_state=random_state)
-            out["silhouette"], out["silhouette_se"] = float(est.score), float(est.std_error)
     return out
 
 

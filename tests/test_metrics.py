@@ -317,3 +317,78 @@ def test_property_equal_sklearn(n, d, k, chunk, seed):
                                    atol=1e-15)
         np.testing.assert_allclose(M.normalized_mutual_info_score(t, lab),
                                    skm.normalized_mutual_info_score(t, lab), rtol=RTOL, atol=1e-15)
+
+
+# --- partition_scores: every score of a nearest-center partition in two passes -----------------------
+
+def _partition_case(seed=0, n=330, d=5):
+    """Blobs with labels, and centers whose last one is far from every point: an empty cluster."""
+    X, y = D.blobs(n, centers=4, n_features=d, random_state=seed, as_numpy=True)
+    C = np.asarray(kmeans_inmemory(X, 4, n_init=2, random_state=seed).centers)
+    C = np.vstack([C, np.full((1, d), 1e3)])
+    return X, np.asarray(y), C
+
+
+def _sk_partition(X, y, C):
+    from scipy.optimize import linear_sum_assignment
+
+    lab = np.argmin(((X[:, None, :] - C[None]) ** 2).sum(-1), axis=1)
+    cont = skm.cluster.contingency_matrix(y, lab)
+    r, c = linear_sum_assignment(-cont)
+    return lab, {"ari": skm.adjusted_rand_score(y, lab), "nmi": skm.normalized_mutual_info_score(y, lab),
+                 "accuracy": cont[r, c].sum() / len(y),
+                 "calinski_harabasz": skm.calinski_harabasz_score(X, lab),
+                 "davies_bouldin": skm.davies_bouldin_score(X, lab),
+                 "silhouette": skm.silhouette_score(X, lab),
+                 "inertia": float(((X - C[lab]) ** 2).sum())}
+
+
+@pytest.mark.parametrize("chunk", [None, 64, 37], ids=["1chunk", "c64", "c37"])
+def test_partition_scores_equal_sklearn(chunk):
+    """With the whole data as the silhouette sample every score is exact; the empty cluster is absent from
+    the unsupervised scores (scikit-learn encodes the labels it gets) but listed in the sizes."""
+    X, y, C = _partition_case()
+    lab, ref = _sk_partition(X, y, C)
+    out = M.partition_scores(_as_dask(X, chunk), C, da.from_array(y, chunks=50), silhouette_sample=10**6,
+                             split_every=3)
+    for key, v in ref.items():
+        np.testing.assert_allclose(out[key], v, rtol=RTOL, err_msg=key)
+    assert out["cluster_sizes"] == np.bincount(lab, minlength=5).tolist() and out["empty_clusters"] == 1
+    assert out["silhouette_se"] == 0.0 and out["n_samples"] == len(X) and out["k"] == 5
+
+
+def test_partition_scores_distributed_sample_equals_silhouette_estimate(dask_client):
+    """On the 2-process cluster: a 100-row sample gives silhouette_estimate's value and standard error for
+    the same seed, and the labelled scores need no labels pass of their own."""
+    X, y, C = _partition_case(seed=1, n=400)
+    C = C[:4]
+    lab, ref = _sk_partition(X, y, C)
+    Xd = _as_dask(X, 90)
+    out = M.partition_scores(Xd, C, y, silhouette_sample=100, random_state=7, client=dask_client)
+    est = M.silhouette_estimate(Xd, lab, n_sampled=100, random_state=7)
+    np.testing.assert_allclose(out["silhouette"], est.score, rtol=RTOL)
+    np.testing.assert_allclose(out["silhouette_se"], est.std_error, rtol=1e-7)
+    for key in ("ari", "nmi", "accuracy", "calinski_harabasz", "davies_bouldin", "inertia"):
+        np.testing.assert_allclose(out[key], ref[key], rtol=RTOL, err_msg=key)
+
+
+def test_partition_scores_reads_each_chunk_twice():
+    """Two passes over X, whatever the scores asked for: each chunk is loaded once per pass."""
+    import threading
+
+    X, y, C = _partition_case(seed=2, n=300)
+    loads = []
+    lock = threading.Lock()
+
+    def load(block, block_info=None):
+        with lock:
+            loads.append(block_info[0]["chunk-location"][0])
+        return block
+
+    Xd = _as_dask(X, 50).map_blocks(load, dtype=X.dtype)
+    with dask.config.set(scheduler="sync"):
+        M.partition_scores(Xd, C, y, silhouette_sample=120)
+        assert sorted(loads) == sorted(list(range(6)) * 2)
+        loads.clear()
+        one = M.partition_scores(Xd, C[:1], None, silhouette_sample=120)  # 1 cluster: no second pass
+    assert sorted(loads) == list(range(6)) and "silhouette" not in one and "ari" not in one
