@@ -615,6 +615,15 @@ def _sample_sums_chunk(x, codes, offset, sample, sample_idx, k, precision):
     return {"sum": D @ _onehot_dense(codes, k)}
 
 
+def _sample_std_error(vals, n: int) -> float:
+    """Standard error of the mean of ``vals``, a sample drawn without replacement from ``n`` values
+    (finite-population correction: 0 when the sample is everything)."""
+    m = len(vals)
+    sd = float(vals.std(ddof=1)) if m > 1 else 0.0
+    fpc = math.sqrt((n - m) / (n - 1)) if n > 1 else 0.0
+    return sd / math.sqrt(m) * fpc
+
+
 def silhouette_estimate(X, labels, *, n_sampled: int = 2000, random_state=0,
                         confidence: float = 0.95, precision: str = "auto") -> SilhouetteEstimate:
     """Estimate ``silhouette_score(X, labels)`` from ``n_sampled`` points drawn without replacement.
@@ -638,10 +647,7 @@ def silhouette_estimate(X, labels, *, n_sampled: int = 2000, random_state=0,
              for x, c, o in zip(_blocks(enc.X), _blocks(enc.codes), offs)]
     (res,) = _compute(_tree_reduce(parts, _sum_dicts))
     vals = _sil_from_sums(res["sum"], scodes, enc.counts.astype(np.float64))
-    mean = float(vals.mean())
-    sd = float(vals.std(ddof=1)) if m > 1 else 0.0
-    fpc = math.sqrt((n - m) / (n - 1)) if n > 1 else 0.0
-    se = sd / math.sqrt(m) * fpc
+    mean, se = float(vals.mean()), _sample_std_error(vals, n)
     z = float(norm.ppf(0.5 + confidence / 2))
     return SilhouetteEstimate(mean, se, (mean - z * se, mean + z * se), confidence, m, n, vals, idx)
 
@@ -1001,8 +1007,5 @@ def partition_scores(X, centers, labels_true=None, *, silhouette_sample: int = 2
     out["davies_bouldin"] = _db_from_stats(stats)
     if m:
         vals = _sil_from_sums(p2["sil"], remap[p1["sample_label"]], sizes.astype(np.float64))
-        sd = float(vals.std(ddof=1)) if m > 1 else 0.0
-        fpc = math.sqrt((n - m) / (n - 1)) if n > 1 else 0.0
-        out["silhouette"] = float(vals.mean())
-        out["silhouette_se"] = sd / math.sqrt(m) * fpc
+        out["silhouette"], out["silhouette_se"] = float(vals.mean()), _sample_std_error(vals, n)
     return out
