@@ -539,7 +539,8 @@ def lloyd_inmemory(X, centers, sample_weight=None, *, max_iter: int = 300, tol: 
 
 
 def kmeans_inmemory(X, n_clusters: int, *, n_init: int = 10, max_iter: int = 300, tol: float = 1e-4,
-                    random_state=None, sample_weight=None, key=None, init_candidates=()) -> KMeansResult:
+                    random_state=None, sample_weight=None, key=None, init_candidates=(),
+                    on_result=None) -> KMeansResult:
     """k-means++ seeding + Lloyd, ``n_init`` restarts keeping the lowest inertia, on one array.
 
     ``key(result)`` (optional) ranks the restarts instead of the inertia: the restart with the smallest key
@@ -547,6 +548,7 @@ def kmeans_inmemory(X, n_clusters: int, *, n_init: int = 10, max_iter: int = 300
     ``init_candidates``: more starting centers (arrays ``(n_clusters, n_features)`` of ``X``'s kind), each run
     by Lloyd after the ``n_init`` restarts and ranked with them; they draw nothing from ``random_state``, so
     the restarts are the same with or without them (a warm start from the previous centers, say).
+    ``on_result(result)`` (optional) sees every run's result, in order: the restarts, then the candidates.
     Works on NumPy and CuPy arrays alike (CuPy stays on the GPU); used on latent embeddings by
     :mod:`kmeans_dist.deep` and on k-means|| candidates.
     """
@@ -562,6 +564,8 @@ def kmeans_inmemory(X, n_clusters: int, *, n_init: int = 10, max_iter: int = 300
     best = best_key = None
     for C0 in starts():
         res = lloyd_inmemory(X, C0, sample_weight, max_iter=max_iter, tol=tol)
+        if on_result is not None:
+            on_result(res)
         k = key(res)
         if best is None or k < best_key:
             best, best_key = res, k

@@ -244,6 +244,21 @@ def test_every_method_runs(name, mnist, pretrained):
 
     assert all(0.0 <= h["size_entropy"] <= 1.0 for h in hist)  # 0: one cluster (DCN can collapse on 2,000 images)
     assert hist[-1]["size_entropy"] == pytest.approx(size_entropy(res["labels"], 10), rel=1e-12)
+    # what each k-means chose among: n_init restarts (+ the warm start), the kept one ranked first by the rule
+    for h in hist:
+        cands = h.get("kmeans_candidates")
+        if h["kmeans_inertia"] is None:
+            assert cands is None
+            continue
+        warm = method.describe().get("reinit_warm", False) and h["epoch"] > 0
+        n_cold = getattr(method, "reinit_n_init", 3) if h["epoch"] else 3  # CT-reinit1: 1 restart per epoch
+        assert [c["warm"] for c in cands] == [False] * n_cold + [True] * warm
+        rank = ((lambda c: (-c["size_entropy"], c["inertia"])) if method.select == "balanced"
+                else (lambda c: c["inertia"]))
+        kept = min(cands, key=rank)
+        assert kept["inertia"] == pytest.approx(h["kmeans_inertia"], rel=1e-12)
+        if name != "DKM+reinit":  # DKM's labels are its soft assignments' argmax, not the k-means partition's
+            assert (kept["acc"], kept["size_entropy"]) == (h["acc"], h["size_entropy"])
     assert res["labels"].shape == (N_IMAGES,)
     assert res["max_membership_before"].shape == res["max_membership_after"].shape == (N_IMAGES,)
     assert set(res["snapshots"]) == ({0, 1, 2} if method.finetunes else {0})

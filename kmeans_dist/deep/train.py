@@ -199,7 +199,8 @@ def size_entropy(labels, n_clusters: int) -> float:
 
 
 def reinit_centroids(Z: torch.Tensor, n_clusters: int, *, n_init: int = 10, max_iter: int = 300, tol: float = 1e-4,
-                     random_state=None, select: str = "inertia", warm_start: torch.Tensor | None = None):
+                     random_state=None, select: str = "inertia", warm_start: torch.Tensor | None = None,
+                     candidates: list | None = None):
     """Classical k-means (k-means++, ``n_init`` restarts, Lloyd) on embeddings ``Z``.
 
     Runs the kernels on a DLPack view of ``Z``.  ``select`` chooses among the ``n_init`` restarts:
@@ -208,7 +209,9 @@ def reinit_centroids(Z: torch.Tensor, n_clusters: int, *, n_init: int = 10, max_
     ties to the lower inertia), a label-free prior for data sets whose classes have similar sizes (the
     marginal-entropy prior of IIC and SCAN), applied to the same candidate restarts.  ``warm_start`` (centers,
     e.g. the previous epoch's) adds one candidate, Lloyd from those centers, ranked by the same rule; the
-    ``n_init`` restarts are unchanged by it.
+    ``n_init`` restarts are unchanged by it.  ``candidates`` (a list) gets one dict per run, in order (the
+    restarts, then the warm start): ``inertia``, ``size_entropy``, ``warm`` and ``labels`` (a kernel array), so a
+    caller can see what each selection rule chose among.
     Returns ``(centers, labels, inertia)`` with centers/labels as torch tensors on ``Z``'s device.
     """
     if select not in SELECT_RULES:
@@ -217,8 +220,13 @@ def reinit_centroids(Z: torch.Tensor, n_clusters: int, *, n_init: int = 10, max_
     key = None if select == "inertia" else (lambda r: (-size_entropy(r.labels, k), float(r.inertia)))
     Zk = to_kernel_array(Z)
     extra = () if warm_start is None else (to_kernel_array(warm_start.detach().to(device=Z.device, dtype=Z.dtype)),)
+    seen = None
+    if candidates is not None:
+        def seen(r):
+            candidates.append({"inertia": float(r.inertia), "size_entropy": size_entropy(r.labels, k),
+                               "warm": len(candidates) >= n_init, "labels": r.labels})
     res = kmeans_inmemory(Zk, k, n_init=n_init, max_iter=max_iter, tol=tol, random_state=random_state, key=key,
-                          init_candidates=extra)
+                          init_candidates=extra, on_result=seen)
     centers = from_kernel_array(res.centers, Z)
     labels = from_kernel_array(res.labels, torch.empty(0, dtype=torch.int64, device=Z.device))
     return centers, labels, float(res.inertia)
@@ -268,20 +276,30 @@ class Method:
         self.n_init = int(n_init)
         self.seed = int(seed)
         self.centroids: torch.Tensor | None = None
-        # the last k-means on the embeddings: its inertia and the epoch it ran after (0: the initial one)
+        # the last k-means on the embeddings: its inertia, the epoch it ran after (0: the initial one) and the
+        # runs it chose among (reinit_centroids' candidates; fit_method scores and then drops them)
         self.kmeans_inertia: float | None = None
         self.kmeans_epoch: int | None = None
+        self.kmeans_candidates: list = []
         self.allreduce = None
         self.broadcast = None
 
     # lifecycle -------------------------------------------------------------------------------
     def initialize(self, Z: torch.Tensor) -> torch.Tensor:
         """Centroids from k-means on the embeddings of the pretrained autoencoder; returns labels."""
-        c, labels, self.kmeans_inertia = reinit_centroids(Z, self.n_clusters, n_init=self.n_init,
-                                                          random_state=self.seed, select=self.select)
-        self.kmeans_epoch = 0
+        c, labels = self._kmeans(Z, 0, n_init=self.n_init, random_state=self.seed)
         self._set_centroids(c)
         return labels
+
+    def _kmeans(self, Z: torch.Tensor, epoch: int, *, n_init: int, random_state, warm_start=None):
+        """k-means on the embeddings after ``epoch`` (:func:`reinit_centroids` with this method's rule); keeps
+        its inertia, epoch and candidates; returns ``(centers, labels)``."""
+        self.kmeans_candidates = []
+        c, labels, self.kmeans_inertia = reinit_centroids(Z, self.n_clusters, n_init=n_init, random_state=random_state,
+                                                          select=self.select, warm_start=warm_start,
+                                                          candidates=self.kmeans_candidates)
+        self.kmeans_epoch = epoch
+        return c, labels
 
     def _set_centroids(self, c: torch.Tensor) -> None:
         self.centroids = c.detach().clone()
@@ -436,10 +454,7 @@ class DKM(Method):
             n = epoch + 2
             self.alpha *= 2.0 ** (1.0 / math.log(n) ** 2)
         if self.reinit:
-            c, labels, self.kmeans_inertia = reinit_centroids(Z, self.n_clusters, n_init=self.n_init,
-                                                              random_state=self.seed * 10_007 + epoch + 1,
-                                                              select=self.select)
-            self.kmeans_epoch = epoch
+            c, labels = self._kmeans(Z, epoch, n_init=self.n_init, random_state=self.seed * 10_007 + epoch + 1)
             if self.broadcast is not None:
                 self.broadcast(c)
             self._set_centroids(c)
@@ -519,11 +534,8 @@ class CT(Method):
     def end_epoch(self, Z, epoch):
         if not self.reinit:
             return None
-        c, labels, self.kmeans_inertia = reinit_centroids(Z, self.n_clusters, n_init=self.reinit_n_init,
-                                                          random_state=self.seed * 10_007 + epoch + 1,
-                                                          select=self.select,
-                                                          warm_start=self.centroids if self.reinit_warm else None)
-        self.kmeans_epoch = epoch
+        c, labels = self._kmeans(Z, epoch, n_init=self.reinit_n_init, random_state=self.seed * 10_007 + epoch + 1,
+                                 warm_start=self.centroids if self.reinit_warm else None)
         if self.broadcast is not None:
             self.broadcast(c)
             labels = None
@@ -602,6 +614,12 @@ def fit_method(model: Autoencoder, X: torch.Tensor, method: Method, *, y=None, e
              "size_entropy": size_entropy(labels, method.n_clusters)}
         if y_np is not None:
             m.update(clustering_scores(y_np, lab))
+        if method.kmeans_epoch == ep and method.kmeans_candidates:  # what this epoch's k-means chose among
+            m["kmeans_candidates"] = [
+                {"inertia": c["inertia"], "size_entropy": c["size_entropy"], "warm": c["warm"],
+                 **({} if y_np is None else clustering_scores(y_np, to_numpy(c["labels"])))}
+                for c in method.kmeans_candidates]
+        method.kmeans_candidates = []
         if ep in snapshot_epochs or ep == 0:
             snapshots[ep] = (Z[sample].cpu().numpy(), lab[sample])
         return m
