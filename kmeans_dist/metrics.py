@@ -112,17 +112,13 @@ def _blocks(a):
 
 
 def _tree_reduce(parts: list, combine, split_every: int = SPLIT_EVERY):
-    """Merge Delayed partials with ``combine(list) -> partial`` as a tree (``split_every`` per node)."""
+    """Merge Delayed partials with ``combine(list) -> partial`` as a tree (``split_every`` per node): the
+    kernels' :func:`~kmeans_dist.kernels.tree_combine` over delayed combines."""
     from dask import delayed
 
-    comb = delayed(combine, pure=True)
-    s = max(int(split_every), 2)
-    parts = list(parts)
-    if len(parts) == 1:
-        return comb(parts)
-    while len(parts) > 1:
-        parts = [comb(parts[i:i + s]) for i in range(0, len(parts), s)]
-    return parts[0]
+    from .kernels import tree_combine
+
+    return tree_combine(list(parts), delayed(combine, pure=True), split_every)
 
 
 def _compute(*objs):
