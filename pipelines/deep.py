@@ -100,7 +100,7 @@ def train_loop_per_worker(config: dict) -> None:
 
     from kmeans_dist.deep import Autoencoder, embed, make_method, max_membership, train_epoch
     from kmeans_dist.deep.evaluate import clustering_scores
-    from kmeans_dist.deep.train import size_entropy
+    from kmeans_dist.deep.train import kmeans_candidate_scores, size_entropy
 
     torch.set_num_threads(int(config.get("threads", 1)))
     ctx = ray.train.get_context()
@@ -195,7 +195,9 @@ def train_loop_per_worker(config: dict) -> None:
                 if rank == 0:
                     extras["membership_before"] = max_membership(Z0, method.centroids, method.membership())
                     extras.setdefault("snapshots", {})[P] = (Z0[sample].cpu().numpy(), lab0.cpu().numpy()[sample])
-                history.append({"epoch": P, "phase": "init", **sc0})
+                cands0 = kmeans_candidate_scores(method, 0, y)
+                history.append({"epoch": P, "phase": "init", **sc0,
+                                **({} if cands0 is None else {"kmeans_candidates": cands0})})
                 opt = make_opt("finetune")
                 phase = "finetune"
         loader.set_epoch(ep)
@@ -216,6 +218,9 @@ def train_loop_per_worker(config: dict) -> None:
             inertia = method.kmeans_inertia_at(ep - P)  # this epoch's re-initialisation (CT, DKM+reinit)
             if inertia is not None:
                 metrics["kmeans_inertia"] = inertia
+            cands = kmeans_candidate_scores(method, ep - P, y)  # what the re-initialisation chose among
+            if cands is not None:
+                metrics["kmeans_candidates"] = cands
             if distributed:  # all workers must hold rank 0's centroids exactly
                 ref = method.centroids.detach().clone()
                 dist.broadcast(ref, 0)

@@ -86,6 +86,11 @@ def test_flow_runs_ray_train_with_resume(ray_local, prefect_harness, mnist_store
         assert np.isfinite(m[key])
     for h in hist[3:]:
         assert h["centroid_divergence"] == 0.0  # the re-initialised centroids are identical on both workers
+    for h in hist[2:]:  # what each k-means chose among: CT keeps the lowest inertia
+        kept = min(h["kmeans_candidates"], key=lambda c: c["inertia"])
+        assert not any(c["warm"] for c in h["kmeans_candidates"])
+        assert h.get("kmeans_inertia", kept["inertia"]) == pytest.approx(kept["inertia"], rel=1e-12)
+        assert kept["acc"] == pytest.approx(h["acc"], abs=0.01)  # the history's labels: nearest kept centroid
     assert 0.0 <= summary["final_scores"]["acc"] <= 1.0
     assert np.load(out / "labels.npy").shape == (N_IMAGES,)
     for name in ("losses", "membership", "embeddings", "confusion"):

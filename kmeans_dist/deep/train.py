@@ -232,6 +232,19 @@ def reinit_centroids(Z: torch.Tensor, n_clusters: int, *, n_init: int = 10, max_
     return centers, labels, float(res.inertia)
 
 
+def kmeans_candidate_scores(method, epoch: int, y=None) -> list | None:
+    """What the k-means on the embeddings after ``epoch`` chose among (``method.kmeans_candidates``): per run its
+    inertia, size entropy, whether it is the warm start, and ACC/NMI/ARI against ``y`` when given; None when no
+    k-means ran after that epoch.  The candidates' labels are dropped from the method."""
+    from .evaluate import clustering_scores
+
+    cands, method.kmeans_candidates = method.kmeans_candidates, []
+    if method.kmeans_epoch != epoch or not cands:
+        return None
+    return [{"inertia": c["inertia"], "size_entropy": c["size_entropy"], "warm": c["warm"],
+             **({} if y is None else clustering_scores(y, to_numpy(c["labels"])))} for c in cands]
+
+
 def nearest_centroid(Z: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
     """Index of the nearest centroid of each embedding (the kernels' ``assign_labels`` on DLPack views)."""
     lab, _ = assign_labels(to_kernel_array(Z), to_kernel_array(mu.to(Z.dtype)))
@@ -614,12 +627,9 @@ def fit_method(model: Autoencoder, X: torch.Tensor, method: Method, *, y=None, e
              "size_entropy": size_entropy(labels, method.n_clusters)}
         if y_np is not None:
             m.update(clustering_scores(y_np, lab))
-        if method.kmeans_epoch == ep and method.kmeans_candidates:  # what this epoch's k-means chose among
-            m["kmeans_candidates"] = [
-                {"inertia": c["inertia"], "size_entropy": c["size_entropy"], "warm": c["warm"],
-                 **({} if y_np is None else clustering_scores(y_np, to_numpy(c["labels"])))}
-                for c in method.kmeans_candidates]
-        method.kmeans_candidates = []
+        cands = kmeans_candidate_scores(method, ep, y_np)
+        if cands is not None:
+            m["kmeans_candidates"] = cands
         if ep in snapshot_epochs or ep == 0:
             snapshots[ep] = (Z[sample].cpu().numpy(), lab[sample])
         return m
