@@ -85,6 +85,17 @@ def _table(runs: list[dict]) -> list[str]:
     return lines
 
 
+def build_method(make_method, name: str, seed: int):
+    """``make_method(name)``; a name ending in ``-r<N>`` (``CT-bal-warm-r30``) is that method with ``N`` k-means++
+    restarts in each per-epoch re-initialisation (``reinit_n_init``), recorded under the whole name."""
+    base, sep, r = name.rpartition("-r")
+    if sep and base and r.isdigit():
+        method = make_method(base, 10, seed=seed, reinit_n_init=int(r))
+        method.name = name
+        return method
+    return make_method(name, 10, seed=seed)
+
+
 def _progress_line(progress: dict) -> list[str]:
     if progress["method"] == "pretraining":
         return [f"**In progress** (not a result): seed {progress['seed']}, pretraining epoch {progress['epoch']}/"
@@ -308,7 +319,7 @@ def main(argv=None):
                 run_km(seed)
                 continue
             model.load_state_dict(pretrained)
-            method = make_method(name, 10, seed=seed)
+            method = build_method(make_method, name, seed)
             epochs = args.finetune_epochs
 
             def cb(m, name=name, seed=seed, epochs=epochs):
