@@ -8,7 +8,9 @@ the candidate each selection rule would keep *at that epoch* (the run's trajecto
 rule produced: a different rule would also have changed the embeddings of the later epochs, which this cannot
 show).
 
-    .venv/bin/python benchmarks/deep_candidates.py benchmarks/out/deep-s1/run_CT-bal-warm_seed1.json
+    .venv/bin/python benchmarks/deep_candidates.py benchmarks/runs/run_CT-bal-warm_seed1.json.gz
+
+(``benchmarks/runs/`` keeps the run files of record, gzipped; ``benchmarks/out/`` is scratch.)
 
 Rules: ``inertia`` (classical k-means), ``balanced`` (the most even sizes, ties to the lower inertia: CT-bal),
 ``bal~eps`` (the lowest inertia among the candidates whose size entropy is within ``eps`` of the largest).
@@ -16,6 +18,7 @@ Rules: ``inertia`` (classical k-means), ``balanced`` (the most even sizes, ties 
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 from pathlib import Path
 
@@ -60,6 +63,34 @@ def table(run: dict, every: int = 1) -> str:
     return "\n".join(lines) + "\n"
 
 
+def plot(run: dict, path: Path) -> None:
+    """ACC per epoch of the kept partition, the warm start, the best candidate and the lowest-inertia one."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    hist = [h for h in run["history"] if h.get("kmeans_candidates")]
+    ep = [h["epoch"] for h in hist]
+    fig, ax = plt.subplots(figsize=(9, 3.6))
+    ax.plot(ep, [100 * max(c["acc"] for c in h["kmeans_candidates"]) for h in hist], color="0.75", lw=4,
+            label="best candidate (uses the labels)")
+    warm = [(h["epoch"], 100 * c["acc"]) for h in hist for c in h["kmeans_candidates"] if c["warm"]]
+    if warm:
+        ax.plot(*zip(*warm), "o", ms=3, color="tab:orange", label="warm start (previous centroids)")
+    ax.plot(ep, [100 * rules()["inertia"](h["kmeans_candidates"])["acc"] for h in hist], lw=1, color="tab:blue",
+            label="lowest inertia")
+    ax.plot(ep, [100 * h["acc"] for h in hist], lw=1.5, color="tab:green", label=f"kept ({run['method']})")
+    ax.set_xlabel("finetuning epoch (0: k-means on the pretrained embeddings)")
+    ax.set_ylabel("ACC (%)")
+    ax.set_title(f"{run['method']} seed {run['seed']}: what each epoch's k-means chose among")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def _fmt(v) -> str:
     if v is None:
         return "-"
@@ -70,11 +101,16 @@ def _fmt(v) -> str:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("runs", nargs="+", help="run_<method>_seed<N>.json files")
+    ap.add_argument("runs", nargs="+", help="run_<method>_seed<N>.json files (or .json.gz)")
     ap.add_argument("--every", type=int, default=1, help="print every N-th epoch (and the last)")
+    ap.add_argument("--plot", default=None, help="a PNG of the (first) run's ACC per epoch")
     args = ap.parse_args(argv)
     for p in args.runs:
-        print(table(json.loads(Path(p).read_text()), every=args.every))
+        raw = gzip.decompress(Path(p).read_bytes()) if p.endswith(".gz") else Path(p).read_bytes()
+        run = json.loads(raw)
+        print(table(run, every=args.every))
+        if args.plot and p == args.runs[0]:
+            plot(run, Path(args.plot))
 
 
 if __name__ == "__main__":
