@@ -85,9 +85,11 @@ def _table(runs: list[dict]) -> list[str]:
     return lines
 
 
-def build_method(make_method, name: str, seed: int):
+def build_method(name: str, seed: int):
     """``make_method(name)``; a name ending in ``-r<N>`` (``CT-bal-warm-r30``) is that method with ``N`` k-means++
     restarts in each per-epoch re-initialisation (``reinit_n_init``), recorded under the whole name."""
+    from kmeans_dist.deep import make_method
+
     base, sep, r = name.rpartition("-r")
     if sep and base and r.isdigit():
         method = make_method(base, 10, seed=seed, reinit_n_init=int(r))
@@ -229,7 +231,7 @@ def main(argv=None):
 
     torch.set_num_threads(args.threads)
     from kmeans_dist.data import load_mnist
-    from kmeans_dist.deep import Autoencoder, fit_method, make_method, pretrain
+    from kmeans_dist.deep import Autoencoder, fit_method, pretrain
     from kmeans_dist.deep.evaluate import clustering_scores
     from kmeans_dist.kernels import kmeans_inmemory
 
@@ -319,7 +321,7 @@ def main(argv=None):
                 run_km(seed)
                 continue
             model.load_state_dict(pretrained)
-            method = build_method(make_method, name, seed)
+            method = build_method(name, seed)
             epochs = args.finetune_epochs
 
             def cb(m, name=name, seed=seed, epochs=epochs):
