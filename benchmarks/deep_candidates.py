@@ -13,7 +13,10 @@ show).
 (``benchmarks/runs/`` keeps the run files of record, gzipped; ``benchmarks/out/`` is scratch.)
 
 Rules: ``inertia`` (classical k-means), ``balanced`` (the most even sizes, ties to the lower inertia: CT-bal),
-``bal~eps`` (the lowest inertia among the candidates whose size entropy is within ``eps`` of the largest).
+``bal~eps`` (the lowest inertia among the candidates whose size entropy is within ``eps`` of the largest), and,
+for runs that record each candidate's ``agreement`` (CT-bal-warm-cons), ``consensus`` (the highest mean ARI with
+the partitions kept over the previous 50 epochs: what that method outputs at its last epoch).  For such a run the
+``kept`` column of the last epoch is the consensus pick and ``balanced`` is what CT-bal-warm would have output.
 """
 from __future__ import annotations
 
@@ -27,7 +30,7 @@ import numpy as np
 EPS = (0.001, 0.003, 0.01)
 
 
-def rules(eps=EPS) -> dict:
+def rules(eps=EPS, consensus: bool = False) -> dict:
     out = {"inertia": lambda cs: min(cs, key=lambda c: c["inertia"]),
            "balanced": lambda cs: min(cs, key=lambda c: (-c["size_entropy"], c["inertia"]))}
     for e in eps:
@@ -35,14 +38,21 @@ def rules(eps=EPS) -> dict:
             top = max(c["size_entropy"] for c in cs)
             return min((c for c in cs if c["size_entropy"] >= top - e), key=lambda c: c["inertia"])
         out[f"bal~{e:g}"] = near_balanced
+    if consensus:
+        out["consensus"] = lambda cs: max(cs, key=lambda c: (_agreement(c), -cs.index(c)))
     return out
+
+
+def _agreement(c) -> float:
+    a = c.get("agreement")
+    return -np.inf if a is None or np.isnan(a) else a
 
 
 def table(run: dict, every: int = 1) -> str:
     hist = [h for h in run["history"] if h.get("kmeans_candidates")]
     if not hist:
         return f"{run['method']} seed {run['seed']}: no kmeans_candidates in the history (an older run file)\n"
-    R = rules()
+    R = rules(consensus=any("agreement" in c for h in hist for c in h["kmeans_candidates"]))
     head = ["epoch", "kept", "warm", "best", *R, "candidates with ACC >= kept + 2"]
     lines = [f"### {run['method']} seed {run['seed']}: ACC (%) per epoch", "",
              "| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
@@ -80,6 +90,10 @@ def plot(run: dict, path: Path) -> None:
         ax.plot(*zip(*warm), "o", ms=3, color="tab:orange", label="warm start (previous centroids)")
     ax.plot(ep, [100 * rules()["inertia"](h["kmeans_candidates"])["acc"] for h in hist], lw=1, color="tab:blue",
             label="lowest inertia")
+    R = rules(consensus=any("agreement" in c for h in hist for c in h["kmeans_candidates"]))
+    if "consensus" in R:
+        ax.plot(ep[1:], [100 * R["consensus"](h["kmeans_candidates"])["acc"] for h in hist[1:]], lw=1,
+                color="tab:purple", ls="--", label="highest agreement with the previous 50 kept partitions")
     ax.plot(ep, [100 * h["acc"] for h in hist], lw=1.5, color="tab:green", label=f"kept ({run['method']})")
     ax.set_xlabel("finetuning epoch (0: k-means on the pretrained embeddings)")
     ax.set_ylabel("ACC (%)")

@@ -213,6 +213,8 @@ def train_loop_per_worker(config: dict) -> None:
         if cur == "finetune":
             Z = embed(model, X)
             labels = method.end_epoch(Z, ep - P)
+            if ep == P + F and method.finalize() is not None and distributed:
+                dist.broadcast(method.centroids.data, 0)  # the last epoch's output partition: rank 0's choice
             lab, sc = scores(Z)
             metrics.update(sc)
             inertia = method.kmeans_inertia_at(ep - P)  # this epoch's re-initialisation (CT, DKM+reinit)

@@ -256,6 +256,12 @@ def test_every_method_runs(name, mnist, pretrained):
         rank = ((lambda c: (-c["size_entropy"], c["inertia"])) if method.select == "balanced"
                 else (lambda c: c["inertia"]))
         kept = min(cands, key=rank)
+        if method.consensus_window:  # each candidate's agreement with the partitions kept before it
+            assert all(np.isnan(c["agreement"]) for c in cands) == (h["epoch"] == 0)
+            if h is hist[-1]:  # the output: the last epoch's candidate that agrees best (Method.finalize)
+                assert [c["final"] for c in cands].count(True) == 1
+                kept = next(c for c in cands if c["final"])
+                assert kept["agreement"] == max(c["agreement"] for c in cands)
         assert kept["inertia"] == pytest.approx(h["kmeans_inertia"], rel=1e-12)
         if name != "DKM+reinit":  # DKM's labels are its soft assignments' argmax, not the k-means partition's
             assert (kept["acc"], kept["size_entropy"]) == (h["acc"], h["size_entropy"])
@@ -296,7 +302,39 @@ def test_deep_package_never_imports_ray_or_prefect():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-@pytest.mark.parametrize("name", ["CT", "DKM"])
+def test_consensus_finalize_keeps_the_candidate_that_agrees_best(embedded):
+    from sklearn.metrics import adjusted_rand_score
+
+    from kmeans_dist.deep.train import partition_agreement
+
+    Z = embedded
+    rng = np.random.default_rng(0)
+    refs = [rng.integers(0, 10, Z.shape[0]) for _ in range(3)]
+    lab = refs[0].copy()
+    lab[:500] = rng.integers(0, 10, 500)
+    assert partition_agreement(lab, refs, 10) == pytest.approx(np.mean([adjusted_rand_score(r, lab) for r in refs]))
+    assert np.isnan(partition_agreement(lab, [], 10))
+    m = make_method("CT-bal-warm-cons", 10, seed=0, n_init=4, consensus_window=2)
+    assert m.describe()["consensus_window"] == 2 and make_method("CT-bal-warm").finalize() is None
+    kept = [m.initialize(Z).numpy()]
+    for ep in (1, 2, 3):
+        kept.append(m.end_epoch(Z, ep).numpy())
+    assert len(m._kept) == 2 and all(np.array_equal(a, b) for a, b in zip(m._kept, kept[-2:]))
+    cands = m.kmeans_candidates  # epoch 3's: scored against the partitions kept after epochs 1 and 2
+    for c in cands:
+        assert c["agreement"] == pytest.approx(np.mean([adjusted_rand_score(r, c["labels"]) for r in kept[1:3]]))
+    labels = m.finalize().numpy()
+    best = max(range(len(cands)), key=lambda i: (cands[i]["agreement"], -i))
+    assert [c["final"] for c in cands] == [i == best for i in range(len(cands))]
+    assert np.array_equal(labels, cands[best]["labels"]) and np.array_equal(m.centroids.numpy(), cands[best]["centers"])
+    m2 = make_method("CT-bal-warm-cons", 10, seed=0, n_init=4, consensus_window=2)
+    m2.load_state_dict(m.state_dict())
+    assert all(np.array_equal(a, b) for a, b in zip(m2._kept, m._kept)) and len(m2._kept) == 2
+    with pytest.raises(ValueError, match="consensus_window must be >= 0"):
+        make_method("CT", 10, consensus_window=-1)
+
+
+@pytest.mark.parametrize("name", ["CT", "DKM", "CT-bal-warm-cons"])
 def test_fit_method_resume_matches_uninterrupted(name, mnist, pretrained):
     X, y = mnist
     Xs, ys = X[:400], y[:400]

@@ -89,6 +89,7 @@ def test_flow_runs_ray_train_with_resume(ray_local, prefect_harness, mnist_store
     for h in hist[2:]:  # what each k-means chose among: CT keeps the lowest inertia
         kept = min(h["kmeans_candidates"], key=lambda c: c["inertia"])
         assert not any(c["warm"] for c in h["kmeans_candidates"])
+        assert "agreement" not in kept and "final" not in kept  # no consensus window
         assert h.get("kmeans_inertia", kept["inertia"]) == pytest.approx(kept["inertia"], rel=1e-12)
         assert kept["acc"] == pytest.approx(h["acc"], abs=0.01)  # the history's labels: nearest kept centroid
     assert 0.0 <= summary["final_scores"]["acc"] <= 1.0
@@ -96,3 +97,31 @@ def test_flow_runs_ray_train_with_resume(ray_local, prefect_harness, mnist_store
     for name in ("losses", "membership", "embeddings", "confusion"):
         assert Path(summary["figures"][name]).stat().st_size > 1000
     assert Path(summary["storage_path"]).is_dir()
+
+
+@pytest.mark.slow
+def test_flow_consensus_method_outputs_the_candidate_that_agrees_best(ray_local, prefect_harness, mnist_store, tmp_path):
+    """CT-bal-warm-cons on 2 Ray workers: the balanced rule each epoch, the consensus choice (Method.finalize) at
+    the last one, broadcast so that both workers hold it."""
+    from flows.deep import deep_clustering_flow
+
+    out = tmp_path / "cons"
+    summary = deep_clustering_flow(source=mnist_store, output_dir=str(out), method="CT-bal-warm-cons",
+                                   pretrain_epochs=1, finetune_epochs=3, num_workers=2, use_gpu=False, seed=0,
+                                   run_name="deep-test-cons")
+    hist = json.loads((out / "history.json").read_text())
+    assert [h["epoch"] for h in hist] == [1, 1, 2, 3, 4]
+    for h in hist[2:]:
+        assert h["centroid_divergence"] == 0.0
+        cands = h["kmeans_candidates"]
+        assert [c["warm"] for c in cands][-1] and all(np.isfinite(c["agreement"]) for c in cands)
+        if h is hist[-1]:
+            assert [c["final"] for c in cands].count(True) == 1
+            kept = next(c for c in cands if c["final"])
+            assert kept["agreement"] == max(c["agreement"] for c in cands)
+        else:
+            assert not any("final" in c for c in cands)
+            kept = min(cands, key=lambda c: (-c["size_entropy"], c["inertia"]))
+        assert h["kmeans_inertia"] == pytest.approx(kept["inertia"], rel=1e-12)
+        assert kept["acc"] == pytest.approx(h["acc"], abs=0.01)
+    assert summary["final_scores"]["acc"] == pytest.approx(hist[-1]["acc"], abs=0.005)

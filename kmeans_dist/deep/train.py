@@ -26,7 +26,7 @@ from .model import Autoencoder, unwrap
 
 __all__ = [
     "BatchLoader", "train_epoch", "pretrain", "embed", "to_kernel_array", "reinit_centroids",
-    "nearest_centroid", "Method", "AEKM", "DCN", "DKM", "CT", "make_method", "METHODS", "fit_method",
+    "nearest_centroid", "partition_agreement", "Method", "AEKM", "DCN", "DKM", "CT", "make_method", "METHODS", "fit_method",
     "max_membership",
 ]
 
@@ -210,8 +210,8 @@ def reinit_centroids(Z: torch.Tensor, n_clusters: int, *, n_init: int = 10, max_
     marginal-entropy prior of IIC and SCAN), applied to the same candidate restarts.  ``warm_start`` (centers,
     e.g. the previous epoch's) adds one candidate, Lloyd from those centers, ranked by the same rule; the
     ``n_init`` restarts are unchanged by it.  ``candidates`` (a list) gets one dict per run, in order (the
-    restarts, then the warm start): ``inertia``, ``size_entropy``, ``warm`` and ``labels`` (a kernel array), so a
-    caller can see what each selection rule chose among.
+    restarts, then the warm start): ``inertia``, ``size_entropy``, ``warm``, ``labels`` and ``centers`` (kernel
+    arrays), so a caller can see what each selection rule chose among.
     Returns ``(centers, labels, inertia)`` with centers/labels as torch tensors on ``Z``'s device.
     """
     if select not in SELECT_RULES:
@@ -224,7 +224,7 @@ def reinit_centroids(Z: torch.Tensor, n_clusters: int, *, n_init: int = 10, max_
     if candidates is not None:
         def seen(r):
             candidates.append({"inertia": float(r.inertia), "size_entropy": size_entropy(r.labels, k),
-                               "warm": len(candidates) >= n_init, "labels": r.labels})
+                               "warm": len(candidates) >= n_init, "labels": r.labels, "centers": r.centers})
     res = kmeans_inmemory(Zk, k, n_init=n_init, max_iter=max_iter, tol=tol, random_state=random_state, key=key,
                           init_candidates=extra, on_result=seen)
     centers = from_kernel_array(res.centers, Z)
@@ -232,16 +232,34 @@ def reinit_centroids(Z: torch.Tensor, n_clusters: int, *, n_init: int = 10, max_
     return centers, labels, float(res.inertia)
 
 
+def partition_agreement(labels, references, n_clusters: int) -> float:
+    """Mean adjusted Rand index of ``labels`` against each partition in ``references`` (label arrays of the same
+    samples, values in ``[0, n_clusters)``); NaN when ``references`` is empty.  Each ARI comes from one
+    ``n_clusters x n_clusters`` contingency table (``np.bincount``), by :func:`kmeans_dist.metrics.adjusted_rand_score`."""
+    from ..metrics import adjusted_rand_score
+
+    if not len(references):
+        return float("nan")
+    k = int(n_clusters)
+    a = to_numpy(labels).astype(np.int64).ravel() * k
+    vals = [adjusted_rand_score(contingency=np.bincount(a + np.asarray(r, dtype=np.int64).ravel(),
+                                                        minlength=k * k).reshape(k, k)) for r in references]
+    return float(np.mean(vals))
+
+
 def kmeans_candidate_scores(method, epoch: int, y=None) -> list | None:
     """What the k-means on the embeddings after ``epoch`` chose among (``method.kmeans_candidates``): per run its
-    inertia, size entropy, whether it is the warm start, and ACC/NMI/ARI against ``y`` when given; None when no
-    k-means ran after that epoch.  The candidates' labels are dropped from the method."""
+    inertia, size entropy, whether it is the warm start, its ``agreement`` with the earlier kept partitions and
+    whether :meth:`Method.finalize` chose it (``final``) when the method keeps a consensus window, and ACC/NMI/ARI
+    against ``y`` when given; None when no k-means ran after that epoch.  The candidates' arrays are dropped from
+    the method."""
     from .evaluate import clustering_scores
 
     cands, method.kmeans_candidates = method.kmeans_candidates, []
     if method.kmeans_epoch != epoch or not cands:
         return None
     return [{"inertia": c["inertia"], "size_entropy": c["size_entropy"], "warm": c["warm"],
+             **{key: c[key] for key in ("agreement", "final") if key in c},
              **({} if y is None else clustering_scores(y, to_numpy(c["labels"])))} for c in cands]
 
 
@@ -277,7 +295,7 @@ class Method:
     finetunes = True
 
     def __init__(self, n_clusters: int = 10, *, lam: float = 1.0, n_init: int = 10, seed: int = 0,
-                 reconstruction: str = "sum", select: str = "inertia"):
+                 reconstruction: str = "sum", select: str = "inertia", consensus_window: int = 0):
         if reconstruction not in ("sum", "mean"):
             raise ValueError(f"reconstruction must be 'sum' or 'mean', got {reconstruction!r}")
         if select not in SELECT_RULES:
@@ -294,6 +312,12 @@ class Method:
         self.kmeans_inertia: float | None = None
         self.kmeans_epoch: int | None = None
         self.kmeans_candidates: list = []
+        # consensus_window > 0: the partitions kept by the last that many k-means (host int16 label arrays), each
+        # candidate's mean ARI against them, and finalize() choosing by it (see finalize)
+        if int(consensus_window) < 0:
+            raise ValueError(f"consensus_window must be >= 0, got {consensus_window!r}")
+        self.consensus_window = int(consensus_window)
+        self._kept: list = []
         self.allreduce = None
         self.broadcast = None
 
@@ -312,7 +336,33 @@ class Method:
                                                           select=self.select, warm_start=warm_start,
                                                           candidates=self.kmeans_candidates)
         self.kmeans_epoch = epoch
+        if self.consensus_window:
+            for cand in self.kmeans_candidates:
+                cand["agreement"] = partition_agreement(cand["labels"], self._kept, self.n_clusters)
+            self._kept = (self._kept + [labels.cpu().numpy().astype(np.int16)])[-self.consensus_window:]
         return c, labels
+
+    def finalize(self) -> torch.Tensor | None:
+        """The last epoch's consensus choice (``consensus_window > 0``; a no-op returning None otherwise).
+
+        Among the candidates of the last k-means on the embeddings (the same restarts and warm start its rule
+        chose from), keep the one that agrees best -- highest mean adjusted Rand index -- with the partitions the
+        previous ``consensus_window`` k-means kept, ties to the earlier candidate.  When the per-epoch rule
+        alternates between nearly tied partitions, the final partition is then the one the run held most over
+        that window, on the final model's embeddings, rather than whichever the last epoch happened to keep.
+        Label-free; it changes only the output, not the trajectory.  Sets the centroids to that candidate's
+        centers and returns its labels (a torch tensor), or None when there is nothing to choose from."""
+        cands = [c for c in self.kmeans_candidates if not math.isnan(c.get("agreement", math.nan))]
+        if not self.consensus_window or not cands:
+            return None
+        best = max(range(len(cands)), key=lambda i: (cands[i]["agreement"], -i))
+        for i, cand in enumerate(cands):
+            cand["final"] = i == best
+        like = self.centroids if self.centroids is not None else torch.empty(0)
+        self._set_centroids(from_kernel_array(cands[best]["centers"], like))
+        labels = from_kernel_array(cands[best]["labels"], torch.empty(0, dtype=torch.int64, device=like.device))
+        self.kmeans_inertia = cands[best]["inertia"]
+        return labels
 
     def _set_centroids(self, c: torch.Tensor) -> None:
         self.centroids = c.detach().clone()
@@ -346,15 +396,21 @@ class Method:
 
     # state -----------------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        return {"centroids": None if self.centroids is None else self.centroids.detach().cpu().clone()}
+        st = {"centroids": None if self.centroids is None else self.centroids.detach().cpu().clone()}
+        if self.consensus_window:
+            st["kept"] = [k.copy() for k in self._kept]
+        return st
 
     def load_state_dict(self, state: dict, device=None) -> None:
         c = state.get("centroids")
         if c is not None:
             self._set_centroids(c.to(device) if device is not None else c)
+        if self.consensus_window:
+            self._kept = [np.asarray(k, dtype=np.int16) for k in state.get("kept", [])][-self.consensus_window:]
 
     def describe(self) -> dict:
-        return {"name": self.name, "lam": self.lam, "reconstruction": self.reconstruction, "select": self.select}
+        return {"name": self.name, "lam": self.lam, "reconstruction": self.reconstruction, "select": self.select,
+                "consensus_window": self.consensus_window}
 
 
 class AEKM(Method):
@@ -577,6 +633,8 @@ METHODS = {
     "AEKM-bal": lambda k, **kw: _named(AEKM(k, select="balanced", **kw), "AEKM-bal"),
     "CT-bal": lambda k, **kw: _named(CT(k, select="balanced", **kw), "CT-bal"),
     "CT-bal-warm": lambda k, **kw: _named(CT(k, select="balanced", reinit_warm=True, **kw), "CT-bal-warm"),
+    "CT-bal-warm-cons": lambda k, **kw: _named(CT(k, select="balanced", reinit_warm=True,
+                                                  **{"consensus_window": 50, **kw}), "CT-bal-warm-cons"),
 }
 
 
@@ -588,7 +646,9 @@ def _named(method: Method, name: str) -> Method:
 def make_method(name: str, n_clusters: int = 10, **kw) -> Method:
     """A method by name: AEKM, DCN, DKM, DKM-anneal, DKM+reinit, CT, CT-fcm, CT-mse, CT-noreinit, CT-reinit1,
     AEKM-bal, CT-bal (``select="balanced"``: each k-means on the embeddings keeps its most balanced restart),
-    CT-bal-warm (CT-bal with the previous centroids as one more candidate of each re-initialisation)."""
+    CT-bal-warm (CT-bal with the previous centroids as one more candidate of each re-initialisation),
+    CT-bal-warm-cons (CT-bal-warm whose final partition is the last epoch's candidate that agrees best with the
+    partitions kept over the previous 50 epochs: :meth:`Method.finalize`)."""
     try:
         return METHODS[name](n_clusters, **kw)
     except KeyError:
@@ -663,6 +723,9 @@ def fit_method(model: Autoencoder, X: torch.Tensor, method: Method, *, y=None, e
             t1 = time.perf_counter()
             Z = embed(model, X)
             labels = method.end_epoch(Z, ep)
+            if ep == n_ep:  # the last epoch: a method may choose its output partition differently (finalize)
+                final = method.finalize()
+                labels = labels if final is None else final
             if labels is None:
                 labels = method.predict(Z)
             t2 = time.perf_counter()
