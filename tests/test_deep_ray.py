@@ -100,7 +100,7 @@ def test_flow_runs_ray_train_with_resume(ray_local, prefect_harness, mnist_store
 
 
 @pytest.mark.slow
-def test_flow_consensus_method_outputs_the_candidate_that_agrees_best(ray_local, prefect_harness, mnist_store, tmp_path):
+def test_flow_consensus_method_outputs_the_best_agreeing_candidate(ray_local, prefect_harness, mnist_store, tmp_path):
     """CT-bal-warm-cons on 2 Ray workers: the balanced rule each epoch, the consensus choice (Method.finalize) at
     the last one, broadcast so that both workers hold it."""
     from flows.deep import deep_clustering_flow

@@ -26,8 +26,8 @@ from .model import Autoencoder, unwrap
 
 __all__ = [
     "BatchLoader", "train_epoch", "pretrain", "embed", "to_kernel_array", "reinit_centroids",
-    "nearest_centroid", "partition_agreement", "Method", "AEKM", "DCN", "DKM", "CT", "make_method", "METHODS", "fit_method",
-    "max_membership",
+    "nearest_centroid", "partition_agreement", "Method", "AEKM", "DCN", "DKM", "CT", "make_method", "METHODS",
+    "fit_method", "max_membership",
 ]
 
 
@@ -235,7 +235,8 @@ def reinit_centroids(Z: torch.Tensor, n_clusters: int, *, n_init: int = 10, max_
 def partition_agreement(labels, references, n_clusters: int) -> float:
     """Mean adjusted Rand index of ``labels`` against each partition in ``references`` (label arrays of the same
     samples, values in ``[0, n_clusters)``); NaN when ``references`` is empty.  Each ARI comes from one
-    ``n_clusters x n_clusters`` contingency table (``np.bincount``), by :func:`kmeans_dist.metrics.adjusted_rand_score`."""
+    ``n_clusters x n_clusters`` contingency table (``np.bincount``), scored by
+    :func:`kmeans_dist.metrics.adjusted_rand_score`."""
     from ..metrics import adjusted_rand_score
 
     if not len(references):
