@@ -43,6 +43,11 @@ def rules(eps=EPS, consensus: bool = False) -> dict:
     return out
 
 
+def run_rules(hist: list) -> dict:
+    """:func:`rules`, with ``consensus`` when the run's candidates record their ``agreement``."""
+    return rules(consensus=any("agreement" in c for h in hist for c in h["kmeans_candidates"]))
+
+
 def _agreement(c) -> float:
     a = c.get("agreement")
     return -np.inf if a is None or np.isnan(a) else a
@@ -52,7 +57,7 @@ def table(run: dict, every: int = 1) -> str:
     hist = [h for h in run["history"] if h.get("kmeans_candidates")]
     if not hist:
         return f"{run['method']} seed {run['seed']}: no kmeans_candidates in the history (an older run file)\n"
-    R = rules(consensus=any("agreement" in c for h in hist for c in h["kmeans_candidates"]))
+    R = run_rules(hist)
     head = ["epoch", "kept", "warm", "best", *R, "candidates with ACC >= kept + 2"]
     lines = [f"### {run['method']} seed {run['seed']}: ACC (%) per epoch", "",
              "| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
@@ -88,9 +93,9 @@ def plot(run: dict, path: Path) -> None:
     warm = [(h["epoch"], 100 * c["acc"]) for h in hist for c in h["kmeans_candidates"] if c["warm"]]
     if warm:
         ax.plot(*zip(*warm), "o", ms=3, color="tab:orange", label="warm start (previous centroids)")
-    ax.plot(ep, [100 * rules()["inertia"](h["kmeans_candidates"])["acc"] for h in hist], lw=1, color="tab:blue",
+    R = run_rules(hist)
+    ax.plot(ep, [100 * R["inertia"](h["kmeans_candidates"])["acc"] for h in hist], lw=1, color="tab:blue",
             label="lowest inertia")
-    R = rules(consensus=any("agreement" in c for h in hist for c in h["kmeans_candidates"]))
     if "consensus" in R:
         ax.plot(ep[1:], [100 * R["consensus"](h["kmeans_candidates"])["acc"] for h in hist[1:]], lw=1,
                 color="tab:purple", ls="--", label="highest agreement with the previous 50 kept partitions")

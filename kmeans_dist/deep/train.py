@@ -353,9 +353,9 @@ class Method:
         that window, on the final model's embeddings, rather than whichever the last epoch happened to keep.
         Label-free; it changes only the output, not the trajectory.  Sets the centroids to that candidate's
         centers and returns its labels (a torch tensor), or None when there is nothing to choose from."""
-        cands = [c for c in self.kmeans_candidates if not math.isnan(c.get("agreement", math.nan))]
-        if not self.consensus_window or not cands:
-            return None
+        cands = self.kmeans_candidates
+        if not self.consensus_window or not cands or math.isnan(cands[0]["agreement"]):
+            return None  # no window, or no partition kept before this k-means (all agreements NaN)
         best = max(range(len(cands)), key=lambda i: (cands[i]["agreement"], -i))
         for i, cand in enumerate(cands):
             cand["final"] = i == best
@@ -399,7 +399,7 @@ class Method:
     def state_dict(self) -> dict:
         st = {"centroids": None if self.centroids is None else self.centroids.detach().cpu().clone()}
         if self.consensus_window:
-            st["kept"] = [k.copy() for k in self._kept]
+            st["kept"] = list(self._kept)  # the arrays are never written in place
         return st
 
     def load_state_dict(self, state: dict, device=None) -> None:
