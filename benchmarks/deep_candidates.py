@@ -15,7 +15,10 @@ show).
 Rules: ``inertia`` (classical k-means), ``balanced`` (the most even sizes, ties to the lower inertia: CT-bal),
 ``bal~eps`` (the lowest inertia among the candidates whose size entropy is within ``eps`` of the largest), and,
 for runs that record each candidate's ``agreement`` (CT-bal-warm-cons), ``consensus`` (the highest mean ARI with
-the partitions kept over the previous 50 epochs: what that method outputs at its last epoch).  For such a run the
+the partitions kept over the previous 50 epochs: what that method outputs at its last epoch), and for runs that
+record each candidate's ``graph_cut`` (CT-graph-warm, CT-graph-split), ``graph`` (the lowest normalised cut of a
+k-nearest-neighbour graph among the candidates within 0.005 of the largest size entropy; the ``split`` column is
+the ACC of the graph-split candidate of CT-graph-split).  For such a run the
 ``kept`` column of the last epoch is the consensus pick and ``balanced`` is what CT-bal-warm would have output.
 """
 from __future__ import annotations
@@ -30,7 +33,10 @@ import numpy as np
 EPS = (0.001, 0.003, 0.01)
 
 
-def rules(eps=EPS, consensus: bool = False) -> dict:
+GRAPH_TOLERANCE = 0.005  # kmeans_dist.deep.train.GRAPH_TOLERANCE (not imported: this script reads run files only)
+
+
+def rules(eps=EPS, consensus: bool = False, graph: bool = False) -> dict:
     out = {"inertia": lambda cs: min(cs, key=lambda c: c["inertia"]),
            "balanced": lambda cs: min(cs, key=lambda c: (-c["size_entropy"], c["inertia"]))}
     for e in eps:
@@ -40,12 +46,20 @@ def rules(eps=EPS, consensus: bool = False) -> dict:
         out[f"bal~{e:g}"] = near_balanced
     if consensus:
         out["consensus"] = lambda cs: max(cs, key=lambda c: (_agreement(c), -cs.index(c)))
+    if graph:
+        def by_graph(cs):
+            top = max(c["size_entropy"] for c in cs)
+            return min((c for c in cs if c["size_entropy"] >= top - GRAPH_TOLERANCE),
+                       key=lambda c: (c["graph_cut"], c["inertia"]))
+        out["graph"] = by_graph
     return out
 
 
 def run_rules(hist: list) -> dict:
-    """:func:`rules`, with ``consensus`` when the run's candidates record their ``agreement``."""
-    return rules(consensus=any("agreement" in c for h in hist for c in h["kmeans_candidates"]))
+    """:func:`rules`, with ``consensus`` when the run's candidates record their ``agreement`` and ``graph`` when
+    they record their ``graph_cut`` (CT-graph-warm, CT-graph-split)."""
+    cands = [c for h in hist for c in h["kmeans_candidates"]]
+    return rules(consensus=any("agreement" in c for c in cands), graph=any("graph_cut" in c for c in cands))
 
 
 def _agreement(c) -> float:
@@ -58,7 +72,8 @@ def table(run: dict, every: int = 1) -> str:
     if not hist:
         return f"{run['method']} seed {run['seed']}: no kmeans_candidates in the history (an older run file)\n"
     R = run_rules(hist)
-    head = ["epoch", "kept", "warm", "best", *R, "candidates with ACC >= kept + 2"]
+    split = any("split" in c for h in hist for c in h["kmeans_candidates"])
+    head = ["epoch", "kept", "warm", *(["split"] if split else []), "best", *R, "candidates with ACC >= kept + 2"]
     lines = [f"### {run['method']} seed {run['seed']}: ACC (%) per epoch", "",
              "| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     picks = {name: [] for name in R}
@@ -70,7 +85,9 @@ def table(run: dict, every: int = 1) -> str:
         if h["epoch"] % every and h is not hist[-1]:
             continue
         better = sum(c["acc"] >= h["acc"] + 0.02 for c in cs)
-        row = [h["epoch"], h["acc"], warm[0]["acc"] if warm else None, max(c["acc"] for c in cs),
+        sp = [c["acc"] for c in cs if c.get("split")]
+        row = [h["epoch"], h["acc"], warm[0]["acc"] if warm else None, *([sp[0] if sp else None] if split else []),
+               max(c["acc"] for c in cs),
                *(picks[name][-1] for name in R), f"{better} of {len(cs)}"]
         lines.append("| " + " | ".join(_fmt(v) for v in row) + " |")
     lines += ["", "Mean ACC of each rule's pick over the epochs (each epoch on the run's own trajectory): "
@@ -96,6 +113,9 @@ def plot(run: dict, path: Path) -> None:
     R = run_rules(hist)
     ax.plot(ep, [100 * R["inertia"](h["kmeans_candidates"])["acc"] for h in hist], lw=1, color="tab:blue",
             label="lowest inertia")
+    split = [(h["epoch"], 100 * c["acc"]) for h in hist for c in h["kmeans_candidates"] if c.get("split")]
+    if split:
+        ax.plot(*zip(*split), "x", ms=4, color="tab:red", label="graph split of the rule's choice")
     if "consensus" in R:
         ax.plot(ep[1:], [100 * R["consensus"](h["kmeans_candidates"])["acc"] for h in hist[1:]], lw=1,
                 color="tab:purple", ls="--", label="highest agreement with the previous 50 kept partitions")

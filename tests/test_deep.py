@@ -219,6 +219,98 @@ def test_warm_start_is_one_more_candidate_and_leaves_the_restarts_alone(embedded
     assert np.array_equal(lab, (warm if key(warm) < key(cold5) else cold5).labels)
 
 
+def test_knn_graph_and_its_normalised_cut_match_sklearn_and_numpy(embedded):
+    from sklearn.neighbors import NearestNeighbors
+
+    from kmeans_dist.deep.train import graph_cut, knn_graph
+
+    Z = embedded
+    anchors, nbrs = knn_graph(Z, n_neighbors=5, n_anchors=700, seed=3, block=256)
+    assert anchors.shape == (700,) and nbrs.shape == (700, 5) and np.all(np.diff(anchors) > 0)
+    a2, _ = knn_graph(Z, n_neighbors=5, n_anchors=700, seed=3)
+    assert np.array_equal(a2, anchors)  # the anchors depend only on the seed and the number of rows
+    S = Z.numpy()[anchors].astype(np.float64)
+    ref = NearestNeighbors(n_neighbors=6).fit(S).kneighbors(S, return_distance=False)[:, 1:]  # drop itself
+    assert (anchors[ref] == nbrs).mean() > 0.99  # float32 GEMM distances against sklearn's float64 (near-ties)
+    full = knn_graph(Z, n_neighbors=3, n_anchors=10 ** 6)
+    assert full[0].shape == (Z.shape[0],) and not np.any(full[1] == full[0][:, None])
+    # the normalised cut, directly: per cluster, the mean fraction of its anchors' edges that leave it
+    lab = kmeans_inmemory(Z.numpy().copy(), 10, n_init=1, random_state=0).labels
+    leave = (lab[nbrs] != lab[anchors][:, None]).mean(1)
+    la = lab[anchors]
+    want = np.mean([leave[la == j].mean() for j in np.unique(la)])
+    assert graph_cut(lab, (anchors, nbrs)) == pytest.approx(want, rel=1e-12)
+    # two clusters, one made of two halves: cutting across each half is worse than separating them
+    A, N = np.arange(4), np.array([[1], [0], [3], [2]])
+    assert graph_cut(np.array([0, 0, 1, 1]), (A, N)) == 0.0 and graph_cut(np.array([0, 1, 0, 1]), (A, N)) == 1.0
+
+
+def test_graph_selection_keeps_the_lowest_cut_of_the_nearly_balanced_restarts(embedded):
+    from kmeans_dist.deep.train import GRAPH_TOLERANCE, graph_cut, knn_graph, size_entropy
+
+    Z = embedded
+    graph = knn_graph(Z, seed=5)
+    for tol in (GRAPH_TOLERANCE, 0.05, 1.0):
+        cands = []
+        c, labels, inertia = reinit_centroids(Z, 10, n_init=8, random_state=5, select="graph", graph=graph,
+                                              candidates=cands, graph_tolerance=tol)
+        # the same restarts as the other rules; the graph rule only chooses differently among them
+        ref = []
+        reinit_centroids(Z, 10, n_init=8, random_state=5, select="inertia", candidates=ref)
+        assert [cd["inertia"] for cd in cands] == [r["inertia"] for r in ref]
+        for cd in cands:
+            assert cd["graph_cut"] == graph_cut(cd["labels"], graph)
+            assert cd["size_entropy"] == size_entropy(cd["labels"], 10)
+        top = max(cd["size_entropy"] for cd in cands)
+        tied = [cd for cd in cands if cd["size_entropy"] >= top - tol]
+        want = min(tied, key=lambda cd: (cd["graph_cut"], cd["inertia"]))
+        assert np.array_equal(labels.numpy(), want["labels"]) and np.array_equal(c.numpy(), want["centers"])
+        assert inertia == want["inertia"]
+    # without a graph it builds one from random_state; the method builds one with its own seed every epoch
+    _, l2, _ = reinit_centroids(Z, 10, n_init=8, random_state=5, select="graph")
+    assert np.array_equal(l2.numpy(), reinit_centroids(Z, 10, n_init=8, random_state=5, select="graph",
+                                                       graph=graph)[1].numpy())
+    m = make_method("CT-graph-warm", 10, seed=5, n_init=8)
+    assert m.select == "graph" and m.reinit_warm and m.describe()["select"] == "graph"
+    assert np.array_equal(m.initialize(Z).numpy(), l2.numpy())
+
+
+def test_graph_split_separates_two_touching_strips_that_kmeans_cuts_across():
+    """Two parallel strips, longer than their gap, and a far blob: Lloyd (any seeding) cuts the strips across their length; the
+    split candidate re-splits the pair with the densest boundary along the neighbour graph, and the graph rule keeps
+    it because its cut is lower."""
+    from kmeans_dist.deep.train import graph_cut, graph_split, knn_graph
+    from kmeans_dist.kernels import lloyd_inmemory
+
+    rng = np.random.default_rng(0)
+    n = 900
+    strip = lambda y0: np.c_[rng.uniform(0, 3, n), rng.normal(y0, 0.08, n)]  # noqa: E731
+    X = np.vstack([strip(0.0), strip(1.0), rng.normal((1.5, 8.0), 0.3, (n, 2))]).astype(np.float32)
+    truth = np.repeat(np.arange(3), n)
+    Z = torch.from_numpy(X)
+    graph = knn_graph(Z, n_neighbors=8, n_anchors=2000, seed=0)
+    km = lloyd_inmemory(X, np.array([[0.7, 0.5], [2.3, 0.5], [1.5, 8.0]], dtype=np.float32))
+    crossed = lambda lab: max((lab[truth == 0] == v).mean() for v in range(3))  # noqa: E731
+    assert crossed(km.labels) < 0.7  # k-means cuts across the strips
+    alt = graph_split(X, km.labels, km.centers, graph, 3)
+    assert alt.n_iter == 0 and alt.centers.dtype == np.float32
+    assert crossed(alt.labels) == 1.0 and (alt.labels[truth == 0][0] != alt.labels[truth == 1][0])
+    assert np.array_equal(alt.labels[truth == 2], km.labels[truth == 2])  # the far blob's center is untouched
+    np.testing.assert_array_equal(alt.centers[2], km.centers[2])
+    d = ((X[:, None, :] - alt.centers[None]) ** 2).sum(-1)
+    assert np.array_equal(alt.labels, d.argmin(1)) and alt.inertia == pytest.approx(d.min(1).sum(), rel=1e-5)
+    assert graph_cut(alt.labels, graph) < graph_cut(km.labels, graph)
+    cands = []
+    c, labels, _ = reinit_centroids(Z, 3, n_init=4, random_state=0, select="graph", graph=graph, candidates=cands,
+                                    split=True)
+    assert [cd["split"] for cd in cands] == [False] * 4 + [True] and crossed(labels.numpy()) == 1.0
+    np.testing.assert_array_equal(c.numpy(), cands[-1]["centers"])
+    with pytest.raises(ValueError, match="split needs select='graph'"):
+        reinit_centroids(Z, 3, n_init=1, select="balanced", split=True)
+    with pytest.raises(ValueError, match="graph_split needs select='graph'"):
+        make_method("CT", 3, graph_split=True)
+
+
 @pytest.mark.parametrize("name", sorted(METHODS))
 def test_every_method_runs(name, mnist, pretrained):
     X, y = mnist
@@ -252,10 +344,19 @@ def test_every_method_runs(name, mnist, pretrained):
             continue
         warm = method.describe().get("reinit_warm", False) and h["epoch"] > 0
         n_cold = getattr(method, "reinit_n_init", 3) if h["epoch"] else 3  # CT-reinit1: 1 restart per epoch
-        assert [c["warm"] for c in cands] == [False] * n_cold + [True] * warm
-        rank = ((lambda c: (-c["size_entropy"], c["inertia"])) if method.select == "balanced"
-                else (lambda c: c["inertia"]))
-        kept = min(cands, key=rank)
+        split = [c["split"] for c in cands] if method.graph_split else []  # graph_split's candidate: at most one, last
+        assert split in ([], [False] * len(cands), [False] * (len(cands) - 1) + [True])
+        assert [c["warm"] for c in cands] == [False] * n_cold + [True] * warm + [False] * split.count(True)
+        if method.select == "graph":  # the lowest cut among the nearly most balanced
+            from kmeans_dist.deep.train import GRAPH_TOLERANCE
+
+            top = max(c["size_entropy"] for c in cands)
+            kept = min((c for c in cands if c["size_entropy"] >= top - GRAPH_TOLERANCE),
+                       key=lambda c: (c["graph_cut"], c["inertia"]))
+        else:
+            rank = ((lambda c: (-c["size_entropy"], c["inertia"])) if method.select == "balanced"
+                    else (lambda c: c["inertia"]))
+            kept = min(cands, key=rank)
         if method.consensus_window:  # each candidate's agreement with the partitions kept before it
             assert all(np.isnan(c["agreement"]) for c in cands) == (h["epoch"] == 0)
             if h is hist[-1]:  # the output: the last epoch's candidate that agrees best (Method.finalize)

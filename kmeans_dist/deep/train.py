@@ -26,7 +26,7 @@ from .model import Autoencoder, unwrap
 
 __all__ = [
     "BatchLoader", "train_epoch", "pretrain", "embed", "to_kernel_array", "reinit_centroids",
-    "nearest_centroid", "partition_agreement", "Method", "AEKM", "DCN", "DKM", "CT", "make_method", "METHODS",
+    "nearest_centroid", "partition_agreement", "knn_graph", "graph_cut", "graph_split", "Method", "AEKM", "DCN", "DKM", "CT", "make_method", "METHODS",
     "fit_method", "max_membership",
 ]
 
@@ -185,7 +185,50 @@ def from_kernel_array(a, like: torch.Tensor) -> torch.Tensor:
     return t.to(device=like.device, dtype=like.dtype)
 
 
-SELECT_RULES = ("inertia", "balanced")
+SELECT_RULES = ("inertia", "balanced", "graph")
+
+
+def knn_graph(Z: torch.Tensor, *, n_neighbors: int = 10, n_anchors: int = 10_000, seed: int = 0,
+              block: int = 2048):
+    """A k-nearest-neighbour graph among a seeded sample of the rows of ``Z`` (the anchors), on ``Z``'s device.
+
+    Returns ``(anchors, neighbors)`` as kernel arrays (NumPy on CPU, CuPy on CUDA, through DLPack): ``anchors``
+    ``(m,)`` row indices of ``Z`` and ``neighbors`` ``(m, n_neighbors)`` row indices of ``Z`` of each anchor's
+    nearest other anchors (squared Euclidean distance, one ``block x m`` GEMM at a time).  ``m`` is
+    ``min(n_anchors, len(Z))``; the anchors depend only on ``seed`` and ``len(Z)``.
+    """
+    n = Z.shape[0]
+    m = min(int(n_anchors), n)
+    kn = min(int(n_neighbors), m - 1)
+    g = torch.Generator().manual_seed(int(seed))
+    anchors = torch.randperm(n, generator=g)[:m].sort().values.to(Z.device)
+    S = Z[anchors].detach().to(torch.float32)
+    sq = (S * S).sum(1)
+    out = []
+    for s in range(0, m, block):
+        e = min(s + block, m)
+        D = sq[s:e, None] - 2.0 * (S[s:e] @ S.T) + sq[None, :]
+        D[torch.arange(e - s, device=D.device), torch.arange(s, e, device=D.device)] = float("inf")  # not itself
+        out.append(D.topk(kn, dim=1, largest=False).indices)
+    nbrs = anchors[torch.cat(out)]
+    return to_kernel_array(anchors), to_kernel_array(nbrs)
+
+
+def graph_cut(labels, graph) -> float:
+    """Normalised cut of the partition ``labels`` on ``graph`` (:func:`knn_graph`): for each cluster, the fraction
+    of its anchors' neighbour edges that leave it; their mean over the clusters that hold anchors.  Low when every
+    boundary runs through a sparse region of the embeddings; a cluster cut out of a dense region scores high
+    however small it is, so merging two touching clusters to split another does not pay (unlike the plain count
+    of cut edges)."""
+    xp = get_namespace(labels)
+    anchors, nbrs = graph
+    lab = xp.reshape(labels, (-1,))
+    la = lab[anchors]
+    leave = xp.mean(xp.astype(lab[nbrs] != xp.reshape(la, (-1, 1)), xp.float64), axis=1)
+    k = int(xp.max(la)) + 1
+    tot = to_numpy(xp.bincount(la, weights=leave, minlength=k))
+    cnt = to_numpy(xp.bincount(la, minlength=k))
+    return float(np.mean(tot[cnt > 0] / cnt[cnt > 0]))
 
 
 def size_entropy(labels, n_clusters: int) -> float:
@@ -198,35 +241,127 @@ def size_entropy(labels, n_clusters: int) -> float:
     return float(-(p * np.log(p)).sum() / math.log(n_clusters)) + 0.0 if n_clusters > 1 else 1.0  # + 0.0: never -0.0
 
 
+def graph_split(Zk, labels, centers, graph, n_clusters: int):
+    """Re-split the two clusters of a partition whose shared boundary is densest, along the neighbour graph.
+
+    ``Zk`` (kernel array), ``labels`` and ``centers`` a partition of its rows, ``graph`` a :func:`knn_graph`.
+    The pair ``(i, j)`` with the most graph edges between them (per anchor, ``e_ij / sqrt(n_i n_j)``) is the pair
+    whose boundary runs through the densest region; their anchors are bisected by the sign of the Fiedler vector
+    of the normalised Laplacian of the graph among them (Shi and Malik's normalised cut, ``scipy.sparse.linalg.eigsh``
+    on the host: a few thousand nodes), ``c_i`` and ``c_j`` are replaced by the means of the two sides, and every
+    row goes to its nearest center.  Where Euclidean k-means cuts across two touching groups (two elongated
+    classes side by side), Lloyd goes back to its cut; this one follows the gap between the groups.  Returns a
+    :class:`~kmeans_dist.kernels.KMeansResult` (``n_iter`` 0), or None when the pair cannot be split.
+    """
+    import scipy.sparse as sp
+    from scipy.sparse.linalg import eigsh
+
+    from ..kernels import KMeansResult
+
+    xp = get_namespace(Zk)
+    anchors, nbrs = graph
+    lab = xp.reshape(labels, (-1,))
+    la, ln = to_numpy(lab[anchors]).astype(np.int64), to_numpy(lab[nbrs]).astype(np.int64)
+    k = int(n_clusters)
+    cross = np.bincount((la[:, None] * k + ln).ravel(), minlength=k * k).reshape(k, k).astype(np.float64)
+    cross = cross + cross.T
+    np.fill_diagonal(cross, 0.0)
+    cnt = np.bincount(la, minlength=k).astype(np.float64)
+    w = cross / np.sqrt(np.maximum(np.outer(cnt, cnt), 1.0))
+    i, j = np.unravel_index(int(np.argmax(w)), w.shape)
+    if w[i, j] <= 0:
+        return None
+    sel = np.flatnonzero((la == i) | (la == j))
+    pos = np.full(int(Zk.shape[0]), -1, dtype=np.int64)
+    anc = to_numpy(anchors).astype(np.int64)
+    pos[anc[sel]] = np.arange(sel.size)
+    rows = np.repeat(np.arange(sel.size), ln.shape[1])
+    cols = pos[to_numpy(nbrs).astype(np.int64)[sel].ravel()]
+    ok = cols >= 0
+    adj = sp.csr_matrix((np.ones(int(ok.sum())), (rows[ok], cols[ok])), shape=(sel.size, sel.size))
+    adj = ((adj + adj.T) > 0).astype(np.float64)
+    deg = np.asarray(adj.sum(axis=1)).ravel()
+    deg[deg == 0] = 1.0
+    dm = sp.diags(1.0 / np.sqrt(deg))
+    u0 = np.sqrt(deg) / np.linalg.norm(np.sqrt(deg))  # the top eigenvector (eigenvalue 1) of D^-1/2 A D^-1/2
+    _, vecs = eigsh(dm @ adj @ dm, k=2, which="LA", v0=u0)  # v0: deterministic
+    # the Fiedler direction: of the two, the part orthogonal to u0 (when the graph among the pair falls apart in
+    # components, eigenvalue 1 repeats and eigsh may return any basis of it)
+    rest = vecs - u0[:, None] * (u0 @ vecs)[None, :]
+    side = rest[:, int(np.argmax(np.linalg.norm(rest, axis=0)))] / np.sqrt(deg) > 0
+    if side.all() or not side.any():
+        return None
+    Za = Zk[xp.asarray(anc[sel])]
+    side_x = xp.asarray(side)
+    new = centers.copy()
+    new[int(i)] = xp.mean(Za[side_x], axis=0)
+    new[int(j)] = xp.mean(Za[~side_x], axis=0)
+    new_labels, d = assign_labels(Zk, new)
+    return KMeansResult(centers=new, labels=new_labels, inertia=float(xp.sum(d)), n_iter=0, history=[])
+
+
+GRAPH_TOLERANCE = 0.005  # select="graph": size entropies within this of the most balanced candidate count as tied
+
+
 def reinit_centroids(Z: torch.Tensor, n_clusters: int, *, n_init: int = 10, max_iter: int = 300, tol: float = 1e-4,
                      random_state=None, select: str = "inertia", warm_start: torch.Tensor | None = None,
-                     candidates: list | None = None):
+                     candidates: list | None = None, graph=None, graph_tolerance: float = GRAPH_TOLERANCE,
+                     split: bool = False):
     """Classical k-means (k-means++, ``n_init`` restarts, Lloyd) on embeddings ``Z``.
 
     Runs the kernels on a DLPack view of ``Z``.  ``select`` chooses among the ``n_init`` restarts:
     ``"inertia"`` keeps the lowest inertia (:func:`kmeans_dist.kernels.kmeans_inmemory`, classical k-means);
     ``"balanced"`` keeps the partition whose cluster sizes have the highest entropy (:func:`size_entropy`,
     ties to the lower inertia), a label-free prior for data sets whose classes have similar sizes (the
-    marginal-entropy prior of IIC and SCAN), applied to the same candidate restarts.  ``warm_start`` (centers,
+    marginal-entropy prior of IIC and SCAN), applied to the same candidate restarts.  ``"graph"`` first keeps the
+    candidates whose size entropy is within ``graph_tolerance`` of the most balanced one, then among them the
+    partition with the lowest normalised cut of a k-nearest-neighbour graph of the embeddings (:func:`graph_cut`
+    on ``graph``, default :func:`knn_graph` of ``Z`` seeded by ``random_state``), ties to the lower inertia: of
+    nearly tied balanced partitions it prefers the one whose boundaries run through sparse regions rather than
+    through a dense group of points (the neighbour-consistency prior of SCAN).  ``split=True`` (``"graph"`` only)
+    adds one more candidate after the runs: :func:`graph_split` of the partition the rule chose among them, ranked
+    with them by the same rule (its centers are the two sides' means, not a Lloyd fixed point).  ``warm_start`` (centers,
     e.g. the previous epoch's) adds one candidate, Lloyd from those centers, ranked by the same rule; the
     ``n_init`` restarts are unchanged by it.  ``candidates`` (a list) gets one dict per run, in order (the
     restarts, then the warm start): ``inertia``, ``size_entropy``, ``warm``, ``labels`` and ``centers`` (kernel
-    arrays), so a caller can see what each selection rule chose among.
+    arrays), and ``graph_cut`` under ``"graph"``, so a caller can see what each selection rule chose among.
     Returns ``(centers, labels, inertia)`` with centers/labels as torch tensors on ``Z``'s device.
     """
     if select not in SELECT_RULES:
         raise ValueError(f"select must be one of {SELECT_RULES}, got {select!r}")
+    if split and select != "graph":
+        raise ValueError(f"split needs select='graph', got select={select!r}")
     k = int(n_clusters)
-    key = None if select == "inertia" else (lambda r: (-size_entropy(r.labels, k), float(r.inertia)))
+    key = (lambda r: (-size_entropy(r.labels, k), float(r.inertia))) if select == "balanced" else None  # noqa: E731
+    if select == "graph" and graph is None:
+        graph = knn_graph(Z, seed=random_state if isinstance(random_state, (int, np.integer)) else 0)
     Zk = to_kernel_array(Z)
     extra = () if warm_start is None else (to_kernel_array(warm_start.detach().to(device=Z.device, dtype=Z.dtype)),)
-    seen = None
-    if candidates is not None:
-        def seen(r):
-            candidates.append({"inertia": float(r.inertia), "size_entropy": size_entropy(r.labels, k),
-                               "warm": len(candidates) >= n_init, "labels": r.labels, "centers": r.centers})
+    runs: list = []  # (result, size entropy, graph cut) of every run, for "graph" and the candidates list
+
+    def seen(r, split=False):
+        runs.append((r, size_entropy(r.labels, k), None if graph is None else graph_cut(r.labels, graph)))
+        if candidates is not None:
+            candidates.append({"inertia": float(r.inertia), "size_entropy": runs[-1][1],
+                               "warm": not split and len(runs) > n_init, "labels": r.labels, "centers": r.centers,
+                               **({} if graph is None else {"graph_cut": runs[-1][2]}),
+                               **({"split": split} if split_on else {})})
+
+    def by_graph():  # needs every run's entropy before it can rank any, so it chooses after they all ran
+        top = max(e for _, e, _ in runs)
+        return min((run for run in runs if run[1] >= top - graph_tolerance),
+                   key=lambda run: (run[2], float(run[0].inertia)))[0]
+
+    split_on = bool(split)
     res = kmeans_inmemory(Zk, k, n_init=n_init, max_iter=max_iter, tol=tol, random_state=random_state, key=key,
                           init_candidates=extra, on_result=seen)
+    if select == "graph":
+        res = by_graph()
+        if split_on:
+            alt = graph_split(Zk, res.labels, res.centers, graph, k)
+            if alt is not None:
+                seen(alt, split=True)
+                res = by_graph()
     centers = from_kernel_array(res.centers, Z)
     labels = from_kernel_array(res.labels, torch.empty(0, dtype=torch.int64, device=Z.device))
     return centers, labels, float(res.inertia)
@@ -260,7 +395,7 @@ def kmeans_candidate_scores(method, epoch: int, y=None) -> list | None:
     if method.kmeans_epoch != epoch or not cands:
         return None
     return [{"inertia": c["inertia"], "size_entropy": c["size_entropy"], "warm": c["warm"],
-             **{key: c[key] for key in ("agreement", "final") if key in c},
+             **{key: c[key] for key in ("graph_cut", "split", "agreement", "final") if key in c},
              **({} if y is None else clustering_scores(y, to_numpy(c["labels"])))} for c in cands]
 
 
@@ -296,12 +431,17 @@ class Method:
     finetunes = True
 
     def __init__(self, n_clusters: int = 10, *, lam: float = 1.0, n_init: int = 10, seed: int = 0,
-                 reconstruction: str = "sum", select: str = "inertia", consensus_window: int = 0):
+                 reconstruction: str = "sum", select: str = "inertia", consensus_window: int = 0,
+                 graph_split: bool = False):
         if reconstruction not in ("sum", "mean"):
             raise ValueError(f"reconstruction must be 'sum' or 'mean', got {reconstruction!r}")
         if select not in SELECT_RULES:
             raise ValueError(f"select must be one of {SELECT_RULES}, got {select!r}")
+        if graph_split and select != "graph":
+            raise ValueError(f"graph_split needs select='graph', got select={select!r}")
         self.select = select
+        # select="graph" with graph_split: each k-means on the embeddings also offers graph_split of its choice
+        self.graph_split = bool(graph_split)
         self.n_clusters = int(n_clusters)
         self.lam = float(lam)
         self.reconstruction = reconstruction
@@ -333,9 +473,11 @@ class Method:
         """k-means on the embeddings after ``epoch`` (:func:`reinit_centroids` with this method's rule); keeps
         its inertia, epoch and candidates; returns ``(centers, labels)``."""
         self.kmeans_candidates = []
+        graph = knn_graph(Z, seed=self.seed) if self.select == "graph" else None  # the same anchors every epoch
         c, labels, self.kmeans_inertia = reinit_centroids(Z, self.n_clusters, n_init=n_init, random_state=random_state,
                                                           select=self.select, warm_start=warm_start,
-                                                          candidates=self.kmeans_candidates)
+                                                          candidates=self.kmeans_candidates, graph=graph,
+                                                          split=self.graph_split)
         self.kmeans_epoch = epoch
         if self.consensus_window:
             for cand in self.kmeans_candidates:
@@ -411,7 +553,7 @@ class Method:
 
     def describe(self) -> dict:
         return {"name": self.name, "lam": self.lam, "reconstruction": self.reconstruction, "select": self.select,
-                "consensus_window": self.consensus_window}
+                "graph_split": self.graph_split, "consensus_window": self.consensus_window}
 
 
 class AEKM(Method):
@@ -636,6 +778,9 @@ METHODS = {
     "CT-bal-warm": lambda k, **kw: _named(CT(k, select="balanced", reinit_warm=True, **kw), "CT-bal-warm"),
     "CT-bal-warm-cons": lambda k, **kw: _named(CT(k, select="balanced", reinit_warm=True,
                                                   **{"consensus_window": 50, **kw}), "CT-bal-warm-cons"),
+    "CT-graph-warm": lambda k, **kw: _named(CT(k, select="graph", reinit_warm=True, **kw), "CT-graph-warm"),
+    "CT-graph-split": lambda k, **kw: _named(CT(k, select="graph", graph_split=True, reinit_warm=True, **kw),
+                                             "CT-graph-split"),
 }
 
 
@@ -649,7 +794,10 @@ def make_method(name: str, n_clusters: int = 10, **kw) -> Method:
     AEKM-bal, CT-bal (``select="balanced"``: each k-means on the embeddings keeps its most balanced restart),
     CT-bal-warm (CT-bal with the previous centroids as one more candidate of each re-initialisation),
     CT-bal-warm-cons (CT-bal-warm whose final partition is the last epoch's candidate that agrees best with the
-    partitions kept over the previous 50 epochs: :meth:`Method.finalize`)."""
+    partitions kept over the previous 50 epochs: :meth:`Method.finalize`), CT-graph-warm (CT-bal-warm with
+    ``select="graph"``: of the nearly balanced candidates, the one that cuts the fewest neighbour edges),
+    CT-graph-split (CT-graph-warm whose k-means also offers :func:`graph_split` of its choice: the pair of clusters
+    with the densest boundary re-split along the neighbour graph)."""
     try:
         return METHODS[name](n_clusters, **kw)
     except KeyError:
