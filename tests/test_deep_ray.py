@@ -125,3 +125,30 @@ def test_flow_consensus_method_outputs_the_best_agreeing_candidate(ray_local, pr
         assert h["kmeans_inertia"] == pytest.approx(kept["inertia"], rel=1e-12)
         assert kept["acc"] == pytest.approx(h["acc"], abs=0.01)
     assert summary["final_scores"]["acc"] == pytest.approx(hist[-1]["acc"], abs=0.005)
+
+
+@pytest.mark.slow
+def test_flow_graph_split_method_keeps_the_graph_rules_choice_on_every_worker(ray_local, prefect_harness, mnist_store,
+                                                                              tmp_path):
+    """CT-graph-split on 2 Ray workers: each epoch's k-means keeps the lowest normalised kNN-graph cut among the
+    nearly balanced candidates (the restarts, the warm start and the graph split), identical on both workers."""
+    from flows.deep import deep_clustering_flow
+    from kmeans_dist.deep.train import GRAPH_TOLERANCE
+
+    out = tmp_path / "graph"
+    summary = deep_clustering_flow(source=mnist_store, output_dir=str(out), method="CT-graph-split",
+                                   pretrain_epochs=1, finetune_epochs=2, num_workers=2, use_gpu=False, seed=0,
+                                   run_name="deep-test-graph")
+    hist = json.loads((out / "history.json").read_text())
+    assert [h["epoch"] for h in hist] == [1, 1, 2, 3]
+    for h in hist[2:]:
+        assert h["centroid_divergence"] == 0.0
+        cands = h["kmeans_candidates"]
+        assert all(0.0 <= c["graph_cut"] <= 1.0 for c in cands)
+        assert [c["split"] for c in cands].count(True) <= 1 and not cands[0]["split"]
+        top = max(c["size_entropy"] for c in cands)
+        kept = min((c for c in cands if c["size_entropy"] >= top - GRAPH_TOLERANCE),
+                   key=lambda c: (c["graph_cut"], c["inertia"]))
+        assert h["kmeans_inertia"] == pytest.approx(kept["inertia"], rel=1e-12)
+        assert kept["acc"] == pytest.approx(h["acc"], abs=0.01)
+    assert summary["final_scores"]["acc"] == pytest.approx(hist[-1]["acc"], abs=0.005)

@@ -339,28 +339,27 @@ def reinit_centroids(Z: torch.Tensor, n_clusters: int, *, n_init: int = 10, max_
     extra = () if warm_start is None else (to_kernel_array(warm_start.detach().to(device=Z.device, dtype=Z.dtype)),)
     runs: list = []  # (result, size entropy, graph cut) of every run, for "graph" and the candidates list
 
-    def seen(r, split=False):
+    def seen(r, is_split=False):
         runs.append((r, size_entropy(r.labels, k), None if graph is None else graph_cut(r.labels, graph)))
         if candidates is not None:
             candidates.append({"inertia": float(r.inertia), "size_entropy": runs[-1][1],
-                               "warm": not split and len(runs) > n_init, "labels": r.labels, "centers": r.centers,
+                               "warm": not is_split and len(runs) > n_init, "labels": r.labels, "centers": r.centers,
                                **({} if graph is None else {"graph_cut": runs[-1][2]}),
-                               **({"split": split} if split_on else {})})
+                               **({"split": is_split} if split else {})})
 
     def by_graph():  # needs every run's entropy before it can rank any, so it chooses after they all ran
         top = max(e for _, e, _ in runs)
         return min((run for run in runs if run[1] >= top - graph_tolerance),
                    key=lambda run: (run[2], float(run[0].inertia)))[0]
 
-    split_on = bool(split)
     res = kmeans_inmemory(Zk, k, n_init=n_init, max_iter=max_iter, tol=tol, random_state=random_state, key=key,
                           init_candidates=extra, on_result=seen)
     if select == "graph":
         res = by_graph()
-        if split_on:
+        if split:
             alt = graph_split(Zk, res.labels, res.centers, graph, k)
             if alt is not None:
-                seen(alt, split=True)
+                seen(alt, is_split=True)
                 res = by_graph()
     centers = from_kernel_array(res.centers, Z)
     labels = from_kernel_array(res.labels, torch.empty(0, dtype=torch.int64, device=Z.device))
@@ -705,7 +704,10 @@ class CT(Method):
     cluster sizes, ``CT-bal``; see :func:`reinit_centroids`).  ``reinit_warm=True`` adds the current centroids
     as one more candidate of each re-initialisation (Lloyd from them, ranked by the same rule; ``CT-bal-warm``):
     the re-initialisation then never keeps a partition that ranks below where Lloyd takes the previous one,
-    which stops the one-epoch flips of ``CT-bal`` to a merged partition.  Not in the paper.
+    which stops the one-epoch flips of ``CT-bal`` to a merged partition.  ``select="graph"`` (``CT-graph-warm``)
+    ranks the nearly balanced candidates by their normalised cut of a neighbour graph of the embeddings, and
+    ``graph_split=True`` (``CT-graph-split``) also offers the partition with the densest boundary re-split along
+    that graph (:func:`graph_split`), whose centers the next epoch's CT loss then pulls towards.  Not in the paper.
     """
 
     name = "CT"
