@@ -276,9 +276,9 @@ def test_graph_selection_keeps_the_lowest_cut_of_the_nearly_balanced_restarts(em
 
 
 def test_graph_split_separates_two_touching_strips_that_kmeans_cuts_across():
-    """Two parallel strips, longer than their gap, and a far blob: Lloyd (any seeding) cuts the strips across their length; the
-    split candidate re-splits the pair with the densest boundary along the neighbour graph, and the graph rule keeps
-    it because its cut is lower."""
+    """Two parallel strips, longer than their gap, and a far blob: Lloyd from a cut across the strips stays there;
+    the split candidate re-splits the pair with the densest boundary along the neighbour graph, and the graph rule
+    keeps it because its cut is lower."""
     from kmeans_dist.deep.train import graph_cut, graph_split, knn_graph
     from kmeans_dist.kernels import lloyd_inmemory
 

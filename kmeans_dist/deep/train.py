@@ -26,8 +26,8 @@ from .model import Autoencoder, unwrap
 
 __all__ = [
     "BatchLoader", "train_epoch", "pretrain", "embed", "to_kernel_array", "reinit_centroids",
-    "nearest_centroid", "partition_agreement", "knn_graph", "graph_cut", "graph_split", "Method", "AEKM", "DCN", "DKM", "CT", "make_method", "METHODS",
-    "fit_method", "max_membership",
+    "nearest_centroid", "partition_agreement", "knn_graph", "graph_cut", "graph_split", "Method", "AEKM", "DCN",
+    "DKM", "CT", "make_method", "METHODS", "fit_method", "max_membership",
 ]
 
 
@@ -217,9 +217,9 @@ def knn_graph(Z: torch.Tensor, *, n_neighbors: int = 10, n_anchors: int = 10_000
 def graph_cut(labels, graph) -> float:
     """Normalised cut of the partition ``labels`` on ``graph`` (:func:`knn_graph`): for each cluster, the fraction
     of its anchors' neighbour edges that leave it; their mean over the clusters that hold anchors.  Low when every
-    boundary runs through a sparse region of the embeddings; a cluster cut out of a dense region scores high
-    however small it is, so merging two touching clusters to split another does not pay (unlike the plain count
-    of cut edges)."""
+    boundary runs through a sparse region of the embeddings; a small cluster cut out of a dense region scores as
+    high as a large one, so merging two touching clusters to split another pays less than under the plain count
+    of cut edges (it can still pay: :func:`reinit_centroids` ranks by it only among nearly balanced candidates)."""
     xp = get_namespace(labels)
     anchors, nbrs = graph
     lab = xp.reshape(labels, (-1,))
@@ -320,11 +320,12 @@ def reinit_centroids(Z: torch.Tensor, n_clusters: int, *, n_init: int = 10, max_
     nearly tied balanced partitions it prefers the one whose boundaries run through sparse regions rather than
     through a dense group of points (the neighbour-consistency prior of SCAN).  ``split=True`` (``"graph"`` only)
     adds one more candidate after the runs: :func:`graph_split` of the partition the rule chose among them, ranked
-    with them by the same rule (its centers are the two sides' means, not a Lloyd fixed point).  ``warm_start`` (centers,
-    e.g. the previous epoch's) adds one candidate, Lloyd from those centers, ranked by the same rule; the
+    with them by the same rule (its centers are the two sides' means, not a Lloyd fixed point).  ``warm_start``
+    (centers, e.g. the previous epoch's) adds one candidate, Lloyd from those centers, ranked by the same rule; the
     ``n_init`` restarts are unchanged by it.  ``candidates`` (a list) gets one dict per run, in order (the
     restarts, then the warm start): ``inertia``, ``size_entropy``, ``warm``, ``labels`` and ``centers`` (kernel
-    arrays), and ``graph_cut`` under ``"graph"``, so a caller can see what each selection rule chose among.
+    arrays), ``graph_cut`` under ``"graph"`` and ``split`` (whether it is the graph split, which comes last) with
+    ``split=True``, so a caller can see what each selection rule chose among.
     Returns ``(centers, labels, inertia)`` with centers/labels as torch tensors on ``Z``'s device.
     """
     if select not in SELECT_RULES:
