@@ -216,6 +216,9 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--pretrain-corruption", type=float, default=0.0,
                     help="masking-noise probability for a denoising pretraining (0: plain autoencoder, the protocol)")
+    ap.add_argument("--ae-init", choices=["torch", "glorot"], default="torch",
+                    help="initial weights of the autoencoder: PyTorch's nn.Linear default, or Glorot uniform with zero "
+                         "biases (the default of the TensorFlow/Keras layers the DKM and DCN reference code used)")
     ap.add_argument("--device", default="cpu",
                     help="torch device: cpu, cuda or auto (cuda when available); on a GPU the per-epoch k-means "
                          "runs on CuPy views of the embeddings (DLPack, no host copy)")
@@ -277,7 +280,7 @@ def main(argv=None):
     for seed in args.seeds:
         ae_path = workdir / f"ae_seed{seed}.pt"
         torch.manual_seed(seed)
-        model = Autoencoder(X.shape[1], 10).to(dev)
+        model = Autoencoder(X.shape[1], 10, init=args.ae_init).to(dev)
         if ae_path.exists():
             model.load_state_dict(torch.load(ae_path, map_location=dev))
             log(f"seed {seed}: loaded pretrained autoencoder {ae_path}")
@@ -307,6 +310,7 @@ def main(argv=None):
             torch.save(model.state_dict(), ae_path)
             (workdir / f"pretrain_{seed}.json").write_text(json.dumps({"seed": seed, "history": hist, "device": dev_name,
                                                                        "corruption": args.pretrain_corruption,
+                                                                       "init": args.ae_init,
                                                                        "seconds": secs + time.perf_counter() - t0}))
             part_path.unlink(missing_ok=True)
         pretrained = {k: v.clone() for k, v in model.state_dict().items()}
@@ -346,7 +350,7 @@ def main(argv=None):
             last = res["history"][-1]
             rec = {"method": name, "seed": seed, "acc": last["acc"], "nmi": last["nmi"], "ari": last["ari"],
                    "complete": full_protocol, "protocol_note": note, "seconds": time.perf_counter() - t0,
-                   "device": dev_name,
+                   "device": dev_name, "ae_init": args.ae_init,
                    "config": method.describe(), "history": res["history"]}
             save_run(workdir, rec)
             np.savez_compressed(workdir / f"result_{name}_seed{seed}.npz", labels=res["labels"],

@@ -21,6 +21,13 @@ from prefect import flow, get_run_logger, task
 __all__ = ["deep_clustering_flow", "prepare_store", "ray_deep_stage"]
 
 
+def _inits() -> tuple[str, ...]:
+    """The autoencoder's ``init`` choices (imported here: torch loads with it)."""
+    from kmeans_dist.deep.model import INITS
+
+    return INITS
+
+
 def _methods() -> tuple[str, ...]:
     """The method names :func:`kmeans_dist.deep.make_method` knows (imported here: torch loads with it)."""
     from kmeans_dist.deep import METHODS
@@ -81,15 +88,18 @@ def deep_clustering_flow(source: str, output_dir: str = "runs/deep", method: str
                          limit: Optional[int] = None, run_name: Optional[str] = None,
                          method_kwargs: Optional[dict] = None, ray_address: Optional[str] = None,
                          ray_num_cpus: Optional[int] = None, max_failures: int = 1,
-                         fail_at_epoch: Optional[int] = None) -> dict:
+                         fail_at_epoch: Optional[int] = None, ae_init: str = "torch") -> dict:
     """Ingest (if needed) and train ``method`` with Ray Train; returns the stage summary.
 
     ``source``: a Zarr store, an MNIST folder, or anything :func:`kmeans_dist.data.ingest` takes.
+    ``ae_init``: the autoencoder's initial weights, ``"torch"`` (PyTorch's default) or ``"glorot"``.
     """
     if method not in _methods():
         raise ValueError(f"method must be one of {_methods()}, got {method!r}")
     if num_workers < 1 or pretrain_epochs < 0 or finetune_epochs < 0 or batch_size < 1:
         raise ValueError("num_workers and batch_size must be >= 1, epochs >= 0")
+    if ae_init not in _inits():
+        raise ValueError(f"ae_init must be one of {_inits()}, got {ae_init!r}")
     out = Path(output_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     store = prepare_store(source, os.fspath(out), limit)
@@ -101,7 +111,8 @@ def deep_clustering_flow(source: str, output_dir: str = "runs/deep", method: str
     params = dict(method=method, n_clusters=n_clusters, pretrain_epochs=pretrain_epochs,
                   finetune_epochs=finetune_epochs, batch_size=batch_size, lr=lr, seed=seed,
                   num_workers=num_workers, use_gpu=use_gpu, method_kwargs=method_kwargs, name=run_name,
-                  ray_init_kwargs=ray_kw or None, max_failures=max_failures, fail_at_epoch=fail_at_epoch)
+                  ray_init_kwargs=ray_kw or None, max_failures=max_failures, fail_at_epoch=fail_at_epoch,
+                  ae_init=ae_init)
     summary = ray_deep_stage(store, os.fspath(out), params)
     _publish(summary)
     return summary
@@ -119,10 +130,12 @@ def main(argv=None):
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--run-name", default=None)
+    ap.add_argument("--ae-init", default="torch", choices=_inits())
     a = ap.parse_args(argv)
     s = deep_clustering_flow(source=a.source, output_dir=a.output_dir, method=a.method, n_clusters=a.k,
                              pretrain_epochs=a.pretrain_epochs, finetune_epochs=a.finetune_epochs,
-                             num_workers=a.workers, limit=a.limit, seed=a.seed, run_name=a.run_name)
+                             num_workers=a.workers, limit=a.limit, seed=a.seed, run_name=a.run_name,
+                             ae_init=a.ae_init)
     print(s.get("final_scores"), s.get("figures"))
 
 

@@ -116,7 +116,8 @@ def train_loop_per_worker(config: dict) -> None:
     loader = _PaddedShard(X, int(config["batch_size"]), seed, rank, world)
 
     torch.manual_seed(seed)
-    net = Autoencoder(X.shape[1], k, tuple(config.get("hidden", (500, 500, 2000)))).to(device)
+    net = Autoencoder(X.shape[1], k, tuple(config.get("hidden", (500, 500, 2000))),
+                      init=config.get("ae_init", "torch")).to(device)
     method = make_method(config["method"], k, seed=seed, **config.get("method_kwargs", {}))
     if not method.finetunes:  # AEKM: one "finetuning" epoch that only runs the k-means on the embeddings
         F = 1
@@ -241,7 +242,8 @@ def train_loop_per_worker(config: dict) -> None:
             with tempfile.TemporaryDirectory() as tmp:
                 torch.save({"model": net.state_dict(), "optimizer": opt.state_dict(), "method": method.state_dict(),
                             "phase": phase, "epoch": ep, "history": history, "metrics": metrics,
-                            "extras": extras, "config": {k2: v for k2, v in config.items() if k2 != "fail_marker"}},
+                            "extras": extras, "model_config": net.config(),
+                            "config": {k2: v for k2, v in config.items() if k2 != "fail_marker"}},
                            Path(tmp) / STATE_FILE)
                 ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(tmp))
         else:
@@ -253,13 +255,15 @@ def run_deep_stage(store_url, out_dir, *, method: str = "CT", n_clusters: int = 
                    num_workers: int = 2, use_gpu: bool | None = None, threads_per_worker: int = 1,
                    method_kwargs: dict | None = None, scale="auto", name: str | None = None,
                    resume_from: str | None = None, max_failures: int = 1, snapshot_epochs=None,
-                   fail_at_epoch: int | None = None, ray_init_kwargs: dict | None = None, make_plots: bool = True) -> dict:
+                   fail_at_epoch: int | None = None, ray_init_kwargs: dict | None = None, make_plots: bool = True,
+                   ae_init: str = "torch") -> dict:
     """Train ``method`` on the store at ``store_url`` with Ray Train; write outputs to ``out_dir``.
 
     Starts a local Ray instance when none is connected (``ray_init_kwargs`` passed to ``ray.init``).
     ``name`` gives the run a fixed name (default: unique); rerunning with the same ``name`` and ``out_dir``,
     or passing ``resume_from`` (a checkpoint directory), continues a killed run from its last checkpoint.
     ``fail_at_epoch`` injects one worker failure at that epoch (tests of the resume path).
+    ``ae_init`` is the autoencoder's initial weights (:class:`kmeans_dist.deep.Autoencoder`'s ``init``).
     Returns a summary dict (final metrics, paths of the checkpoint, history and figures).
     """
     import ray
@@ -282,6 +286,7 @@ def run_deep_stage(store_url, out_dir, *, method: str = "CT", n_clusters: int = 
         "store_url": os.fspath(store_url), "method": method, "n_clusters": n_clusters,
         "pretrain_epochs": pretrain_epochs, "finetune_epochs": finetune_epochs, "batch_size": batch_size,
         "lr": lr, "seed": seed, "threads": threads_per_worker, "method_kwargs": dict(method_kwargs or {}),
+        "ae_init": ae_init,
         "scale": scale, "snapshot_epochs": list(snapshot_epochs), "fail_at_epoch": fail_at_epoch,
         "fail_marker": os.fspath(out_dir / f".{name}.failed-once") if fail_at_epoch is not None else None,
         "resume_from": os.fspath(resume_from) if resume_from else None,
@@ -316,14 +321,17 @@ def _write_outputs(state: dict, config: dict, out_dir: Path, make_plots: bool = 
     from kmeans_dist.deep.evaluate import clustering_scores, matched_confusion
 
     X, y = load_store_tensor(config["store_url"], config.get("scale", "auto"))
-    net = Autoencoder(X.shape[1], config["n_clusters"])
+    mc = state.get("model_config") or {"input_dim": X.shape[1], "embedding_dim": config["n_clusters"],
+                                        "hidden": config.get("hidden", (500, 500, 2000)),
+                                        "init": config.get("ae_init", "torch")}
+    net = Autoencoder(**mc)
     net.load_state_dict(state["model"])
     method = make_method(config["method"], config["n_clusters"], seed=config["seed"], **config["method_kwargs"])
     method.load_state_dict(state["method"])
     history = state["history"]
     (out_dir / "history.json").write_text(json.dumps(history, indent=1, default=float))
     summary = {"method": config["method"], "epochs": int(state["epoch"]), "metrics": state["metrics"],
-               "history": os.fspath(out_dir / "history.json"), "figures": {}}
+               "model": net.config(), "history": os.fspath(out_dir / "history.json"), "figures": {}}
     if method.centroids is None:  # pretraining only: nothing to cluster with yet
         return summary
     Z = embed(net, X)

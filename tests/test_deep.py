@@ -99,6 +99,31 @@ def test_autoencoder_shapes():
     assert z.shape == (3, 10) and xh.shape == (3, 784)
 
 
+def test_autoencoder_init():
+    """'torch' keeps nn.Linear's default (bound 1/sqrt(fan_in), nonzero biases); 'glorot' is Xavier uniform,
+    bound sqrt(6 / (fan_in + fan_out)), with zero biases; the same seed gives the same weights."""
+    torch.manual_seed(0)
+    t = Autoencoder(784, 10)
+    torch.manual_seed(0)
+    g = Autoencoder(784, 10, init="glorot")
+    torch.manual_seed(0)
+    g2 = Autoencoder(784, 10, init="glorot")
+    for a, b in zip(g.state_dict().values(), g2.state_dict().values()):
+        assert torch.equal(a, b)
+    lt = [m for m in t.modules() if isinstance(m, torch.nn.Linear)]
+    lg = [m for m in g.modules() if isinstance(m, torch.nn.Linear)]
+    for a, b in zip(lt, lg):
+        fan_out, fan_in = b.weight.shape
+        bound = (6 / (fan_in + fan_out)) ** 0.5
+        assert b.weight.abs().max() <= bound and b.weight.abs().max() > 0.9 * bound
+        assert b.weight.std().item() == pytest.approx(bound / 3 ** 0.5, rel=0.05)
+        assert not b.bias.any()
+        assert a.weight.abs().max() <= fan_in ** -0.5 and a.bias.any()
+    assert g.config()["init"] == "glorot" and t.config()["init"] == "torch"
+    with pytest.raises(ValueError, match="The 'init' parameter of Autoencoder must be"):
+        Autoencoder(784, 10, init="he")
+
+
 def test_batch_loader_covers_all_rows_once():
     X = torch.arange(1000, dtype=torch.float32)[:, None]
     ld = BatchLoader(X, 256, seed=3)

@@ -130,15 +130,17 @@ def test_flow_consensus_method_outputs_the_best_agreeing_candidate(ray_local, pr
 @pytest.mark.slow
 def test_flow_graph_split_method_keeps_the_graph_rules_choice_on_every_worker(ray_local, prefect_harness, mnist_store,
                                                                               tmp_path):
-    """CT-graph-split on 2 Ray workers: each epoch's k-means keeps the lowest normalised kNN-graph cut among the
-    nearly balanced candidates (the restarts, the warm start and the graph split), identical on both workers."""
+    """CT-graph-split on 2 Ray workers (Glorot-initialised autoencoder): each epoch's k-means keeps the lowest
+    normalised kNN-graph cut among the nearly balanced candidates (the restarts, the warm start and the graph
+    split), identical on both workers."""
     from flows.deep import deep_clustering_flow
     from kmeans_dist.deep.train import GRAPH_TOLERANCE
 
     out = tmp_path / "graph"
     summary = deep_clustering_flow(source=mnist_store, output_dir=str(out), method="CT-graph-split",
                                    pretrain_epochs=1, finetune_epochs=2, num_workers=2, use_gpu=False, seed=0,
-                                   run_name="deep-test-graph")
+                                   run_name="deep-test-graph", ae_init="glorot")
+    assert summary["model"]["init"] == "glorot"  # the autoencoder the workers built and checkpointed
     hist = json.loads((out / "history.json").read_text())
     assert [h["epoch"] for h in hist] == [1, 1, 2, 3]
     for h in hist[2:]:

@@ -2,13 +2,19 @@
 
 ReLU after every hidden layer, a linear embedding of size K (the number of clusters) and a linear
 reconstruction, as in DEC/IDEC, DCN, DKM and Roy (ICPR 2024).  Plain PyTorch.
+
+``init`` picks the initial weights: ``"torch"`` (PyTorch's ``nn.Linear`` default, uniform with bound
+1/sqrt(fan_in) for weights and biases) or ``"glorot"`` (Glorot/Xavier uniform weights and zero biases, the
+default of ``tf.layers.dense`` and Keras ``Dense`` that the DKM and DCN reference implementations ran with).
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-__all__ = ["Autoencoder", "unwrap"]
+__all__ = ["Autoencoder", "unwrap", "INITS"]
+
+INITS = ("torch", "glorot")
 
 
 def _mlp(sizes, final_linear: bool = True) -> nn.Sequential:
@@ -23,13 +29,22 @@ def _mlp(sizes, final_linear: bool = True) -> nn.Sequential:
 class Autoencoder(nn.Module):
     """``forward(x) -> (z, x_hat)``: embedding (n, K) and reconstruction (n, d)."""
 
-    def __init__(self, input_dim: int = 784, embedding_dim: int = 10, hidden=(500, 500, 2000)):
+    def __init__(self, input_dim: int = 784, embedding_dim: int = 10, hidden=(500, 500, 2000), init: str = "torch"):
         super().__init__()
+        if init not in INITS:
+            raise ValueError(f"The 'init' parameter of Autoencoder must be a str among {set(INITS)}. "
+                             f"Got {init!r} instead.")
         self.input_dim = int(input_dim)
         self.embedding_dim = int(embedding_dim)
         self.hidden = tuple(int(h) for h in hidden)
+        self.init = init
         self.encoder = _mlp([self.input_dim, *self.hidden, self.embedding_dim])
         self.decoder = _mlp([self.embedding_dim, *reversed(self.hidden), self.input_dim])
+        if init == "glorot":
+            for layer in self.modules():
+                if isinstance(layer, nn.Linear):
+                    nn.init.xavier_uniform_(layer.weight)
+                    nn.init.zeros_(layer.bias)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return self.encoder(x)
@@ -42,7 +57,8 @@ class Autoencoder(nn.Module):
         return z, self.decoder(z)
 
     def config(self) -> dict:
-        return {"input_dim": self.input_dim, "embedding_dim": self.embedding_dim, "hidden": list(self.hidden)}
+        return {"input_dim": self.input_dim, "embedding_dim": self.embedding_dim, "hidden": list(self.hidden),
+                "init": self.init}
 
 
 def unwrap(model: nn.Module) -> nn.Module:
