@@ -66,13 +66,16 @@ def _table(runs: list[dict]) -> list[str]:
     lines = ["| method | paper ACC / NMI | measured ACC | measured NMI | measured ARI | seeds | status |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     by = {}
-    for r in runs:
-        by.setdefault(r["method"], []).append(r)
+    for r in runs:  # runs from a Glorot-initialised autoencoder get rows of their own
+        init, kw = r.get("ae_init", "torch"), r.get("method_kwargs") or {}
+        extra = ([] if init == "torch" else [f"{init} init"]) + [f"{k} {v}" for k, v in sorted(kw.items())]
+        by.setdefault(r["method"] + (f" ({', '.join(extra)})" if extra else ""), []).append(r)
     for name in ORDER + sorted(set(by) - set(ORDER)):
         rs = by.get(name, [])
         if not rs and name not in PAPER:
             continue
-        p = PAPER.get(name)
+        # the paper's numbers beside its own settings only (another init of the autoencoder is still its protocol)
+        p = PAPER.get(name.split(" (")[0]) if not any(r.get("method_kwargs") for r in rs) else None
         ptxt = "-" if p is None else (f"{p[0]} / {p[1]}" if p[2] is None else f"{p[0]} +- {p[2]} / {p[1]} +- {p[3]}")
         full = [r for r in rs if r.get("complete")]
         use = full if full else rs
@@ -85,17 +88,17 @@ def _table(runs: list[dict]) -> list[str]:
     return lines
 
 
-def build_method(name: str, seed: int):
-    """``make_method(name)``; a name ending in ``-r<N>`` (``CT-bal-warm-r30``) is that method with ``N`` k-means++
-    restarts in each per-epoch re-initialisation (``reinit_n_init``), recorded under the whole name."""
+def build_method(name: str, seed: int, **kw):
+    """``make_method(name, **kw)``; a name ending in ``-r<N>`` (``CT-bal-warm-r30``) is that method with ``N``
+    k-means++ restarts in each per-epoch re-initialisation (``reinit_n_init``), recorded under the whole name."""
     from kmeans_dist.deep import make_method
 
     base, sep, r = name.rpartition("-r")
     if sep and base and r.isdigit():
-        method = make_method(base, 10, seed=seed, reinit_n_init=int(r))
+        method = make_method(base, 10, seed=seed, reinit_n_init=int(r), **kw)
         method.name = name
         return method
-    return make_method(name, 10, seed=seed)
+    return make_method(name, 10, seed=seed, **kw)
 
 
 def _progress_line(progress: dict) -> list[str]:
@@ -216,9 +219,12 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--pretrain-corruption", type=float, default=0.0,
                     help="masking-noise probability for a denoising pretraining (0: plain autoencoder, the protocol)")
+    ap.add_argument("--method-kwargs", type=json.loads, default={},
+                    help='JSON of keyword arguments for every finetuning method, e.g. \'{"alpha": 1.1, "lam": 3.7}\'; '
+                         "their runs get rows of their own")
     ap.add_argument("--ae-init", choices=["torch", "glorot"], default="torch",
                     help="initial weights of the autoencoder: PyTorch's nn.Linear default, or Glorot uniform with zero "
-                         "biases (the default of the TensorFlow/Keras layers the DKM and DCN reference code used)")
+                         "biases (the default of tf.layers.dense, which the DKM reference code uses)")
     ap.add_argument("--device", default="cpu",
                     help="torch device: cpu, cuda or auto (cuda when available); on a GPU the per-epoch k-means "
                          "runs on CuPy views of the embeddings (DLPack, no host copy)")
@@ -325,7 +331,7 @@ def main(argv=None):
                 run_km(seed)
                 continue
             model.load_state_dict(pretrained)
-            method = build_method(name, seed)
+            method = build_method(name, seed, **(args.method_kwargs if name != "AEKM" else {}))
             epochs = args.finetune_epochs
 
             def cb(m, name=name, seed=seed, epochs=epochs):
@@ -351,6 +357,7 @@ def main(argv=None):
             rec = {"method": name, "seed": seed, "acc": last["acc"], "nmi": last["nmi"], "ari": last["ari"],
                    "complete": full_protocol, "protocol_note": note, "seconds": time.perf_counter() - t0,
                    "device": dev_name, "ae_init": args.ae_init,
+                   "method_kwargs": args.method_kwargs if name != "AEKM" else {},
                    "config": method.describe(), "history": res["history"]}
             save_run(workdir, rec)
             np.savez_compressed(workdir / f"result_{name}_seed{seed}.npz", labels=res["labels"],

@@ -5,7 +5,8 @@ reconstruction, as in DEC/IDEC, DCN, DKM and Roy (ICPR 2024).  Plain PyTorch.
 
 ``init`` picks the initial weights: ``"torch"`` (PyTorch's ``nn.Linear`` default, uniform with bound
 1/sqrt(fan_in) for weights and biases) or ``"glorot"`` (Glorot/Xavier uniform weights and zero biases, the
-default of ``tf.layers.dense`` and Keras ``Dense`` that the DKM and DCN reference implementations ran with).
+default of TensorFlow's ``tf.layers.dense``, which the DKM reference implementation builds its autoencoder
+with; DKM's paper is where the AEKM baseline of Roy's table comes from).
 """
 from __future__ import annotations
 
