@@ -66,7 +66,7 @@ def _table(runs: list[dict]) -> list[str]:
     lines = ["| method | paper ACC / NMI | measured ACC | measured NMI | measured ARI | seeds | status |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     by = {}
-    for r in runs:  # runs from a Glorot-initialised autoencoder get rows of their own
+    for r in runs:  # another init of the autoencoder, or other method arguments: rows of their own
         init, kw = r.get("ae_init", "torch"), r.get("method_kwargs") or {}
         extra = ([] if init == "torch" else [f"{init} init"]) + [f"{k} {v}" for k, v in sorted(kw.items())]
         by.setdefault(r["method"] + (f" ({', '.join(extra)})" if extra else ""), []).append(r)
@@ -288,6 +288,10 @@ def main(argv=None):
         torch.manual_seed(seed)
         model = Autoencoder(X.shape[1], 10, init=args.ae_init).to(dev)
         if ae_path.exists():
+            pj = workdir / f"pretrain_{seed}.json"
+            was = json.loads(pj.read_text()).get("init", "torch") if pj.exists() else None
+            if was is not None and was != args.ae_init:  # rows are keyed by the init: never record the wrong one
+                raise SystemExit(f"{ae_path} was pretrained with --ae-init {was}, not {args.ae_init}")
             model.load_state_dict(torch.load(ae_path, map_location=dev))
             log(f"seed {seed}: loaded pretrained autoencoder {ae_path}")
         else:
@@ -331,7 +335,7 @@ def main(argv=None):
                 run_km(seed)
                 continue
             model.load_state_dict(pretrained)
-            method = build_method(name, seed, **(args.method_kwargs if name != "AEKM" else {}))
+            method = build_method(name, seed, **(args.method_kwargs if not name.startswith("AEKM") else {}))
             epochs = args.finetune_epochs
 
             def cb(m, name=name, seed=seed, epochs=epochs):
@@ -357,7 +361,7 @@ def main(argv=None):
             rec = {"method": name, "seed": seed, "acc": last["acc"], "nmi": last["nmi"], "ari": last["ari"],
                    "complete": full_protocol, "protocol_note": note, "seconds": time.perf_counter() - t0,
                    "device": dev_name, "ae_init": args.ae_init,
-                   "method_kwargs": args.method_kwargs if name != "AEKM" else {},
+                   "method_kwargs": args.method_kwargs if not name.startswith("AEKM") else {},
                    "config": method.describe(), "history": res["history"]}
             save_run(workdir, rec)
             np.savez_compressed(workdir / f"result_{name}_seed{seed}.npz", labels=res["labels"],
