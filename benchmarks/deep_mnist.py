@@ -65,17 +65,19 @@ def _fmt(vals):
 def _table(runs: list[dict]) -> list[str]:
     lines = ["| method | paper ACC / NMI | measured ACC | measured NMI | measured ARI | seeds | status |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
-    by = {}
+    by, paper = {}, dict(PAPER)
     for r in runs:  # another init of the autoencoder, or other method arguments: rows of their own
         init, kw = r.get("ae_init", "torch"), r.get("method_kwargs") or {}
         extra = ([] if init == "torch" else [f"{init} init"]) + [f"{k} {v}" for k, v in sorted(kw.items())]
-        by.setdefault(r["method"] + (f" ({', '.join(extra)})" if extra else ""), []).append(r)
+        name = r["method"] + (f" ({', '.join(extra)})" if extra else "")
+        by.setdefault(name, []).append(r)
+        if extra and not kw and r["method"] in PAPER:  # the paper's numbers beside its own settings only
+            paper[name] = PAPER[r["method"]]
     for name in ORDER + sorted(set(by) - set(ORDER)):
         rs = by.get(name, [])
         if not rs and name not in PAPER:
             continue
-        # the paper's numbers beside its own settings only (another init of the autoencoder is still its protocol)
-        p = PAPER.get(name.split(" (")[0]) if not any(r.get("method_kwargs") for r in rs) else None
+        p = paper.get(name)
         ptxt = "-" if p is None else (f"{p[0]} / {p[1]}" if p[2] is None else f"{p[0]} +- {p[2]} / {p[1]} +- {p[3]}")
         full = [r for r in rs if r.get("complete")]
         use = full if full else rs
@@ -209,6 +211,8 @@ def make_plots(workdir: Path, name: str, seed: int, res: dict, y) -> None:
 
 
 def main(argv=None):
+    from kmeans_dist.deep.model import INITS
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--methods", nargs="+", default=["CT", "KM", "DKM", "DCN"],
@@ -222,7 +226,7 @@ def main(argv=None):
     ap.add_argument("--method-kwargs", type=json.loads, default={},
                     help='JSON of keyword arguments for every finetuning method, e.g. \'{"alpha": 1.1, "lam": 3.7}\'; '
                          "their runs get rows of their own")
-    ap.add_argument("--ae-init", choices=["torch", "glorot"], default="torch",
+    ap.add_argument("--ae-init", choices=INITS, default="torch",
                     help="initial weights of the autoencoder: PyTorch's nn.Linear default, or Glorot uniform with zero "
                          "biases (the default of tf.layers.dense, which the DKM reference code uses)")
     ap.add_argument("--device", default="cpu",
@@ -335,7 +339,8 @@ def main(argv=None):
                 run_km(seed)
                 continue
             model.load_state_dict(pretrained)
-            method = build_method(name, seed, **(args.method_kwargs if not name.startswith("AEKM") else {}))
+            method_kwargs = args.method_kwargs if not name.startswith("AEKM") else {}  # AEKM has no finetuning
+            method = build_method(name, seed, **method_kwargs)
             epochs = args.finetune_epochs
 
             def cb(m, name=name, seed=seed, epochs=epochs):
@@ -361,7 +366,7 @@ def main(argv=None):
             rec = {"method": name, "seed": seed, "acc": last["acc"], "nmi": last["nmi"], "ari": last["ari"],
                    "complete": full_protocol, "protocol_note": note, "seconds": time.perf_counter() - t0,
                    "device": dev_name, "ae_init": args.ae_init,
-                   "method_kwargs": args.method_kwargs if not name.startswith("AEKM") else {},
+                   "method_kwargs": method_kwargs,
                    "config": method.describe(), "history": res["history"]}
             save_run(workdir, rec)
             np.savez_compressed(workdir / f"result_{name}_seed{seed}.npz", labels=res["labels"],

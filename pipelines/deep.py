@@ -91,6 +91,14 @@ class _PaddedShard:
             yield self.X[idx[s:s + self.bs]]
 
 
+def _autoencoder(config: dict, input_dim: int):
+    """The stage's autoencoder as ``config`` describes it (the workers build it, the driver rebuilds it)."""
+    from kmeans_dist.deep import Autoencoder
+
+    return Autoencoder(input_dim, int(config["n_clusters"]), tuple(config.get("hidden", (500, 500, 2000))),
+                       init=config.get("ae_init", "torch"))
+
+
 def train_loop_per_worker(config: dict) -> None:
     """The Ray Train loop: prepare data and model, then report around ``train_epoch`` every epoch."""
     import ray.train
@@ -98,7 +106,7 @@ def train_loop_per_worker(config: dict) -> None:
     import torch.distributed as dist
     from ray.train.torch import get_device, prepare_model
 
-    from kmeans_dist.deep import Autoencoder, embed, make_method, max_membership, train_epoch
+    from kmeans_dist.deep import embed, make_method, max_membership, train_epoch
     from kmeans_dist.deep.evaluate import clustering_scores
     from kmeans_dist.deep.train import kmeans_candidate_scores, size_entropy
 
@@ -116,8 +124,7 @@ def train_loop_per_worker(config: dict) -> None:
     loader = _PaddedShard(X, int(config["batch_size"]), seed, rank, world)
 
     torch.manual_seed(seed)
-    net = Autoencoder(X.shape[1], k, tuple(config.get("hidden", (500, 500, 2000))),
-                      init=config.get("ae_init", "torch")).to(device)
+    net = _autoencoder(config, X.shape[1]).to(device)
     method = make_method(config["method"], k, seed=seed, **config.get("method_kwargs", {}))
     if not method.finetunes:  # AEKM: one "finetuning" epoch that only runs the k-means on the embeddings
         F = 1
@@ -242,8 +249,7 @@ def train_loop_per_worker(config: dict) -> None:
             with tempfile.TemporaryDirectory() as tmp:
                 torch.save({"model": net.state_dict(), "optimizer": opt.state_dict(), "method": method.state_dict(),
                             "phase": phase, "epoch": ep, "history": history, "metrics": metrics,
-                            "extras": extras, "model_config": net.config(),
-                            "config": {k2: v for k2, v in config.items() if k2 != "fail_marker"}},
+                            "extras": extras, "config": {k2: v for k2, v in config.items() if k2 != "fail_marker"}},
                            Path(tmp) / STATE_FILE)
                 ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(tmp))
         else:
@@ -317,14 +323,11 @@ def _write_outputs(state: dict, config: dict, out_dir: Path, make_plots: bool = 
     """Final embeddings, labels, scores and figures from the last checkpoint (on the driver)."""
     import torch
 
-    from kmeans_dist.deep import Autoencoder, embed, make_method, max_membership
+    from kmeans_dist.deep import embed, make_method, max_membership
     from kmeans_dist.deep.evaluate import clustering_scores, matched_confusion
 
     X, y = load_store_tensor(config["store_url"], config.get("scale", "auto"))
-    mc = state.get("model_config") or {"input_dim": X.shape[1], "embedding_dim": config["n_clusters"],
-                                        "hidden": config.get("hidden", (500, 500, 2000)),
-                                        "init": config.get("ae_init", "torch")}
-    net = Autoencoder(**mc)
+    net = _autoencoder(config, X.shape[1])
     net.load_state_dict(state["model"])
     method = make_method(config["method"], config["n_clusters"], seed=config["seed"], **config["method_kwargs"])
     method.load_state_dict(state["method"])
