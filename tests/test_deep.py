@@ -336,6 +336,48 @@ def test_graph_split_separates_two_touching_strips_that_kmeans_cuts_across():
         make_method("CT", 3, graph_split=True)
 
 
+def test_merge_split_merges_the_pair_sharing_a_class_and_bisects_the_cluster_holding_two():
+    """Two touching blobs in one cluster, a long strip cut in two, a far blob: no re-split of one pair reaches the
+    right partition; merging the strip's halves and bisecting the two-blob cluster along the graph does, and the
+    graph rule with ``merge_split=True`` keeps it (its cut is lower)."""
+    from kmeans_dist.deep.train import fiedler_bisection, graph_cut, graph_merge_splits, knn_graph
+    from kmeans_dist.kernels import lloyd_inmemory
+
+    rng = np.random.default_rng(0)
+    n = 600
+    X = np.vstack([rng.normal((0, 0), 0.25, (n, 2)), rng.normal((1.6, 0), 0.25, (n, 2)),
+                   np.c_[rng.uniform(0, 6, 2 * n), rng.normal(8, 0.1, 2 * n)],
+                   rng.normal((10, -6), 0.3, (n, 2))]).astype(np.float32)
+    truth = np.repeat(np.arange(4), [n, n, 2 * n, n])
+    graph = knn_graph(torch.from_numpy(X), n_neighbors=8, n_anchors=2000, seed=0)
+    km = lloyd_inmemory(X, np.array([[0.8, 0], [1.5, 8], [4.5, 8], [10, -6]], dtype=np.float32))
+    table = lambda lab: np.bincount(lab * 4 + truth, minlength=16).reshape(4, 4)  # noqa: E731
+    assert (table(km.labels)[0, :2] == n).all()  # blobs 0 and 1 share cluster 0; the strip is cut in two
+    alts = graph_merge_splits(X, km.labels, km.centers, graph, 4)
+    assert len(alts) == 2 and all(a.n_iter == 0 and a.centers.dtype == np.float32 for a in alts)
+    right = alts[0]  # cluster order: the two-blob cluster (0) first, then the far blob (3)
+    t = table(right.labels)
+    assert sorted(t.max(axis=0).tolist()) == [n, n, n, 2 * n] and (np.count_nonzero(t, axis=0) == 1).all()
+    d = ((X[:, None, :] - right.centers[None]) ** 2).sum(-1)
+    assert np.array_equal(right.labels, d.argmin(1)) and right.inertia == pytest.approx(d.min(1).sum(), rel=1e-5)
+    assert graph_cut(right.labels, graph) < graph_cut(km.labels, graph) < graph_cut(alts[1].labels, graph)
+    side = fiedler_bisection(graph, np.flatnonzero(km.labels[np.asarray(graph[0])] == 0), len(X))
+    assert side is not None and 0.4 < side.mean() < 0.6
+    cands = []
+    c, labels, _ = reinit_centroids(torch.from_numpy(X), 4, n_init=1, random_state=0, select="graph", graph=graph,
+                                    candidates=cands, warm_start=torch.from_numpy(km.centers), merge_split=True)
+    assert [cd["merge_split"] for cd in cands] == [False, False, True, True] and "split" not in cands[0]
+    kept = min(cands, key=lambda cd: (cd["graph_cut"], cd["inertia"]))  # all four are nearly balanced
+    assert kept["merge_split"] and np.array_equal(labels.numpy(), kept["labels"])
+    assert sorted(table(labels.numpy()).max(axis=0).tolist()) == [n, n, n, 2 * n]  # the right partition
+    assert graph_merge_splits(X, np.zeros(len(X), dtype=np.int64), km.centers, graph, 4) == []  # no boundary
+    with pytest.raises(ValueError, match="merge_split needs select='graph'"):
+        reinit_centroids(torch.from_numpy(X), 4, n_init=1, select="inertia", merge_split=True)
+    with pytest.raises(ValueError, match="merge_split needs select='graph'"):
+        make_method("CT", 4, merge_split=True)
+    assert make_method("CT-graph-msplit", 4).describe()["merge_split"] is True
+
+
 @pytest.mark.parametrize("name", sorted(METHODS))
 def test_every_method_runs(name, mnist, pretrained):
     X, y = mnist
@@ -369,9 +411,12 @@ def test_every_method_runs(name, mnist, pretrained):
             continue
         warm = method.describe().get("reinit_warm", False) and h["epoch"] > 0
         n_cold = getattr(method, "reinit_n_init", 3) if h["epoch"] else 3  # CT-reinit1: 1 restart per epoch
-        split = [c["split"] for c in cands] if method.graph_split else []  # graph_split's candidate: at most one, last
-        assert split in ([], [False] * len(cands), [False] * (len(cands) - 1) + [True])
-        assert [c["warm"] for c in cands] == [False] * n_cold + [True] * warm + [False] * split.count(True)
+        moves = [c.get("merge_split", False) for c in cands].count(True)  # graph_merge_splits' candidates: last
+        assert [c.get("merge_split", False) for c in cands] == [False] * (len(cands) - moves) + [True] * moves
+        assert moves <= 8 and (moves == 0 or method.merge_split)
+        split = [c["split"] for c in cands[:len(cands) - moves]] if method.graph_split else []  # at most one, last
+        assert split in ([], [False] * len(split), [False] * (len(split) - 1) + [True])
+        assert [c["warm"] for c in cands] == [False] * n_cold + [True] * warm + [False] * (split.count(True) + moves)
         if method.select == "graph":  # the lowest cut among the nearly most balanced
             from kmeans_dist.deep.train import GRAPH_TOLERANCE
 

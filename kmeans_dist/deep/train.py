@@ -26,8 +26,9 @@ from .model import Autoencoder, unwrap
 
 __all__ = [
     "BatchLoader", "train_epoch", "pretrain", "embed", "to_kernel_array", "reinit_centroids",
-    "nearest_centroid", "partition_agreement", "knn_graph", "graph_cut", "graph_split", "Method", "AEKM", "DCN",
-    "DKM", "CT", "make_method", "METHODS", "fit_method", "max_membership",
+    "nearest_centroid", "partition_agreement", "knn_graph", "graph_cut", "fiedler_bisection", "graph_split",
+    "graph_merge_splits", "Method", "AEKM", "DCN", "DKM", "CT", "make_method", "METHODS", "fit_method",
+    "max_membership",
 ]
 
 
@@ -241,24 +242,41 @@ def size_entropy(labels, n_clusters: int) -> float:
     return float(-(p * np.log(p)).sum() / math.log(n_clusters)) + 0.0 if n_clusters > 1 else 1.0  # + 0.0: never -0.0
 
 
-def graph_split(Zk, labels, centers, graph, n_clusters: int):
-    """Re-split the two clusters of a partition whose shared boundary is densest, along the neighbour graph.
-
-    ``Zk`` (kernel array), ``labels`` and ``centers`` a partition of its rows, ``graph`` a :func:`knn_graph`.
-    The pair ``(i, j)`` with the most graph edges between them (per anchor, ``e_ij / sqrt(n_i n_j)``) is the pair
-    whose boundary runs through the densest region; their anchors are bisected by the sign of the Fiedler vector
-    of the normalised Laplacian of the graph among them (Shi and Malik's normalised cut, ``scipy.sparse.linalg.eigsh``
-    on the host: a few thousand nodes), ``c_i`` and ``c_j`` are replaced by the means of the two sides, and every
-    row goes to its nearest center.  Where Euclidean k-means cuts across two touching groups (two elongated
-    classes side by side), Lloyd goes back to its cut; this one follows the gap between the groups.  Returns a
-    :class:`~kmeans_dist.kernels.KMeansResult` (``n_iter`` 0), or None when the pair cannot be split.
-    """
+def fiedler_bisection(graph, members, n_rows: int):
+    """Bisect the anchors ``members`` (positions in ``graph``'s anchor list, a :func:`knn_graph` over ``n_rows``
+    rows) by the sign of the Fiedler vector of the normalised Laplacian of the graph among them (Shi and Malik's
+    normalised cut; ``scipy.sparse.linalg.eigsh`` on the host, deterministic start).  Returns a boolean NumPy array,
+    one entry per member, or None when one side would be empty."""
     import scipy.sparse as sp
     from scipy.sparse.linalg import eigsh
 
-    from ..kernels import KMeansResult
+    anchors, nbrs = graph
+    sel = np.asarray(members, dtype=np.int64)
+    anc = to_numpy(anchors).astype(np.int64)
+    pos = np.full(int(n_rows), -1, dtype=np.int64)
+    pos[anc[sel]] = np.arange(sel.size)
+    nb = to_numpy(nbrs).astype(np.int64)[sel]
+    rows = np.repeat(np.arange(sel.size), nb.shape[1])
+    cols = pos[nb.ravel()]
+    ok = cols >= 0
+    adj = sp.csr_matrix((np.ones(int(ok.sum())), (rows[ok], cols[ok])), shape=(sel.size, sel.size))
+    adj = ((adj + adj.T) > 0).astype(np.float64)
+    deg = np.asarray(adj.sum(axis=1)).ravel()
+    deg[deg == 0] = 1.0
+    dm = sp.diags(1.0 / np.sqrt(deg))
+    u0 = np.sqrt(deg) / np.linalg.norm(np.sqrt(deg))  # the top eigenvector (eigenvalue 1) of D^-1/2 A D^-1/2
+    _, vecs = eigsh(dm @ adj @ dm, k=2, which="LA", v0=u0)  # v0: deterministic
+    # the Fiedler direction: of the two, the part orthogonal to u0 (when the graph among the members falls apart in
+    # components, eigenvalue 1 repeats and eigsh may return any basis of it)
+    rest = vecs - u0[:, None] * (u0 @ vecs)[None, :]
+    side = rest[:, int(np.argmax(np.linalg.norm(rest, axis=0)))] / np.sqrt(deg) > 0
+    return None if side.all() or not side.any() else side
 
-    xp = get_namespace(Zk)
+
+def _densest_pair(labels, graph, n_clusters: int):
+    """The labels of ``graph``'s anchors (host int64) and the pair of clusters ``(i, j)`` with the most graph edges
+    between them per anchor (``e_ij / sqrt(n_i n_j)``), or None when no edge joins two clusters."""
+    xp = get_namespace(labels)
     anchors, nbrs = graph
     lab = xp.reshape(labels, (-1,))
     la, ln = to_numpy(lab[anchors]).astype(np.int64), to_numpy(lab[nbrs]).astype(np.int64)
@@ -269,28 +287,33 @@ def graph_split(Zk, labels, centers, graph, n_clusters: int):
     cnt = np.bincount(la, minlength=k).astype(np.float64)
     w = cross / np.sqrt(np.maximum(np.outer(cnt, cnt), 1.0))
     i, j = np.unravel_index(int(np.argmax(w)), w.shape)
-    if w[i, j] <= 0:
+    return la, (None if w[i, j] <= 0 else (int(i), int(j)))
+
+
+def graph_split(Zk, labels, centers, graph, n_clusters: int):
+    """Re-split the two clusters of a partition whose shared boundary is densest, along the neighbour graph.
+
+    ``Zk`` (kernel array), ``labels`` and ``centers`` a partition of its rows, ``graph`` a :func:`knn_graph`.
+    The pair ``(i, j)`` with the most graph edges between them (per anchor, ``e_ij / sqrt(n_i n_j)``) is the pair
+    whose boundary runs through the densest region; their anchors are bisected along the graph among them
+    (:func:`fiedler_bisection`: a few thousand nodes, on the host), ``c_i`` and ``c_j`` are replaced by the means
+    of the two sides, and every row goes to its nearest center.  Where Euclidean k-means cuts across two touching groups (two elongated
+    classes side by side), Lloyd goes back to its cut; this one follows the gap between the groups.  Returns a
+    :class:`~kmeans_dist.kernels.KMeansResult` (``n_iter`` 0), or None when the pair cannot be split.
+    """
+    from ..kernels import KMeansResult
+
+    xp = get_namespace(Zk)
+    anchors, _ = graph
+    la, pair = _densest_pair(labels, graph, n_clusters)
+    if pair is None:
         return None
+    i, j = pair
     sel = np.flatnonzero((la == i) | (la == j))
-    pos = np.full(int(Zk.shape[0]), -1, dtype=np.int64)
-    anc = to_numpy(anchors).astype(np.int64)
-    pos[anc[sel]] = np.arange(sel.size)
-    rows = np.repeat(np.arange(sel.size), ln.shape[1])
-    cols = pos[to_numpy(nbrs).astype(np.int64)[sel].ravel()]
-    ok = cols >= 0
-    adj = sp.csr_matrix((np.ones(int(ok.sum())), (rows[ok], cols[ok])), shape=(sel.size, sel.size))
-    adj = ((adj + adj.T) > 0).astype(np.float64)
-    deg = np.asarray(adj.sum(axis=1)).ravel()
-    deg[deg == 0] = 1.0
-    dm = sp.diags(1.0 / np.sqrt(deg))
-    u0 = np.sqrt(deg) / np.linalg.norm(np.sqrt(deg))  # the top eigenvector (eigenvalue 1) of D^-1/2 A D^-1/2
-    _, vecs = eigsh(dm @ adj @ dm, k=2, which="LA", v0=u0)  # v0: deterministic
-    # the Fiedler direction: of the two, the part orthogonal to u0 (when the graph among the pair falls apart in
-    # components, eigenvalue 1 repeats and eigsh may return any basis of it)
-    rest = vecs - u0[:, None] * (u0 @ vecs)[None, :]
-    side = rest[:, int(np.argmax(np.linalg.norm(rest, axis=0)))] / np.sqrt(deg) > 0
-    if side.all() or not side.any():
+    side = fiedler_bisection(graph, sel, int(Zk.shape[0]))
+    if side is None:
         return None
+    anc = to_numpy(anchors).astype(np.int64)
     Za = Zk[xp.asarray(anc[sel])]
     side_x = xp.asarray(side)
     new = centers.copy()
@@ -300,13 +323,54 @@ def graph_split(Zk, labels, centers, graph, n_clusters: int):
     return KMeansResult(centers=new, labels=new_labels, inertia=float(xp.sum(d)), n_iter=0, history=[])
 
 
+def graph_merge_splits(Zk, labels, centers, graph, n_clusters: int) -> list:
+    """Merge the two clusters with the densest shared boundary and bisect another cluster along the graph.
+
+    The other move that keeps ``n_clusters``: where :func:`graph_split` re-draws the boundary of the densest pair,
+    this one treats that pair as one group (center: the mean of its anchors) and spends the freed cluster on a
+    cluster that holds two groups, bisected by :func:`fiedler_bisection` of the graph among its anchors (centers:
+    the two sides' means); every row then goes to its nearest center.  It is tried for every other cluster, so it
+    returns up to ``n_clusters - 2`` :class:`~kmeans_dist.kernels.KMeansResult` (``n_iter`` 0), in cluster order;
+    a caller ranks them (:func:`reinit_centroids` with ``merge_split=True``).  Empty when no edge joins two
+    clusters.  Where k-means keeps two touching classes in one cluster and cuts a third, elongated class in two, no
+    restart and no re-split of one pair reaches the right partition; this move does in one step.
+    """
+    from ..kernels import KMeansResult
+
+    xp = get_namespace(Zk)
+    anchors, _ = graph
+    la, pair = _densest_pair(labels, graph, n_clusters)
+    if pair is None:
+        return []
+    i, j = pair
+    anc = to_numpy(anchors).astype(np.int64)
+    merged = xp.mean(Zk[xp.asarray(anc[(la == i) | (la == j)])], axis=0)
+    out = []
+    for c in range(int(n_clusters)):
+        members = np.flatnonzero(la == c)
+        if c in pair or members.size < 2:
+            continue
+        side = fiedler_bisection(graph, members, int(Zk.shape[0]))
+        if side is None:
+            continue
+        Za = Zk[xp.asarray(anc[members])]
+        side_x = xp.asarray(side)
+        new = centers.copy()
+        new[i] = merged
+        new[j] = xp.mean(Za[side_x], axis=0)
+        new[c] = xp.mean(Za[~side_x], axis=0)
+        new_labels, d = assign_labels(Zk, new)
+        out.append(KMeansResult(centers=new, labels=new_labels, inertia=float(xp.sum(d)), n_iter=0, history=[]))
+    return out
+
+
 GRAPH_TOLERANCE = 0.005  # select="graph": size entropies within this of the most balanced candidate count as tied
 
 
 def reinit_centroids(Z: torch.Tensor, n_clusters: int, *, n_init: int = 10, max_iter: int = 300, tol: float = 1e-4,
                      random_state=None, select: str = "inertia", warm_start: torch.Tensor | None = None,
                      candidates: list | None = None, graph=None, graph_tolerance: float = GRAPH_TOLERANCE,
-                     split: bool = False):
+                     split: bool = False, merge_split: bool = False):
     """Classical k-means (k-means++, ``n_init`` restarts, Lloyd) on embeddings ``Z``.
 
     Runs the kernels on a DLPack view of ``Z``.  ``select`` chooses among the ``n_init`` restarts:
@@ -320,18 +384,23 @@ def reinit_centroids(Z: torch.Tensor, n_clusters: int, *, n_init: int = 10, max_
     nearly tied balanced partitions it prefers the one whose boundaries run through sparse regions rather than
     through a dense group of points (the neighbour-consistency prior of SCAN).  ``split=True`` (``"graph"`` only)
     adds one more candidate after the runs: :func:`graph_split` of the partition the rule chose among them, ranked
-    with them by the same rule (its centers are the two sides' means, not a Lloyd fixed point).  ``warm_start``
+    with them by the same rule (its centers are the two sides' means, not a Lloyd fixed point).  ``merge_split=True``
+    (``"graph"`` only) adds :func:`graph_merge_splits` of that same partition (after the split candidate), ranked
+    the same way; as they are often more balanced, they can also move the size-entropy bar.  ``warm_start``
     (centers, e.g. the previous epoch's) adds one candidate, Lloyd from those centers, ranked by the same rule; the
     ``n_init`` restarts are unchanged by it.  ``candidates`` (a list) gets one dict per run, in order (the
     restarts, then the warm start): ``inertia``, ``size_entropy``, ``warm``, ``labels`` and ``centers`` (kernel
-    arrays), ``graph_cut`` under ``"graph"`` and ``split`` (whether it is the graph split, which comes last) with
-    ``split=True``, so a caller can see what each selection rule chose among.
+    arrays), ``graph_cut`` under ``"graph"``, ``split`` (whether it is the graph split, after the runs) with
+    ``split=True`` and ``merge_split`` (whether it is one of the merge-and-split candidates, which come last) with
+    ``merge_split=True``, so a caller can see what each selection rule chose among.
     Returns ``(centers, labels, inertia)`` with centers/labels as torch tensors on ``Z``'s device.
     """
     if select not in SELECT_RULES:
         raise ValueError(f"select must be one of {SELECT_RULES}, got {select!r}")
     if split and select != "graph":
         raise ValueError(f"split needs select='graph', got select={select!r}")
+    if merge_split and select != "graph":
+        raise ValueError(f"merge_split needs select='graph', got select={select!r}")
     k = int(n_clusters)
     key = (lambda r: (-size_entropy(r.labels, k), float(r.inertia))) if select == "balanced" else None  # noqa: E731
     if select == "graph" and graph is None:
@@ -340,13 +409,14 @@ def reinit_centroids(Z: torch.Tensor, n_clusters: int, *, n_init: int = 10, max_
     extra = () if warm_start is None else (to_kernel_array(warm_start.detach().to(device=Z.device, dtype=Z.dtype)),)
     runs: list = []  # (result, size entropy, graph cut) of every run, for "graph" and the candidates list
 
-    def seen(r, is_split=False):
+    def seen(r, move=None):  # move: None for a Lloyd run, "split" or "merge_split" for the graph moves
         runs.append((r, size_entropy(r.labels, k), None if graph is None else graph_cut(r.labels, graph)))
         if candidates is not None:
             candidates.append({"inertia": float(r.inertia), "size_entropy": runs[-1][1],
-                               "warm": not is_split and len(runs) > n_init, "labels": r.labels, "centers": r.centers,
+                               "warm": move is None and len(runs) > n_init, "labels": r.labels, "centers": r.centers,
                                **({} if graph is None else {"graph_cut": runs[-1][2]}),
-                               **({"split": is_split} if split else {})})
+                               **({"split": move == "split"} if split else {}),
+                               **({"merge_split": move == "merge_split"} if merge_split else {})})
 
     def by_graph():  # needs every run's entropy before it can rank any, so it chooses after they all ran
         top = max(e for _, e, _ in runs)
@@ -357,11 +427,13 @@ def reinit_centroids(Z: torch.Tensor, n_clusters: int, *, n_init: int = 10, max_
                           init_candidates=extra, on_result=seen)
     if select == "graph":
         res = by_graph()
-        if split:
-            alt = graph_split(Zk, res.labels, res.centers, graph, k)
+        if split or merge_split:
+            alt = graph_split(Zk, res.labels, res.centers, graph, k) if split else None
             if alt is not None:
-                seen(alt, is_split=True)
-                res = by_graph()
+                seen(alt, "split")
+            for alt in graph_merge_splits(Zk, res.labels, res.centers, graph, k) if merge_split else ():
+                seen(alt, "merge_split")
+            res = by_graph()
     centers = from_kernel_array(res.centers, Z)
     labels = from_kernel_array(res.labels, torch.empty(0, dtype=torch.int64, device=Z.device))
     return centers, labels, float(res.inertia)
@@ -395,7 +467,7 @@ def kmeans_candidate_scores(method, epoch: int, y=None) -> list | None:
     if method.kmeans_epoch != epoch or not cands:
         return None
     return [{"inertia": c["inertia"], "size_entropy": c["size_entropy"], "warm": c["warm"],
-             **{key: c[key] for key in ("graph_cut", "split", "agreement", "final") if key in c},
+             **{key: c[key] for key in ("graph_cut", "split", "merge_split", "agreement", "final") if key in c},
              **({} if y is None else clustering_scores(y, to_numpy(c["labels"])))} for c in cands]
 
 
@@ -432,16 +504,20 @@ class Method:
 
     def __init__(self, n_clusters: int = 10, *, lam: float = 1.0, n_init: int = 10, seed: int = 0,
                  reconstruction: str = "sum", select: str = "inertia", consensus_window: int = 0,
-                 graph_split: bool = False):
+                 graph_split: bool = False, merge_split: bool = False):
         if reconstruction not in ("sum", "mean"):
             raise ValueError(f"reconstruction must be 'sum' or 'mean', got {reconstruction!r}")
         if select not in SELECT_RULES:
             raise ValueError(f"select must be one of {SELECT_RULES}, got {select!r}")
         if graph_split and select != "graph":
             raise ValueError(f"graph_split needs select='graph', got select={select!r}")
+        if merge_split and select != "graph":
+            raise ValueError(f"merge_split needs select='graph', got select={select!r}")
         self.select = select
-        # select="graph" with graph_split: each k-means on the embeddings also offers graph_split of its choice
+        # select="graph" with graph_split (merge_split): each k-means on the embeddings also offers graph_split
+        # (graph_merge_splits) of its choice
         self.graph_split = bool(graph_split)
+        self.merge_split = bool(merge_split)
         self.n_clusters = int(n_clusters)
         self.lam = float(lam)
         self.reconstruction = reconstruction
@@ -477,7 +553,7 @@ class Method:
         c, labels, self.kmeans_inertia = reinit_centroids(Z, self.n_clusters, n_init=n_init, random_state=random_state,
                                                           select=self.select, warm_start=warm_start,
                                                           candidates=self.kmeans_candidates, graph=graph,
-                                                          split=self.graph_split)
+                                                          split=self.graph_split, merge_split=self.merge_split)
         self.kmeans_epoch = epoch
         if self.consensus_window:
             for cand in self.kmeans_candidates:
@@ -553,7 +629,8 @@ class Method:
 
     def describe(self) -> dict:
         return {"name": self.name, "lam": self.lam, "reconstruction": self.reconstruction, "select": self.select,
-                "graph_split": self.graph_split, "consensus_window": self.consensus_window}
+                "graph_split": self.graph_split, "merge_split": self.merge_split,
+                "consensus_window": self.consensus_window}
 
 
 class AEKM(Method):
@@ -708,7 +785,9 @@ class CT(Method):
     which stops the one-epoch flips of ``CT-bal`` to a merged partition.  ``select="graph"`` (``CT-graph-warm``)
     ranks the nearly balanced candidates by their normalised cut of a neighbour graph of the embeddings, and
     ``graph_split=True`` (``CT-graph-split``) also offers the partition with the densest boundary re-split along
-    that graph (:func:`graph_split`), whose centers the next epoch's CT loss then pulls towards.  Not in the paper.
+    that graph (:func:`graph_split`), whose centers the next epoch's CT loss then pulls towards;
+    ``merge_split=True`` (``CT-graph-msplit``) also offers that pair merged and another cluster bisected along the
+    graph (:func:`graph_merge_splits`).  Not in the paper.
     """
 
     name = "CT"
@@ -784,6 +863,8 @@ METHODS = {
     "CT-graph-warm": lambda k, **kw: _named(CT(k, select="graph", reinit_warm=True, **kw), "CT-graph-warm"),
     "CT-graph-split": lambda k, **kw: _named(CT(k, select="graph", graph_split=True, reinit_warm=True, **kw),
                                              "CT-graph-split"),
+    "CT-graph-msplit": lambda k, **kw: _named(CT(k, select="graph", graph_split=True, merge_split=True,
+                                                 reinit_warm=True, **kw), "CT-graph-msplit"),
 }
 
 
@@ -800,7 +881,8 @@ def make_method(name: str, n_clusters: int = 10, **kw) -> Method:
     partitions kept over the previous 50 epochs: :meth:`Method.finalize`), CT-graph-warm (CT-bal-warm with
     ``select="graph"``: of the nearly balanced candidates, the one that cuts the fewest neighbour edges),
     CT-graph-split (CT-graph-warm whose k-means also offers :func:`graph_split` of its choice: the pair of clusters
-    with the densest boundary re-split along the neighbour graph)."""
+    with the densest boundary re-split along the neighbour graph), CT-graph-msplit (CT-graph-split whose k-means
+    also offers :func:`graph_merge_splits` of its choice: that pair merged and another cluster bisected)."""
     try:
         return METHODS[name](n_clusters, **kw)
     except KeyError:
