@@ -18,7 +18,8 @@ for runs that record each candidate's ``agreement`` (CT-bal-warm-cons), ``consen
 the partitions kept over the previous 50 epochs: what that method outputs at its last epoch), and for runs that
 record each candidate's ``graph_cut`` (CT-graph-warm, CT-graph-split), ``graph`` (the lowest normalised cut of a
 k-nearest-neighbour graph among the candidates within 0.005 of the largest size entropy; the ``split`` column is
-the ACC of the graph-split candidate of CT-graph-split).  For such a run the
+the ACC of the graph-split candidate of CT-graph-split; CT-graph-msplit's merge-and-split candidates count as
+candidates for every rule).  For such a run the
 ``kept`` column of the last epoch is the consensus pick and ``balanced`` is what CT-bal-warm would have output.
 """
 from __future__ import annotations
