@@ -7,8 +7,9 @@ keyword arguments (one thread gives the same trajectory as the run, which this p
 each epoch's k-means scores every candidate the method chose among (its ``n_init`` restarts, the warm start and
 the graph split) and, in addition, the *merge-and-split* candidates of the kept partition: the pair of clusters
 with the densest boundary in the neighbour graph merged into one, and each other cluster bisected along the graph
-(:func:`kmeans_dist.deep.train.graph_merge_splits`; what ``CT-graph-msplit`` adds to ``CT-graph-split``).  It prints, per epoch, the ACC of the kept partition and of
-the candidate each rule would keep *at that epoch* (the trajectory stays the run's own):
+(:func:`kmeans_dist.deep.train.graph_merge_splits`; what ``CT-graph-msplit`` adds to ``CT-graph-split``).  It
+prints, per epoch, the ACC of the kept partition and of the candidate each rule would keep *at that epoch* (the
+trajectory stays the run's own):
 
 - ``graph``: the run's rule (lowest normalised cut among the nearly balanced candidates);
 - ``graph+ms``: the same rule with the merge-and-split candidates added (CT-graph-msplit's rule);

@@ -363,6 +363,7 @@ def test_merge_split_merges_the_pair_sharing_a_class_and_bisects_the_cluster_hol
     assert graph_cut(right.labels, graph) < graph_cut(km.labels, graph) < graph_cut(alts[1].labels, graph)
     side = fiedler_bisection(graph, np.flatnonzero(km.labels[np.asarray(graph[0])] == 0), len(X))
     assert side is not None and 0.4 < side.mean() < 0.6
+    assert fiedler_bisection(graph, side.nonzero()[0][:2], len(X)) is None  # too few nodes for two eigenvectors
     cands = []
     c, labels, _ = reinit_centroids(torch.from_numpy(X), 4, n_init=1, random_state=0, select="graph", graph=graph,
                                     candidates=cands, warm_start=torch.from_numpy(km.centers), merge_split=True)

@@ -246,12 +246,15 @@ def fiedler_bisection(graph, members, n_rows: int):
     """Bisect the anchors ``members`` (positions in ``graph``'s anchor list, a :func:`knn_graph` over ``n_rows``
     rows) by the sign of the Fiedler vector of the normalised Laplacian of the graph among them (Shi and Malik's
     normalised cut; ``scipy.sparse.linalg.eigsh`` on the host, deterministic start).  Returns a boolean NumPy array,
-    one entry per member, or None when one side would be empty."""
+    one entry per member, or None when one side would be empty or there are fewer than 3 members (the eigensolver
+    needs more nodes than the 2 eigenvectors it returns)."""
     import scipy.sparse as sp
     from scipy.sparse.linalg import eigsh
 
     anchors, nbrs = graph
     sel = np.asarray(members, dtype=np.int64)
+    if sel.size < 3:
+        return None
     anc = to_numpy(anchors).astype(np.int64)
     pos = np.full(int(n_rows), -1, dtype=np.int64)
     pos[anc[sel]] = np.arange(sel.size)
@@ -297,9 +300,10 @@ def graph_split(Zk, labels, centers, graph, n_clusters: int):
     The pair ``(i, j)`` with the most graph edges between them (per anchor, ``e_ij / sqrt(n_i n_j)``) is the pair
     whose boundary runs through the densest region; their anchors are bisected along the graph among them
     (:func:`fiedler_bisection`: a few thousand nodes, on the host), ``c_i`` and ``c_j`` are replaced by the means
-    of the two sides, and every row goes to its nearest center.  Where Euclidean k-means cuts across two touching groups (two elongated
-    classes side by side), Lloyd goes back to its cut; this one follows the gap between the groups.  Returns a
-    :class:`~kmeans_dist.kernels.KMeansResult` (``n_iter`` 0), or None when the pair cannot be split.
+    of the two sides, and every row goes to its nearest center.  Where Euclidean k-means cuts across two touching
+    groups (two elongated classes side by side), Lloyd goes back to its cut; this one follows the gap between the
+    groups.  Returns a :class:`~kmeans_dist.kernels.KMeansResult` (``n_iter`` 0), or None when the pair cannot be
+    split.
     """
     from ..kernels import KMeansResult
 
@@ -348,7 +352,7 @@ def graph_merge_splits(Zk, labels, centers, graph, n_clusters: int) -> list:
     out = []
     for c in range(int(n_clusters)):
         members = np.flatnonzero(la == c)
-        if c in pair or members.size < 2:
+        if c in pair:
             continue
         side = fiedler_bisection(graph, members, int(Zk.shape[0]))
         if side is None:
