@@ -293,6 +293,15 @@ def _densest_pair(labels, graph, n_clusters: int):
     return la, (None if w[i, j] <= 0 else (int(i), int(j)))
 
 
+def _at_centers(Zk, centers):
+    """The partition of ``Zk`` by nearest center, as a :class:`~kmeans_dist.kernels.KMeansResult` (``n_iter`` 0:
+    the graph moves' centers are not a Lloyd fixed point)."""
+    from ..kernels import KMeansResult
+
+    labels, d = assign_labels(Zk, centers)
+    return KMeansResult(centers=centers, labels=labels, inertia=float(get_namespace(Zk).sum(d)), n_iter=0, history=[])
+
+
 def graph_split(Zk, labels, centers, graph, n_clusters: int):
     """Re-split the two clusters of a partition whose shared boundary is densest, along the neighbour graph.
 
@@ -305,8 +314,6 @@ def graph_split(Zk, labels, centers, graph, n_clusters: int):
     groups.  Returns a :class:`~kmeans_dist.kernels.KMeansResult` (``n_iter`` 0), or None when the pair cannot be
     split.
     """
-    from ..kernels import KMeansResult
-
     xp = get_namespace(Zk)
     anchors, _ = graph
     la, pair = _densest_pair(labels, graph, n_clusters)
@@ -323,8 +330,7 @@ def graph_split(Zk, labels, centers, graph, n_clusters: int):
     new = centers.copy()
     new[int(i)] = xp.mean(Za[side_x], axis=0)
     new[int(j)] = xp.mean(Za[~side_x], axis=0)
-    new_labels, d = assign_labels(Zk, new)
-    return KMeansResult(centers=new, labels=new_labels, inertia=float(xp.sum(d)), n_iter=0, history=[])
+    return _at_centers(Zk, new)
 
 
 def graph_merge_splits(Zk, labels, centers, graph, n_clusters: int) -> list:
@@ -339,8 +345,6 @@ def graph_merge_splits(Zk, labels, centers, graph, n_clusters: int) -> list:
     clusters.  Where k-means keeps two touching classes in one cluster and cuts a third, elongated class in two, no
     restart and no re-split of one pair reaches the right partition; this move does in one step.
     """
-    from ..kernels import KMeansResult
-
     xp = get_namespace(Zk)
     anchors, _ = graph
     la, pair = _densest_pair(labels, graph, n_clusters)
@@ -363,8 +367,7 @@ def graph_merge_splits(Zk, labels, centers, graph, n_clusters: int) -> list:
         new[i] = merged
         new[j] = xp.mean(Za[side_x], axis=0)
         new[c] = xp.mean(Za[~side_x], axis=0)
-        new_labels, d = assign_labels(Zk, new)
-        out.append(KMeansResult(centers=new, labels=new_labels, inertia=float(xp.sum(d)), n_iter=0, history=[]))
+        out.append(_at_centers(Zk, new))
     return out
 
 
