@@ -69,7 +69,7 @@ def inertia_of(X, C):
 
 
 def load_case(name, quick, workdir):
-    from kmeans_dist.data import find_mnist_dir, ingest_mnist, load_mnist, open_store, write_store
+    from kmeans_dist.data import find_mnist_dir, ingest_mnist, load_mnist, write_store
 
     if name == "mnist":
         d = find_mnist_dir()

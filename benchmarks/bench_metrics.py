@@ -56,7 +56,7 @@ def main():
     url = write_store(os.path.join(tmp, "mnist.zarr"), X, labels=y, chunk_rows=args.chunk_rows)
     lab_url = write_store(os.path.join(tmp, "pred.zarr"), X[:, :1], labels=labels, chunk_rows=args.chunk_rows)
     cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, memory_limit="5GiB",
-                           host="127.0.0.1", dashboard_address=":0")
+                           host="127.0.0.1", dashboard_address="127.0.0.1:0")
     client = Client(cluster)
     Xd = client.persist(open_store(url))
     td = client.persist(open_labels(url))

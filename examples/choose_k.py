@@ -21,13 +21,13 @@ def main():
 
     from distributed import Client, LocalCluster
 
-    from kmeans_dist import datasets as D
+    from kmeans_dist.data import datasets as D
     from kmeans_dist.selection import choose_k
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp, \
-            LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0") as cluster, \
+            LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address="127.0.0.1:0") as cluster, \
             Client(cluster) as client:
         url = D.make_dataset(args.data, args.n, random_state=0, chunk_rows=max(1000, args.n // 4),
                              url=Path(tmp) / f"{args.data}.zarr")

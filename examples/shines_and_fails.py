@@ -1,4 +1,4 @@
-"""Where k-means shines and where it visibly fails, on the teaching data sets of kmeans_dist.datasets.
+"""Where k-means shines and where it visibly fails, on the teaching data sets of kmeans_dist.data.datasets.
 
 For each data set: fit kmeans_dist.KMeans with the true number of clusters, score it against the
 ground truth with kmeans_dist.metrics (ACC, ARI, NMI) and without it (silhouette), print a table and
@@ -27,7 +27,7 @@ def main():
     import matplotlib.pyplot as plt
 
     from kmeans_dist import KMeans
-    from kmeans_dist import datasets as D
+    from kmeans_dist.data import datasets as D
     from kmeans_dist import metrics as M
 
     cases = [("blobs", 4, "isotropic, equal: k-means' own model"),

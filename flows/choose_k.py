@@ -14,7 +14,7 @@ from typing import Optional
 from prefect import flow, get_run_logger, task
 
 from flows.artifacts import publish_report
-from flows.clustering import (_quiet_dask_logs, ingest_and_standardize, make_task_runner, stage_tasks,  # noqa: F401
+from flows.clustering import (quiet_dask_logs, ingest_and_standardize, make_task_runner, stage_tasks,  # noqa: F401
                               write_status)
 from flows.params import (ChooseKParams, check_dask_address, check_source, default_output_dir, run_cli,
                           validate_params)
@@ -102,7 +102,7 @@ def choose_k_flow(
     silhouette_sample: int = 2000,
 ) -> dict:
     """Fit every k of ``k_min..k_max`` (or ``ks``) in parallel on Dask and recommend one."""
-    _quiet_dask_logs()
+    quiet_dask_logs()
     values = dict(source=source, k_min=k_min, k_max=k_max, k_step=k_step, ks=ks, init=init, standardize=standardize,
                   n_init=n_init, seed=seed, output_dir=output_dir, dask_address=dask_address, n_workers=n_workers,
                   threads_per_worker=threads_per_worker, max_iter=max_iter, tol=tol, limit=limit,

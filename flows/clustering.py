@@ -25,7 +25,7 @@ os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
 
 from prefect import flow, get_run_logger, task  # noqa: E402
 
-from flows.artifacts import LloydProgress, artifact_key, publish_history, publish_report  # noqa: E402
+from flows.artifacts import LloydProgress, publish_history, publish_report  # noqa: E402
 from flows.params import (ClusteringParams, ParameterError, check_dask_address, check_source,  # noqa: E402
                           default_output_dir, run_cli, validate_params)
 from pipelines import stages  # noqa: E402
@@ -192,7 +192,7 @@ def make_task_runner(dask_address: str | None, n_workers: int = 2, threads_per_w
     return DaskTaskRunner(cluster_class="distributed.LocalCluster",
                           cluster_kwargs={"n_workers": n_workers, "threads_per_worker": threads_per_worker,
                                           "processes": True, "host": "127.0.0.1", "scheduler_port": 0,
-                                          "dashboard_address": ":0"})
+                                          "dashboard_address": "127.0.0.1:0"})
 
 
 def write_status(out_dir: str, status: str, **extra) -> None:
@@ -201,7 +201,7 @@ def write_status(out_dir: str, status: str, **extra) -> None:
                              {"status": status, "time": datetime.now(timezone.utc).isoformat(), **extra})
 
 
-def _quiet_dask_logs():
+def quiet_dask_logs():
     for name in ("distributed", "distributed.scheduler", "distributed.worker", "distributed.nanny",
                  "distributed.core", "distributed.http.proxy"):
         logging.getLogger(name).setLevel(logging.WARNING)
@@ -298,7 +298,7 @@ def clustering_flow(
     Parameters are validated before any work starts; the source and the Dask scheduler are checked
     before anything is written.  ``dask_address`` empty: a LocalCluster of ``n_workers`` processes.
     """
-    _quiet_dask_logs()
+    quiet_dask_logs()
     values = dict(source=source, k=k, init=init, algorithm=algorithm, standardize=standardize, n_init=n_init,
                   seed=seed, output_dir=output_dir, dask_address=dask_address, n_workers=n_workers,
                   threads_per_worker=threads_per_worker, max_iter=max_iter, tol=tol, batch_size=batch_size,

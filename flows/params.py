@@ -206,7 +206,7 @@ def run_cli(model: type[BaseModel], flow, prog: str, keys, argv=None) -> dict:
     as JSON and return the result."""
     import json
 
-    from flows.demo import local_prefect_server
+    from flows.server import local_prefect_server
 
     args = vars(cli_parser(model, prog, flow.description).parse_args(argv))
     with local_prefect_server():

@@ -58,7 +58,7 @@ def cmd_ingest(args):
 def cmd_fit(args):
     from . import KMeans, MiniBatchKMeans
     from .data import open_store
-    from .preprocessing import standardize
+    from .chunked.preprocessing import standardize
 
     with _client(args) as client:
         X = open_store(args.store)

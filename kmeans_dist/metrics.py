@@ -36,9 +36,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .chunked.driver import canonical_rows, compute, delayed_tree, make_blocks, row_blocks
 from .data import as_dask_array, as_labels_array
 
 __all__ = [
+    "calinski_harabasz_from_stats",
+    "davies_bouldin_from_stats",
     "inertia",
     "calinski_harabasz_score",
     "davies_bouldin_score",
@@ -83,13 +86,21 @@ def check_number_of_labels(n_labels: int, n_samples: int) -> None:
         )
 
 
+def _canonical(Xd, *ys):
+    """X (and per-row arrays) cut into the driver's canonical row blocks: every partial and the reduction
+    tree are then the same whatever the input's chunking, so every metric is bit-identical whatever the
+    chunking and the number of workers."""
+    rows = canonical_rows(int(Xd.shape[0]), int(Xd.shape[1]) if Xd.ndim == 2 else 1, Xd.dtype.itemsize)
+    chunks = {0: rows} if Xd.ndim == 1 else {0: rows, 1: -1}
+    out = [Xd.rechunk(chunks)] + [None if y is None else y.rechunk({0: rows}) for y in ys]
+    return out[0] if not ys else tuple(out)
+
+
 def _inputs(X, labels):
-    """X as a 2-D float dask array, labels as a 1-D dask array chunked like X's rows."""
+    """X as a 2-D float dask array and labels as a 1-D dask array, both in canonical row blocks."""
     Xd = as_dask_array(X)
     y = as_labels_array(labels, Xd.shape[0])
-    if y.chunks[0] != Xd.chunks[0]:
-        y = y.rechunk((Xd.chunks[0],))
-    return Xd, y
+    return _canonical(Xd, y)
 
 
 def _labels_pair(labels_true, labels_pred):
@@ -100,31 +111,20 @@ def _labels_pair(labels_true, labels_pred):
             "Found input variables with inconsistent numbers of samples: "
             f"[{yt.shape[0]}, {yp.shape[0]}] (labels_true, labels_pred)"
         )
-    if yp.chunks[0] != yt.chunks[0]:
-        yp = yp.rechunk((yt.chunks[0],))
-    return yt, yp
+    return _canonical(yt, yp)
 
 
 def _blocks(a):
-    """The row blocks of a dask array as a list of Delayed (2-D arrays must have one column block)."""
-    d = a.to_delayed()
-    return list(d[:, 0]) if a.ndim == 2 else list(d)
+    """The (canonical) row blocks of a dask array as a list of Delayed."""
+    return row_blocks(a, int(a.chunks[0][0]) if a.shape[0] else 1)
 
 
 def _tree_reduce(parts: list, combine, split_every: int = SPLIT_EVERY):
-    """Merge Delayed partials with ``combine(list) -> partial`` as a tree (``split_every`` per node): the
-    kernels' :func:`~kmeans_dist.kernels.tree_combine` over delayed combines."""
-    from dask import delayed
-
-    from .kernels import tree_combine
-
-    return tree_combine(list(parts), delayed(combine, pure=True), split_every)
+    return delayed_tree(parts, combine, split_every)
 
 
 def _compute(*objs):
-    import dask
-
-    return dask.compute(*objs)
+    return compute(*objs)
 
 
 def _offsets(chunks) -> list[int]:
@@ -305,7 +305,7 @@ def inertia(X, labels=None, centers=None) -> float:
     if labels is None and centers is None:
         raise ValueError("inertia needs labels, centers, or both")
     if labels is None:
-        Xd = as_dask_array(X)
+        Xd = _canonical(as_dask_array(X))
         C = np.asarray(centers, dtype=np.float64)
         if C.ndim != 2 or C.shape[1] != Xd.shape[1]:
             raise ValueError(f"centers must have shape (k, {Xd.shape[1]}), got {C.shape}")
@@ -327,14 +327,16 @@ def inertia(X, labels=None, centers=None) -> float:
     return float(sse.sum())
 
 
-def _ch_from_stats(st: dict) -> float:
+def calinski_harabasz_from_stats(st: dict) -> float:
+    """Calinski-Harabasz score from :func:`cluster_statistics` (no pass over the data)."""
     n, k = st["n_samples"], len(st["size"])
     extra = float(np.sum(st["size"] * np.sum((st["centroid"] - st["mean"]) ** 2, axis=1)))
     intra = float(np.sum(st["sse"]))
     return float(1.0 if intra == 0.0 else extra * (n - k) / (intra * (k - 1.0)))
 
 
-def _db_from_stats(st: dict) -> float:
+def davies_bouldin_from_stats(st: dict) -> float:
+    """Davies-Bouldin score from :func:`cluster_statistics` (no pass over the data)."""
     intra = np.asarray(st["mean_distance"], dtype=np.float64)
     C = st["centroid"]
     diff = C[:, None, :] - C[None, :, :]
@@ -349,7 +351,7 @@ def _db_from_stats(st: dict) -> float:
 def calinski_harabasz_score(X, labels) -> float:
     """Calinski-Harabasz score (variance ratio criterion), as ``sklearn.metrics``; two passes."""
     enc = _prepare(X, labels)
-    return _ch_from_stats(_stats_from_encoded(enc))
+    return calinski_harabasz_from_stats(_stats_from_encoded(enc))
 
 
 def davies_bouldin_score(X, labels) -> float:
@@ -361,7 +363,7 @@ def davies_bouldin_score(X, labels) -> float:
     to ~1e-15.
     """
     enc = _prepare(X, labels)
-    return _db_from_stats(_stats_from_encoded(enc))
+    return davies_bouldin_from_stats(_stats_from_encoded(enc))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -911,7 +913,7 @@ def _partition_combine(parts):
     return out
 
 
-def _partition_chunk2(x, offset, centers, centroids, remap, sample, sample_idx, precision):
+def _partition_chunk2(x, _w, offset, centers, centroids, remap, sample, sample_idx, precision):
     """Pass 2 over one chunk: the same labels again (codes of the non-empty clusters), the per-cluster sums
     of squared and plain distances to the partition's centroids, and the per-cluster distance sums from
     the silhouette sample to the chunk's rows (the sample in sub-blocks: bounded temporaries)."""
@@ -933,17 +935,14 @@ def _partition_chunk2(x, offset, centers, centroids, remap, sample, sample_idx, 
     return out
 
 
-def _run(obj, client):
-    import dask
-
-    return client.compute(obj).result() if client is not None else dask.compute(obj)[0]
-
-
 def partition_scores(X, centers, labels_true=None, *, silhouette_sample: int = 2000, random_state=0,
-                     split_every: int = SPLIT_EVERY, precision: str = "auto", client=None) -> dict:
+                     split_every: int = SPLIT_EVERY, precision: str = "auto", client=None,
+                     persist="auto") -> dict:
     """Every score of the partition of ``X`` by nearest ``centers``, in two passes over ``X``.
 
-    Pass 1 (one task per chunk, partials summed in a ``split_every``-ary tree on the cluster): cluster sizes,
+    Both passes run through the block driver (:func:`kmeans_dist.chunked.driver.make_blocks`: canonical
+    blocks, kept in worker memory when they fit, partials merged by the fixed ``split_every``-ary tree), so
+    the scores are bit-identical whatever the chunking and the number of workers.  Pass 1: cluster sizes,
     inertia, per-cluster sums (the partition's centroids), the cluster x class table against
     ``labels_true`` (ARI, NMI, accuracy: no pass finds the number of classes) and the rows of a seeded
     silhouette sample.  Pass 2: the distances to those centroids (Calinski-Harabasz, Davies-Bouldin) and from
@@ -953,11 +952,10 @@ def partition_scores(X, centers, labels_true=None, *, silhouette_sample: int = 2
     undefined, as scikit-learn's ``check_number_of_labels`` says).  Empty clusters count as absent in the
     unsupervised scores, as in scikit-learn (which encodes the labels it is given).
 
-    The tasks' keys are unique to each call, so concurrent calls on one client share nothing.
-    ``client``: a ``distributed.Client`` to compute on (the active scheduler otherwise).
+    ``client``: a ``distributed.Client`` to compute on (the active one otherwise; ``False``: none).  ``persist``: as
+    :func:`~kmeans_dist.chunked.driver.make_blocks` (``"auto"`` reads X once and keeps its blocks in memory
+    when they fit; ``False`` streams X from its source on each of the two passes).
     """
-    from dask import delayed
-
     Xd = as_dask_array(X)
     C = np.asarray(centers)
     if C.ndim != 2 or C.shape[1] != Xd.shape[1]:
@@ -968,39 +966,35 @@ def partition_scores(X, centers, labels_true=None, *, silhouette_sample: int = 2
         y = as_labels_array(labels_true)
         if y.shape[0] != n:
             raise ValueError(f"labels_true has {y.shape[0]} entries, X has {n} rows")
-        y = y.rechunk((Xd.chunks[0],))
     m = int(min(max(int(silhouette_sample or 0), 0), n))
     idx = (np.sort(np.random.default_rng(random_state).choice(n, size=m, replace=False)) if m
            else np.zeros(0, dtype=np.int64))
-    xs, offs = _blocks(Xd), _offsets(Xd.chunks[0])
-    ys = _blocks(y) if y is not None else [None] * len(xs)
-    C_d, I_d = delayed(C, pure=True), delayed(idx, pure=True)
-    # not pure: keys unique to this call
-    parts = [delayed(_partition_chunk, pure=False)(xb, yb, o, C_d, I_d) for xb, yb, o in zip(xs, ys, offs)]
-    p1 = _run(_tree_reduce(parts, _partition_combine, split_every), client)
-    counts = p1["count"]
-    out: dict = {"n_samples": n, "k": k, "inertia": float(p1["inertia"][0]),
-                 "cluster_sizes": counts.tolist(), "empty_clusters": int((counts == 0).sum())}
-    if y is not None:
-        t = p1["cont"].T  # classes x clusters
-        out.update({"ari": float(adjusted_rand_score(contingency=t)),
-                    "nmi": float(normalized_mutual_info_score(contingency=t)),
-                    "accuracy": float(clustering_accuracy(contingency=t))})
-    present = counts > 0
-    k_eff = int(present.sum())
-    if not 2 <= k_eff <= n - 1:
-        return out
-    remap = np.cumsum(present) - 1  # cluster -> code among the non-empty clusters
-    sizes = counts[present]
-    centroids = p1["sum"][present] / sizes[:, None]
-    S_d = delayed(p1["sample"], pure=True)
-    args = (delayed(centroids, pure=True), delayed(remap, pure=True), S_d, I_d)
-    parts2 = [delayed(_partition_chunk2, pure=False)(xb, o, C_d, *args, precision) for xb, o in zip(xs, offs)]
-    p2 = _run(_tree_reduce(parts2, _sum_dicts, split_every), client)
+    # the labels travel in the blocks' per-row slot; two passes, so the blocks are kept when they fit
+    blocks = make_blocks(Xd, y, split_every=split_every, client=client, persist=persist)
+    try:
+        p1 = blocks.map_reduce(_partition_chunk, _partition_combine, C, idx)
+        counts = p1["count"]
+        out: dict = {"n_samples": n, "k": k, "inertia": float(p1["inertia"][0]),
+                     "cluster_sizes": counts.tolist(), "empty_clusters": int((counts == 0).sum())}
+        if y is not None:
+            t = p1["cont"].T  # classes x clusters
+            out.update({"ari": float(adjusted_rand_score(contingency=t)),
+                        "nmi": float(normalized_mutual_info_score(contingency=t)),
+                        "accuracy": float(clustering_accuracy(contingency=t))})
+        present = counts > 0
+        k_eff = int(present.sum())
+        if not 2 <= k_eff <= n - 1:
+            return out
+        remap = np.cumsum(present) - 1  # cluster -> code among the non-empty clusters
+        sizes = counts[present]
+        centroids = p1["sum"][present] / sizes[:, None]
+        p2 = blocks.map_reduce(_partition_chunk2, _sum_dicts, C, centroids, remap, p1["sample"], idx, precision)
+    finally:
+        blocks.release()
     stats = {"size": sizes, "centroid": centroids, "sse": p2["sse"], "mean_distance": p2["dist"] / sizes,
              "mean": p1["sum"].sum(axis=0) / n, "n_samples": n}
-    out["calinski_harabasz"] = _ch_from_stats(stats)
-    out["davies_bouldin"] = _db_from_stats(stats)
+    out["calinski_harabasz"] = calinski_harabasz_from_stats(stats)
+    out["davies_bouldin"] = davies_bouldin_from_stats(stats)
     if m:
         vals = _sil_from_sums(p2["sil"], remap[p1["sample_label"]], sizes.astype(np.float64))
         out["silhouette"], out["silhouette_se"] = float(vals.mean()), _sample_std_error(vals, n)

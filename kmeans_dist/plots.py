@@ -9,11 +9,12 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["plot_centroid_grid", "plot_inertia", "plot_cluster_sizes", "save_figure"]
+__all__ = ["plot_centroid_grid", "plot_inertia", "plot_cluster_sizes", "save_figure", "pyplot"]
 
 
 def save_figure(fig, path) -> str:
-    import matplotlib.pyplot as plt
+    """Write ``fig`` to ``path`` as a PNG atomically (a temporary file renamed into place) and close it."""
+    plt = pyplot()
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -24,7 +25,16 @@ def save_figure(fig, path) -> str:
     return os.fspath(path)
 
 
-def _plt():
+def pyplot():
+    """``matplotlib.pyplot``, on the Agg backend unless ``MPLBACKEND`` chose one (notebooks set it).
+
+    The one place where the project imports pyplot: plotting works on servers without a display.
+
+    Returns
+    -------
+    module
+        ``matplotlib.pyplot``.
+    """
     import matplotlib
 
     if os.environ.get("MPLBACKEND") is None:
@@ -36,7 +46,7 @@ def _plt():
 
 def plot_centroid_grid(centers, image_shape, path, *, sizes=None, title="Cluster centers", cols=None) -> str:
     """Each center drawn as an image (e.g. 28x28 for MNIST) in a grid, with the cluster size."""
-    plt = _plt()
+    plt = pyplot()
     centers = np.asarray(centers)
     k = centers.shape[0]
     cols = cols or min(k, 10)
@@ -52,7 +62,7 @@ def plot_centroid_grid(centers, image_shape, path, *, sizes=None, title="Cluster
 
 
 def plot_inertia(history, path, *, title="Inertia per iteration") -> str:
-    plt = _plt()
+    plt = pyplot()
     it = [h["iteration"] for h in history]
     inertia = [h["inertia"] for h in history]
     fig, ax = plt.subplots(figsize=(5, 3.2))
@@ -65,7 +75,7 @@ def plot_inertia(history, path, *, title="Inertia per iteration") -> str:
 
 
 def plot_cluster_sizes(counts, path, *, title="Cluster sizes") -> str:
-    plt = _plt()
+    plt = pyplot()
     counts = np.asarray(counts)
     fig, ax = plt.subplots(figsize=(5, 3.2))
     ax.bar(np.arange(len(counts)), counts)

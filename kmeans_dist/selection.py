@@ -36,7 +36,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .chunked.driver import canonical_rows, compute, delayed_tree, row_blocks
 from .data import as_dask_array
+from .plots import pyplot
 
 __all__ = [
     "CRITERIA",
@@ -130,15 +132,19 @@ def _proj_minmax_chunk(x, mean, V):
     return {"lo": z.min(axis=0), "hi": z.max(axis=0), "sum": z.sum(axis=0), "n": np.array([z.shape[0]])}
 
 
+def _canonical_chunks(Xd) -> tuple:
+    """The driver's canonical row blocks of X: a function of its shape and dtype, never of its chunking."""
+    n = int(Xd.shape[0])
+    rows = canonical_rows(n, int(Xd.shape[1]), Xd.dtype.itemsize)
+    return tuple(min(rows, n - o) for o in range(0, n, rows))
+
+
 def _reduce(X, chunk_fn, combine, *args):
-    import dask
     from dask import delayed
 
-    from .metrics import _blocks, _tree_reduce
-
     args_d = [delayed(a, pure=True) if isinstance(a, np.ndarray) else a for a in args]
-    parts = [delayed(chunk_fn, pure=True)(b, *args_d) for b in _blocks(X)]
-    (res,) = dask.compute(_tree_reduce(parts, combine))
+    parts = [delayed(chunk_fn, pure=True)(b, *args_d) for b in row_blocks(X, _canonical_chunks(X)[0])]
+    (res,) = compute(delayed_tree(parts, combine))
     return res
 
 
@@ -239,7 +245,7 @@ def _ref_fit_inmemory(bounds, n, seed, b, dtype, k, n_init, max_iter, tol, fit_s
 
 
 def _small(Xd, inmemory_bytes) -> bool:
-    return Xd.numblocks[0] == 1 and Xd.nbytes <= inmemory_bytes
+    return Xd.nbytes <= inmemory_bytes
 
 
 def _fit_chunked(Xd, k, seed, n_init, max_iter, tol, client, kmeans_kwargs):
@@ -291,18 +297,17 @@ def evaluate_k(X, k: int, *, random_state: int = 0, n_init: int = 3, max_iter: i
     with _as_current(client):
         small = _small(Xd, inmemory_bytes)
         if small:
-            (fit,) = dask.compute(delayed(_fit_inmemory, pure=True)(Xd.to_delayed()[0, 0], k, fit_seed, n_init,
-                                                                   max_iter, tol))
+            whole = Xd.rechunk({0: -1, 1: -1}).to_delayed()[0, 0]
+            (fit,) = dask.compute(delayed(_fit_inmemory, pure=True)(whole, k, fit_seed, n_init, max_iter, tol))
         else:
             fit = _fit_chunked(Xd, k, fit_seed, n_init, max_iter, tol, client, kmeans_kwargs)
         labels = fit["labels"]
         row = {"k": k, "inertia": float(fit["wss"]), "fit_inertia": float(fit["fit_inertia"]),
                "n_iter": fit["n_iter"], "log_w": math.log(fit["wss"]) if fit["wss"] > 0 else -math.inf}
         if k >= 2 and k < n:
-            enc = M._prepare(Xd, labels)
-            st = M._stats_from_encoded(enc)
-            row["calinski_harabasz"] = M._ch_from_stats(st)
-            row["davies_bouldin"] = M._db_from_stats(st)
+            st = M.cluster_statistics(Xd, labels, check_labels=True)
+            row["calinski_harabasz"] = M.calinski_harabasz_from_stats(st)
+            row["davies_bouldin"] = M.davies_bouldin_from_stats(st)
             mode = silhouette
             if mode == "auto":
                 mode = "exact" if n <= silhouette_exact_max else "sample"
@@ -342,7 +347,7 @@ def _reference_log_w(Xd, bounds, k, B, seed, fit_seed, n_init, max_iter, tol, cl
         return [float(v) for v in dask.compute(*tasks)]
     out = []
     for b in range(B):  # each fit is itself a distributed computation over the chunks
-        R = reference_data(bounds, Xd.chunks[0], b, seed, dtype)
+        R = reference_data(bounds, _canonical_chunks(Xd), b, seed, dtype)
         fit = _fit_chunked(R, k, fit_seed, n_init, max_iter, tol, client, kmeans_kwargs)
         out.append(math.log(fit["wss"]))
     return out
@@ -474,12 +479,7 @@ def choose_k(X, k_range=range(1, 11), *, random_state: int = 0, n_init: int = 3,
 def plot_selection(table, recommendations: dict, path=None, *, title: str | None = None):
     """Curves of every criterion against k (matplotlib), with the recommended k marked; saves to
     ``path`` if given and returns the figure."""
-    import matplotlib
-
-    if path is not None:
-        matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     ks = table["k"].values
     panels = [("inertia", "elbow", "inertia (W_k)"), ("silhouette", "silhouette", "silhouette (max)"),
               ("calinski_harabasz", "calinski_harabasz", "Calinski-Harabasz (max)"),

@@ -275,7 +275,7 @@ def ingest(source: str, out_dir, *, limit: int | None = None, chunk_rows: int | 
 
 def standardize(store: dict, out_dir, *, client=None, logger: logging.Logger | None = None) -> dict:
     """Write the standardized copy of ``store`` to ``out_dir/data/standardized.zarr``."""
-    from kmeans_dist.preprocessing import standardize_store
+    from kmeans_dist.chunked.preprocessing import standardize_store
 
     log = logger or _log
     t0 = time.perf_counter()
@@ -293,7 +293,7 @@ def seed(store: dict, out_dir, *, k: int, init: str = "k-means++", random_state:
          name: str = "seed", client=None, logger: logging.Logger | None = None) -> dict:
     """Initial centers for ``k`` clusters, saved to ``out_dir/seeds/<name>.npy``."""
     from kmeans_dist.data import DataError
-    from kmeans_dist.seeding import init_centers
+    from kmeans_dist.chunked.seeding import init_centers
 
     log = logger or _log
     t0 = time.perf_counter()
@@ -310,7 +310,7 @@ def seed(store: dict, out_dir, *, k: int, init: str = "k-means++", random_state:
 
 def _lloyd_impl():
     """The library's resumable Lloyd driver."""
-    from kmeans_dist.lloyd import lloyd
+    from kmeans_dist.chunked.lloyd import lloyd
 
     return lloyd
 
@@ -481,15 +481,6 @@ def evaluate(store: dict, fit: dict, out_dir, *, silhouette_sample: int = 2000, 
 # reports and plots
 # --------------------------------------------------------------------------------------------------
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def ms_per_iteration(fit: dict) -> float | None:
     """Median wall time of the fit's Lloyd iterations, in milliseconds (None without a history)."""
     secs = [h["seconds"] for h in (fit.get("history") or []) if h.get("seconds") is not None]
@@ -608,7 +599,9 @@ def choose_k_report(out_dir, *, results: list[dict], params: dict, timings: dict
     ks = [r["k"] for r in results]
     inertia = [r["inertia"] for r in results]
     sil = [r.get("silhouette") for r in results]
-    plt = _plt()
+    from kmeans_dist.plots import pyplot
+
+    plt = pyplot()
     plots = {}
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(ks, inertia, marker="o")

@@ -23,7 +23,7 @@ def dask_client():
     from distributed import Client, LocalCluster
 
     cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, memory_limit="3GiB",
-                           host="127.0.0.1", dashboard_address=":0", scheduler_port=0)
+                           host="127.0.0.1", dashboard_address="127.0.0.1:0", scheduler_port=0)
     client = Client(cluster)
     yield client
     client.close()

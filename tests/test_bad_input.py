@@ -1,8 +1,6 @@
 """Every bad input gets a clear error, and nothing is written half-way."""
 from __future__ import annotations
 
-import os
-import warnings
 
 import numpy as np
 import pytest

@@ -14,7 +14,7 @@ import pytest
 import dask.array as da
 
 from kmeans_dist import data
-from kmeans_dist.preprocessing import moments, standardize, standardize_store
+from kmeans_dist.chunked.preprocessing import moments, standardize, standardize_store
 
 REPO = Path(__file__).resolve().parent.parent
 

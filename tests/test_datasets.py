@@ -1,4 +1,4 @@
-"""kmeans_dist.datasets: seeded, chunking-independent generation; Zarr output; where k-means shines
+"""kmeans_dist.data.datasets: seeded, chunking-independent generation; Zarr output; where k-means shines
 and where it visibly fails."""
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import dask.array as da
 import numpy as np
 import pytest
 
-from kmeans_dist import datasets as D
+from kmeans_dist.data import datasets as D
 from kmeans_dist import metrics as M
 from kmeans_dist.kernels import kmeans_inmemory
 
@@ -74,7 +74,7 @@ def test_write_to_zarr(tmp_path):
     url = D.rings(1000, random_state=5, chunk_rows=300, url=tmp_path / "rings.zarr")
     info = store_info(url)
     assert info["shape"] == (1000, 2) and info["chunks"] == (300, 2) and info["has_labels"]
-    assert info["attrs"]["source"] == "kmeans_dist.datasets.rings" and info["attrs"]["random_state"] == 5
+    assert info["attrs"]["source"] == "kmeans_dist.data.datasets.rings" and info["attrs"]["random_state"] == 5
     X, y = D.rings(1000, random_state=5, as_numpy=True)
     np.testing.assert_array_equal(open_store(url).compute(), X)
     np.testing.assert_array_equal(open_labels(url).compute(), y)

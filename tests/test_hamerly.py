@@ -1,4 +1,4 @@
-"""algorithm="hamerly": the same Lloyd iterations with bounds (kmeans_dist._hamerly)."""
+"""algorithm="hamerly": the same Lloyd iterations with bounds (kmeans_dist.kernels.hamerly)."""
 from __future__ import annotations
 
 import numpy as np
@@ -11,7 +11,7 @@ from sklearn.datasets import make_blobs
 import dask.array as da
 
 from kmeans_dist import KMeans, kernels
-from kmeans_dist import _hamerly as H
+from kmeans_dist.kernels import hamerly as H
 from kmeans_dist.kernels import row_norms_sq
 
 SET = settings(max_examples=int(__import__("os").environ.get("HYP_EXAMPLES", 15)), deadline=None,
@@ -223,7 +223,7 @@ def test_hamerly_survives_a_worker_killed_mid_fit():
     C0 = X[np.random.default_rng(7).choice(len(X), 20, replace=False)]
     ref = KMeans(20, init=C0, max_iter=30, tol=0, algorithm="hamerly", block_rows=500, client=False).fit(X)
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                      dashboard_address=":0") as lc, Client(lc) as c:
+                      dashboard_address="127.0.0.1:0") as lc, Client(lc) as c:
         victim = next(iter(c.run(os.getpid).values()))
 
         def kill_once(state):

@@ -110,7 +110,7 @@ def test_kernels_float32_accumulate_in_float64():
 
 @pytest.mark.gpu
 def test_cupy_kernels_match_numpy():
-    from kmeans_dist._xp import gpu_available
+    from kmeans_dist.kernels.xp import gpu_available
 
     if not gpu_available():
         pytest.skip("no CUDA GPU")

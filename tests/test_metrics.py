@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from kmeans_dist import datasets as D
+from kmeans_dist.data import datasets as D
 from kmeans_dist import metrics as M
 from kmeans_dist.kernels import kmeans_inmemory
 
@@ -373,7 +373,8 @@ def test_partition_scores_distributed_sample_equals_silhouette_estimate(dask_cli
 
 
 def test_partition_scores_reads_each_chunk_twice():
-    """Two passes over X, whatever the scores asked for: each chunk is loaded once per pass."""
+    """Two passes over X, whatever the scores asked for: streamed, each chunk is loaded once per pass; kept in
+    memory (the default when X fits), each chunk is loaded once in all."""
     import threading
 
     X, y, C = _partition_case(seed=2, n=300)
@@ -387,8 +388,43 @@ def test_partition_scores_reads_each_chunk_twice():
 
     Xd = _as_dask(X, 50).map_blocks(load, dtype=X.dtype)
     with dask.config.set(scheduler="sync"):
-        M.partition_scores(Xd, C, y, silhouette_sample=120)
+        M.partition_scores(Xd, C, y, silhouette_sample=120, persist=False, client=False)
         assert sorted(loads) == sorted(list(range(6)) * 2)
         loads.clear()
-        one = M.partition_scores(Xd, C[:1], None, silhouette_sample=120)  # 1 cluster: no second pass
+        M.partition_scores(Xd, C, y, silhouette_sample=120, client=False)
+        assert sorted(loads) == list(range(6))
+        loads.clear()
+        one = M.partition_scores(Xd, C[:1], None, silhouette_sample=120, persist=False, client=False)  # 1 cluster: one pass
     assert sorted(loads) == list(range(6)) and "silhouette" not in one and "ari" not in one
+
+
+def test_evaluate_is_deterministic_across_chunking_and_workers(dask_client, monkeypatch, tmp_path):
+    """``evaluate`` (and the metrics under it) runs through the block driver: the same canonical blocks and the
+    same reduction tree whatever the input chunking, in process or on 2 worker processes, so every score is
+    bit-identical."""
+    from kmeans_dist.chunked import driver
+    from kmeans_dist.data import write_store
+    from pipelines import stages
+
+    monkeypatch.setattr(driver, "BLOCK_BYTES", 1)  # the smallest canonical blocks: 1,024 rows, so 5 blocks
+    X, y, C = _partition_case(seed=3, n=5000, d=6)
+    runs = []
+    for chunk in (5000, 700, 1311):
+        for client in (False, dask_client):
+            runs.append(M.partition_scores(_as_dask(X, chunk), C, y, silhouette_sample=300, random_state=1,
+                                           client=client))
+    assert all(r == runs[0] for r in runs[1:]), runs
+    assert "silhouette" in runs[0] and "ari" in runs[0]
+    sil = {M.silhouette_score(_as_dask(X, chunk), y) for chunk in (5000, 700, 1311)}
+    ch = {M.calinski_harabasz_score(_as_dask(X, chunk), y) for chunk in (5000, 700, 1311)}
+    assert len(sil) == 1 and len(ch) == 1
+    # the pipeline stage on two stores of the same data chunked differently
+    outs = []
+    for chunk in (700, 2500):
+        url = write_store(tmp_path / f"c{chunk}.zarr", X, labels=y, chunk_rows=chunk)
+        store = {"url": url, "has_labels": True}
+        np.savez(tmp_path / f"fit{chunk}.npz", centers=C)
+        fit = {"name": f"fit{chunk}", "path": str(tmp_path / f"fit{chunk}.npz")}
+        res = stages.evaluate(store, fit, tmp_path / f"out{chunk}", silhouette_sample=300, client=dask_client)
+        outs.append({k: v for k, v in res.items() if k not in ("seconds", "path")})
+    assert outs[0] == outs[1]

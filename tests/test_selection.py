@@ -9,7 +9,7 @@ import dask
 import numpy as np
 import pytest
 
-from kmeans_dist import datasets as D
+from kmeans_dist.data import datasets as D
 from kmeans_dist import selection as S
 
 CENTERS = [[-6.0, -6.0], [-6.0, 6.0], [6.0, -6.0], [6.0, 6.0]]

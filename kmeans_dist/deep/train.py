@@ -19,7 +19,7 @@ from typing import Callable, Iterable
 import numpy as np
 import torch
 
-from .._xp import get_namespace, to_numpy
+from ..kernels.xp import get_namespace, to_numpy
 from ..kernels import assign_labels, kmeans_inmemory
 from .losses import ct_loss, dcn_loss, dkm_loss, get_membership, pairwise_sq_dist, reconstruction_loss
 from .model import Autoencoder, unwrap

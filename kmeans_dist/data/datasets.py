@@ -133,10 +133,10 @@ def _build(kind, params, n_samples, n_features, random_state, chunk_rows, dtype,
     X = A[:, :n_features].astype(dtype)
     y = A[:, n_features].astype(np.int64)
     if url is not None:
-        from .data import write_store
+        from .store import write_store
 
         return write_store(url, X, labels=y, chunk_rows=rows, overwrite=overwrite,
-                           attrs={"source": f"kmeans_dist.datasets.{kind}", "random_state": seed, **attrs})
+                           attrs={"source": f"kmeans_dist.data.datasets.{kind}", "random_state": seed, **attrs})
     if as_numpy:
         import dask
 

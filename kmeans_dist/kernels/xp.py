@@ -9,7 +9,7 @@ import os
 
 import numpy as np
 
-__all__ = ["get_namespace", "to_numpy", "gpu_available", "is_numpy_namespace", "asarray_on"]
+__all__ = ["get_namespace", "to_numpy", "gpu_available", "is_numpy_namespace"]
 
 
 def get_namespace(*arrays):
@@ -36,7 +36,6 @@ def to_numpy(a):
     if mod.startswith("torch"):
         return a.detach().cpu().numpy()
     if mod.startswith("array_api_strict"):
-        import array_api_strict
 
         return np.asarray(_strict_to_list(a))
     return np.asarray(a)
@@ -48,13 +47,6 @@ def _strict_to_list(a):
         return np.from_dlpack(a)
     except Exception:  # pragma: no cover - very old versions
         return np.asarray(a._array)
-
-
-def asarray_on(xp, a, dtype=None):
-    """``a`` (NumPy or scalar) as an array of namespace ``xp`` (a host-to-device copy for CuPy)."""
-    if dtype is not None:
-        return xp.asarray(a, dtype=dtype)
-    return xp.asarray(a)
 
 
 def gpu_available() -> bool:

@@ -1,6 +1,6 @@
 """Seeding on chunked data: random (Forgy), random partition, k-means++ and k-means|| .
 
-All methods run on the blocks of :mod:`kmeans_dist._driver`; random draws made inside blocks use
+All methods run on the blocks of :mod:`kmeans_dist.chunked.driver`; random draws made inside blocks use
 a stream derived from ``(seed, step, block index)``, so a seed gives the same centers whatever the
 number of workers.  Per-point state (distance to the closest chosen center) stays where the block is.
 """
@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._xp import get_namespace, to_numpy
-from .kernels import kmeans_plusplus, lloyd_inmemory, row_norms_sq, sq_distances
+from ..kernels.xp import get_namespace, to_numpy
+from ..kernels import kmeans_plusplus, lloyd_inmemory, row_norms_sq, sq_distances
 
 __all__ = ["init_centers", "kmeans_parallel", "kmeans_plusplus_chunked", "random_init", "random_partition_init",
            "take_rows", "SEEDING_METHODS"]
@@ -372,15 +372,15 @@ def init_centers(X, n_clusters: int, method="k-means||", random_state=None, samp
     array of shape (n_clusters, n_features).  ``X`` may be anything :func:`kmeans_dist.data.as_dask_array`
     accepts, or pass prepared ``blocks``.  Returns a NumPy array in X's dtype.
     """
-    from ._driver import make_blocks
-    from .data import as_dask_array
+    from .driver import make_blocks
+    from ..data import as_dask_array
 
     if blocks is None:
         Xd = as_dask_array(X)
         w = None if sample_weight is None else sample_weight
         blocks = make_blocks(Xd, w, block_rows=block_rows, split_every=split_every, client=client)
     dtype = dtype or blocks.dtype
-    seed = _seed_from(random_state)
+    seed = seed_from(random_state)
     rng = np.random.default_rng(seed)
     if not isinstance(method, str):
         return np.asarray(to_numpy(method), dtype=dtype)
@@ -398,7 +398,7 @@ def init_centers(X, n_clusters: int, method="k-means||", random_state=None, samp
     raise ValueError(f"Unknown init method {method!r}; expected one of {SEEDING_METHODS} or an array")
 
 
-def _seed_from(random_state) -> int:
+def seed_from(random_state) -> int:
     """An int seed from None / int / RandomState / Generator (as sklearn's check_random_state)."""
     if random_state is None:
         return int(np.random.SeedSequence().generate_state(1)[0])

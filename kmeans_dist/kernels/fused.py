@@ -1,6 +1,6 @@
 """Fused assign-and-accumulate loop for NumPy blocks, compiled with Numba.
 
-:func:`kmeans_dist.kernels.lloyd_partial` computes the cross products of a sub-chunk with the
+:func:`kmeans_dist.kernels.lloyd.lloyd_partial` computes the cross products of a sub-chunk with the
 centers by one BLAS GEMM (``P = X_s @ (-2 C)^T``), as scikit-learn does.  What follows the GEMM
 (argmin over the centers, the distance to the nearest one, the per-center weighted sums, weights,
 counts and inertia, and the rows farthest from their centers) is, in the array-API code path, an
@@ -15,7 +15,7 @@ The loop visits rows in order and accumulates in float64, so a block's partial i
 of the block: results stay bit-identical whatever the input chunking, the number of workers or where
 the block lives in memory.  Labels are the first minimum of ``||c||^2 - 2 x.c`` evaluated in the
 data's dtype, as ``argmin`` in the array-API path; the farthest rows are the same as
-:func:`kmeans_dist.kernels._farthest` picks (distance descending, ties by row index).
+:func:`kmeans_dist.kernels.lloyd.farthest` picks (distance descending, ties by row index).
 
 Numba is a dependency of the package, but it stays optional at run time: if it cannot be imported
 (or ``KMEANS_DIST_NO_NUMBA=1``), the array-API path runs instead.
@@ -27,7 +27,7 @@ import threading
 
 import numpy as np
 
-from .kernels import row_norms_sq
+from .distances import row_norms_sq
 
 _LOCAL = threading.local()
 
@@ -36,11 +36,11 @@ try:  # compiled at first use; cached on disk (module-level functions, so Numba'
         raise ImportError("disabled by KMEANS_DIST_NO_NUMBA")
     import numba
 
-    _jit = numba.njit(cache=True, nogil=True, boundscheck=False)
+    jit = numba.njit(cache=True, nogil=True, boundscheck=False)
 except Exception:  # pragma: no cover - numba is a dependency; kept optional at run time
     numba = None
 
-    def _jit(f):
+    def jit(f):
         return f
 
 
@@ -48,14 +48,14 @@ def available() -> bool:
     return numba is not None
 
 
-@_jit
-def _worse(da, ia, db, ib):  # pragma: no cover - compiled
+@jit
+def worse(da, ia, db, ib):  # pragma: no cover - compiled
     # farther is better; at equal distance the lower row index is better
     return da < db or (da == db and ia > ib)
 
 
-@_jit
-def _heap_offer(hd, hi, hn, dv, iv):  # pragma: no cover - compiled
+@jit
+def heap_offer(hd, hi, hn, dv, iv):  # pragma: no cover - compiled
     """Keep the m best (distance, index) pairs in a heap whose root is the worst of them."""
     m = hd.shape[0]
     n = hn[0]
@@ -64,7 +64,7 @@ def _heap_offer(hd, hi, hn, dv, iv):  # pragma: no cover - compiled
         hn[0] = n + 1
         while pos > 0:
             parent = (pos - 1) // 2
-            if _worse(dv, iv, hd[parent], hi[parent]):
+            if worse(dv, iv, hd[parent], hi[parent]):
                 hd[pos] = hd[parent]
                 hi[pos] = hi[parent]
                 pos = parent
@@ -73,16 +73,16 @@ def _heap_offer(hd, hi, hn, dv, iv):  # pragma: no cover - compiled
         hd[pos] = dv
         hi[pos] = iv
         return
-    if not _worse(hd[0], hi[0], dv, iv):
+    if not worse(hd[0], hi[0], dv, iv):
         return
     pos = 0
     while True:
         c = 2 * pos + 1
         if c >= m:
             break
-        if c + 1 < m and _worse(hd[c + 1], hi[c + 1], hd[c], hi[c]):
+        if c + 1 < m and worse(hd[c + 1], hi[c + 1], hd[c], hi[c]):
             c = c + 1
-        if _worse(hd[c], hi[c], dv, iv):
+        if worse(hd[c], hi[c], dv, iv):
             hd[pos] = hd[c]
             hi[pos] = hi[c]
             pos = c
@@ -92,7 +92,7 @@ def _heap_offer(hd, hi, hn, dv, iv):  # pragma: no cover - compiled
     hi[pos] = iv
 
 
-@_jit
+@jit
 def _assign_accumulate(X, P, c_sq, x_sq, w, exact, C, row0, sums, weights, counts, labels, dist,
                        hd, hi, hn):  # pragma: no cover - compiled
     n, k = P.shape
@@ -123,10 +123,10 @@ def _assign_accumulate(X, P, c_sq, x_sq, w, exact, C, row0, sums, weights, count
         labels[i] = lab
         dist[i] = di
         counts[lab] += 1
-        # the heap test inline: calling _heap_offer for every row (array arguments: reference counts)
+        # the heap test inline: calling heap_offer for every row (array arguments: reference counts)
         # cost more than the rest of the accumulation; most rows are not among the farthest
-        if keep and (hn[0] < hd.shape[0] or _worse(hd[0], hi[0], np.float64(dist[i]), row0 + i)):
-            _heap_offer(hd, hi, hn, np.float64(dist[i]), row0 + i)
+        if keep and (hn[0] < hd.shape[0] or worse(hd[0], hi[0], np.float64(dist[i]), row0 + i)):
+            heap_offer(hd, hi, hn, np.float64(dist[i]), row0 + i)
         wi = np.float64(w[i]) if weighted else 1.0  # x * 1.0 == x: unweighted sums are exact as before
         weights[lab] += wi
         inertia += di * wi
@@ -135,7 +135,7 @@ def _assign_accumulate(X, P, c_sq, x_sq, w, exact, C, row0, sums, weights, count
     return inertia
 
 
-def _scratch(name: str, shape, dtype):
+def scratch(name: str, shape, dtype):
     """A per-thread buffer reused across calls (grown when too small)."""
     key = (name, np.dtype(dtype).str, len(shape))
     cache = getattr(_LOCAL, "bufs", None)
@@ -151,7 +151,7 @@ def _scratch(name: str, shape, dtype):
 _WARM = False
 
 
-def _warm_blas():
+def warm_blas():
     """One small GEMM with a long inner dimension, once per process.
 
     Measured on this project's machines (OpenBLAS 0.3.30/0.3.31, Zen): until the process has run a GEMM
@@ -172,7 +172,7 @@ def lloyd_block(X, w, centers, x_sq, sub_rows: int, exact_inertia: bool, n_far: 
     farthest from their centers, farthest first.  ``labels`` and ``dist`` are per-thread scratch
     buffers unless ``keep_labels``: valid until the next call in this thread.
     """
-    _warm_blas()
+    warm_blas()
     kern = _assign_accumulate
     n, d = X.shape
     k = centers.shape[0]
@@ -187,15 +187,15 @@ def lloyd_block(X, w, centers, x_sq, sub_rows: int, exact_inertia: bool, n_far: 
         labels = np.empty(n, dtype=np.int64)
         dist = np.empty(n, dtype=dt)
     else:
-        labels = _scratch("labels", (n,), np.int64)
-        dist = _scratch("dist", (n,), dt)
+        labels = scratch("labels", (n,), np.int64)
+        dist = scratch("dist", (n,), dt)
     m = max(0, min(int(n_far), n))
     hd = np.empty(m, dtype=np.float64)
     hi = np.empty(m, dtype=np.int64)
     hn = np.zeros(1, dtype=np.int64)
     w_arr = np.zeros(0, dtype=dt) if w is None else np.asarray(w)
     empty = np.zeros(0, dtype=dt)
-    P_buf = _scratch("P", (min(sub_rows, max(n, 1)), k), dt)
+    P_buf = scratch("P", (min(sub_rows, max(n, 1)), k), dt)
     inertia = 0.0
     for start in range(0, n, sub_rows):
         stop = min(start + sub_rows, n)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import atomic_dir
+from ..data import atomic_dir
 
 __all__ = ["save_model", "load_model", "FORMAT"]
 
@@ -29,6 +29,15 @@ def _jsonable(v):
     if isinstance(v, (np.bool_,)):
         return bool(v)
     return v
+
+
+MODEL_CLASSES: dict = {}
+
+
+def register_model(cls):
+    """Class decorator: let :func:`load_model` rebuild instances of ``cls`` by its name."""
+    MODEL_CLASSES[cls.__name__] = cls
+    return cls
 
 
 def save_model(est, path, overwrite: bool = True) -> str:
@@ -66,8 +75,6 @@ def save_model(est, path, overwrite: bool = True) -> str:
 
 def load_model(path):
     """Load a model saved by :func:`save_model` (no pickle)."""
-    from .estimators import KMeans, MiniBatchKMeans
-
     path = Path(path)
     mj, az = path / "model.json", path / "arrays.npz"
     if not mj.exists() or not az.exists():
@@ -76,7 +83,7 @@ def load_model(path):
         meta = json.load(f)
     if meta.get("format") != FORMAT:
         raise ValueError(f"{path} is not a {FORMAT} model (format {meta.get('format')!r})")
-    cls = {"KMeans": KMeans, "MiniBatchKMeans": MiniBatchKMeans}[meta["class"]]
+    cls = MODEL_CLASSES[meta["class"]]
     with np.load(az, allow_pickle=False) as z:
         arrays = {k: z[k] for k in z.files}
     params = dict(meta["params"])

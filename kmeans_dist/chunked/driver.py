@@ -21,9 +21,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .kernels import tree_combine, tree_root, tree_subtrees
+from ..kernels import tree_combine, tree_root, tree_subtrees
 
-__all__ = ["make_blocks", "LocalBlocks", "DaskBlocks", "StreamBlocks", "resolve_block_rows", "get_client"]
+__all__ = ["make_blocks", "LocalBlocks", "DaskBlocks", "StreamBlocks", "resolve_block_rows", "get_client",
+           "canonical_rows", "row_blocks", "delayed_tree", "compute"]
 
 BLOCK_BYTES = 8 * 2**20
 
@@ -34,6 +35,39 @@ def resolve_block_rows(n: int, d: int, itemsize: int, block_rows="auto") -> int:
     else:
         rows = int(block_rows)
     return int(max(1, min(rows, n)))
+
+
+def canonical_rows(n: int, d: int, itemsize: int) -> int:
+    """Rows per canonical block of an ``(n, d)`` array: a function of its shape and dtype alone."""
+    return resolve_block_rows(n, d, itemsize, "auto")
+
+
+def row_blocks(a, rows: int) -> list:
+    """The row blocks of dask array ``a`` (1-D or 2-D) cut at multiples of ``rows``, as Delayed objects.
+
+    Re-chunking first makes the blocks, and so every partial and the reduction tree over them, the same
+    whatever the input's chunking.
+    """
+    a = a.rechunk({0: rows}) if a.ndim == 1 else a.rechunk({0: rows, 1: -1})
+    d = a.to_delayed()
+    return list(d[:, 0]) if a.ndim == 2 else list(d)
+
+
+def delayed_tree(parts: list, combine, split_every: int = 8):
+    """:func:`kmeans_dist.kernels.tree_combine` over Delayed partials: the same tree, inside a Dask graph."""
+    from dask import delayed
+
+    return tree_combine(list(parts), delayed(combine, pure=True), split_every)
+
+
+def compute(*objs, client=None):
+    """Compute Dask objects on ``client`` (or the active Dask client, else Dask's default scheduler)."""
+    client = get_client(client)
+    if client is not None:
+        return tuple(client.gather(client.compute(list(objs))))
+    import dask
+
+    return dask.compute(*objs)
 
 
 def get_client(client=None):
@@ -337,17 +371,13 @@ class StreamBlocks(_Blocks):
         from dask import delayed
 
         self.client = client
-        xs = Xd.rechunk({0: rows, 1: -1}).to_delayed().ravel()
-        ws = [None] * len(xs) if wd is None else wd.rechunk({0: rows}).to_delayed().ravel()
+        xs = row_blocks(Xd, rows)
+        ws = [None] * len(xs) if wd is None else row_blocks(wd, rows)
         self.blocks = [delayed(_make_block, pure=True)(x, w, o, i)
                        for i, (x, w, o) in enumerate(zip(xs, ws, self.offsets))]
 
     def _compute(self, *objs):
-        import dask
-
-        if self.client is not None:
-            return self.client.gather(self.client.compute(list(objs)))
-        return dask.compute(*objs)
+        return compute(*objs, client=self.client if self.client is not None else False)
 
     def map(self, fn, *args, **kwargs):
         from dask import delayed
@@ -359,8 +389,7 @@ class StreamBlocks(_Blocks):
         from dask import delayed
 
         tasks = [delayed(_apply, pure=False)(fn, b, args, kwargs) for b in self.blocks]
-        root = tree_combine(tasks, delayed(combine, pure=True), self.split_every)
-        return self._compute(root)[0]
+        return self._compute(delayed_tree(tasks, combine, self.split_every))[0]
 
     def map_state(self, fn, states, *args, only=None, **kwargs):
         from dask import delayed

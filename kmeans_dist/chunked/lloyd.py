@@ -1,4 +1,4 @@
-"""Chunked Lloyd and mini-batch k-means over the blocks of :mod:`kmeans_dist._driver`.
+"""Chunked Lloyd and mini-batch k-means over the blocks of :mod:`kmeans_dist.chunked.driver`.
 
 These are the private computations: they assume validated input (the estimators validate).  One
 Lloyd iteration is one pass over the data and one scheduler round trip: map
@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ._xp import get_namespace, to_numpy
-from .kernels import combine_lloyd_partials, finalize_centers, lloyd_partial, minibatch_update, row_norms_sq_cached
-from .preprocessing import check_stats, combine_stats, stats_chunk
+from ..kernels.xp import get_namespace, to_numpy
+from ..kernels import combine_lloyd_partials, finalize_centers, lloyd_partial, minibatch_update, row_norms_sq_cached
+from ..kernels.stats import check_stats, combine_stats, stats_chunk
 
 __all__ = ["lloyd", "lloyd_on_blocks", "LloydResult", "data_stats", "final_pass", "minibatch_on_blocks",
            "minibatch_step"]
@@ -81,7 +81,7 @@ def lloyd_on_blocks(blocks, centers, *, max_iter: int = 300, tol_abs: float = 0.
     """Lloyd iterations from ``centers`` until ``center shift^2 <= tol_abs`` or ``max_iter``.
 
     ``algorithm="hamerly"`` runs the same iterations with Hamerly's bounds kept next to the blocks
-    (:mod:`kmeans_dist._hamerly`; streamed blocks, which do not stay in memory, run plain Lloyd): most
+    (:mod:`kmeans_dist.kernels.hamerly`; streamed blocks, which do not stay in memory, run plain Lloyd): most
     distance computations are skipped once the centers settle; the
     labels and centers are Lloyd's (see there for the one exception, near-ties within rounding), the
     per-iteration inertia comes from per-center sums in float64.
@@ -97,7 +97,7 @@ def lloyd_on_blocks(blocks, centers, *, max_iter: int = 300, tol_abs: float = 0.
     bounded = algorithm == "hamerly" and centers.shape[0] >= 2 and getattr(blocks, "kind", "") != "stream"
     token = uuid.uuid4().hex if bounded else None
     if token is not None:
-        from ._hamerly import bound_params
+        from ..kernels.hamerly import bound_params
     prev = None
     while it < max_iter:
         t0 = time.perf_counter()
@@ -138,8 +138,8 @@ def lloyd(X, centers, *, sample_weight=None, max_iter: int = 300, tol: float = 1
     called on the client after each iteration (a dict with iteration, centers, inertia, center_shift,
     seconds, history); returning True stops early.
     """
-    from ._driver import make_blocks
-    from .data import as_dask_array
+    from .driver import make_blocks
+    from ..data import as_dask_array
 
     Xd = as_dask_array(X)
     blocks = make_blocks(Xd, sample_weight, block_rows=block_rows, split_every=split_every, client=client,

@@ -12,14 +12,12 @@ is ever held in memory.  The input store is never modified.
 """
 from __future__ import annotations
 
-import gzip
 import os
 import shutil
-import struct
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable
 
 import numpy as np
 
@@ -32,18 +30,12 @@ __all__ = [
     "open_labels",
     "write_store",
     "store_info",
-    "ingest",
-    "ingest_numpy",
-    "ingest_npy",
-    "ingest_table",
-    "ingest_mnist",
-    "read_idx",
-    "iter_idx_chunks",
-    "load_mnist",
-    "find_mnist_dir",
     "is_local_path",
     "atomic_dir",
     "DIMS",
+    "write_stream",
+    "rows_per_chunk",
+    "DEFAULT_CHUNK_BYTES",
 ]
 
 DIMS = ("sample", "feature")
@@ -94,7 +86,7 @@ def atomic_dir(target, overwrite: bool = False):
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _rows_per_chunk(n_features: int, itemsize: int, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> int:
+def rows_per_chunk(n_features: int, itemsize: int, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> int:
     return int(max(1, chunk_bytes // max(1, n_features * itemsize)))
 
 
@@ -236,7 +228,6 @@ def as_dask_array(X, *, chunks=None, name: str = "X", allow_1d: bool = False):
     Checks shape and dtype from metadata only (no pass over the data): 2-D, at least one sample and
     one feature, numeric.  Integers and booleans become float64; float32 stays float32.
     """
-    import dask.array as da
 
     if isinstance(X, (list, tuple)):
         X = np.asarray(X)
@@ -270,7 +261,6 @@ def as_dask_array(X, *, chunks=None, name: str = "X", allow_1d: bool = False):
 
 def as_labels_array(y, n_samples: int | None = None, name: str = "labels"):
     """Labels (NumPy, dask, xarray, or a Zarr store path holding ``labels``) as a 1-D int dask array."""
-    import dask.array as da
 
     if isinstance(y, (str, os.PathLike)):
         y = open_labels(y)
@@ -317,7 +307,7 @@ def write_store(url, X, *, labels=None, chunk_rows: int | None = None, feature_n
     if dtype is not None:
         Xd = Xd.astype(dtype)
     n, d = Xd.shape
-    rows = chunk_rows or _rows_per_chunk(d, Xd.dtype.itemsize)
+    rows = chunk_rows or rows_per_chunk(d, Xd.dtype.itemsize)
     rows = min(rows, n)
     Xd = Xd.rechunk({0: rows, 1: -1})
     yd = None
@@ -354,7 +344,7 @@ def _write_to(url, write, overwrite: bool) -> str:
     return os.fspath(url)
 
 
-def _write_stream(url, blocks: Iterable[tuple[np.ndarray, np.ndarray | None]], n: int, d: int, dtype,
+def write_stream(url, blocks: Iterable[tuple[np.ndarray, np.ndarray | None]], n: int, d: int, dtype,
                   rows: int, with_labels: bool, feature_names=None, attrs=None, overwrite=False) -> str:
     """Write an iterator of (X_block, labels_block) of ``rows`` rows each (last may be shorter)."""
 
@@ -371,224 +361,3 @@ def _write_stream(url, blocks: Iterable[tuple[np.ndarray, np.ndarray | None]], n
             raise DataError(f"source ended after {start} rows, expected {n}")
 
     return _write_to(url, _write, overwrite)
-
-
-# --------------------------------------------------------------------------------------------------
-# ingest
-# --------------------------------------------------------------------------------------------------
-
-def ingest_numpy(X, url, *, labels=None, **kw) -> str:
-    """Write an in-memory array (and labels) to a store."""
-    return write_store(url, X, labels=labels, attrs={"source": kw.pop("source", "numpy"), **kw.pop("attrs", {})}, **kw)
-
-
-def ingest_npy(path, url, *, labels=None, chunk_rows=None, overwrite=False, dtype=None) -> str:
-    """Stream a ``.npy`` file (memory-mapped, chunk by chunk) into a store."""
-    arr = np.load(path, mmap_mode="r")
-    if arr.ndim != 2:
-        raise ValueError(f"Expected a 2D array in {path}, got shape {arr.shape}")
-    n, d = arr.shape
-    dt = np.dtype(dtype) if dtype is not None else (arr.dtype if arr.dtype.kind == "f" else np.float64)
-    rows = min(chunk_rows or _rows_per_chunk(d, dt.itemsize), n)
-    lab = None if labels is None else (np.load(labels, mmap_mode="r") if isinstance(labels, (str, os.PathLike)) else np.asarray(labels))
-
-    def blocks():
-        for s in range(0, n, rows):
-            yield np.asarray(arr[s:s + rows], dtype=dt), (None if lab is None else np.asarray(lab[s:s + rows]))
-
-    return _write_stream(url, blocks(), n, d, dt, rows, lab is not None,
-                         attrs={"source": os.fspath(path)}, overwrite=overwrite)
-
-
-def ingest_table(path, url, *, columns=None, label_column=None, chunk_rows=None, overwrite=False,
-                 dtype="float64") -> str:
-    """CSV or Parquet (file, glob or directory) through ``dask.dataframe``, partition by partition."""
-    import dask.dataframe as dd
-
-    p = os.fspath(path)
-    if p.endswith((".parquet", ".pq")) or (os.path.isdir(p) and any(f.endswith(".parquet") for f in os.listdir(p))):
-        df = dd.read_parquet(p)
-    else:
-        df = dd.read_csv(p)
-    cols = list(columns) if columns is not None else [c for c in df.columns if c != label_column]
-    X = df[cols].astype(dtype).to_dask_array(lengths=True)
-    y = df[label_column].to_dask_array(lengths=True) if label_column else None
-    return write_store(url, X, labels=y, chunk_rows=chunk_rows, feature_names=cols,
-                       attrs={"source": p}, overwrite=overwrite)
-
-
-_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
-
-
-def _open_maybe_gzip(path):
-    with open(path, "rb") as f:
-        magic = f.read(2)
-    return gzip.open(path, "rb") if magic == b"\x1f\x8b" else open(path, "rb")
-
-
-def _idx_header(f, path):
-    head = f.read(4)
-    if len(head) != 4 or head[0] != 0 or head[1] != 0 or head[2] not in _IDX_DTYPES:
-        raise DataError(f"{path} is not an IDX file (bad magic number {head!r})")
-    ndim = head[3]
-    dims = struct.unpack(">" + "I" * ndim, f.read(4 * ndim))
-    return np.dtype(_IDX_DTYPES[head[2]]), dims
-
-
-def iter_idx_chunks(path, rows: int) -> Iterator[np.ndarray]:
-    """Stream an IDX file (gzip or not) ``rows`` items at a time, each flattened to 2-D (or 1-D)."""
-    with _open_maybe_gzip(path) as f:
-        dt, dims = _idx_header(f, path)
-        item = int(np.prod(dims[1:])) if len(dims) > 1 else 1
-        remaining = dims[0]
-        while remaining > 0:
-            r = min(rows, remaining)
-            buf = f.read(r * item * dt.itemsize)
-            if len(buf) != r * item * dt.itemsize:
-                raise DataError(f"{path} is truncated: expected {dims[0]} items")
-            a = np.frombuffer(buf, dtype=dt)
-            yield a.reshape(r, item) if len(dims) > 1 else a
-            remaining -= r
-
-
-def read_idx(path) -> np.ndarray:
-    """Read a whole IDX file (for small files such as label vectors)."""
-    with _open_maybe_gzip(path) as f:
-        dt, dims = _idx_header(f, path)
-        a = np.frombuffer(f.read(), dtype=dt)
-    if a.size != int(np.prod(dims)):
-        raise DataError(f"{path} is truncated: expected {int(np.prod(dims))} values, found {a.size}")
-    return a.reshape(dims).astype(dt.newbyteorder("="))
-
-
-def _idx_dims(path):
-    with _open_maybe_gzip(path) as f:
-        return _idx_header(f, path)
-
-
-MNIST_FILES = {
-    "train": ("train-images.idx3-ubyte", "train-labels.idx1-ubyte"),
-    "test": ("t10k-images.idx3-ubyte", "t10k-labels.idx1-ubyte"),
-}
-
-
-def _find_file(directory: Path, stem: str) -> Path:
-    for cand in (stem + ".gz", stem, stem.replace(".idx", "-idx") + ".gz", stem.replace(".idx", "-idx")):
-        p = directory / cand
-        if p.exists():
-            return p
-    raise DataError(f"MNIST file {stem}[.gz] not found in {directory}")
-
-
-def find_mnist_dir(default: str | os.PathLike | None = None) -> Path | None:
-    """The MNIST directory: ``$MNIST_DIR``, else ``default``, else ``../shared/data/mnist``; None if absent."""
-    cands = [os.environ.get("MNIST_DIR"), default]
-    here = Path(__file__).resolve().parent.parent
-    cands += [here.parent / "shared" / "data" / "mnist", Path.cwd().parent / "shared" / "data" / "mnist"]
-    for c in cands:
-        if c and Path(c).is_dir():
-            try:
-                _find_file(Path(c), MNIST_FILES["train"][0])
-                return Path(c)
-            except DataError:
-                continue
-    return None
-
-
-def ingest_mnist(directory, url, *, splits=("train", "test"), limit: int | None = None,
-                 chunk_rows: int = 10_000, scale: float | None = None, overwrite: bool = False,
-                 dtype="float32") -> str:
-    """Stream MNIST IDX files (gzip or not) into a store: X (n, 784) and labels.
-
-    ``splits`` are concatenated in order (train then test gives all 70,000 images); ``limit`` keeps
-    the first rows; ``scale`` multiplies pixel values (e.g. 1/255 for [0, 1]).
-    """
-    directory = Path(directory)
-    files = [(_find_file(directory, MNIST_FILES[s][0]), _find_file(directory, MNIST_FILES[s][1])) for s in splits]
-    counts = []
-    d = None
-    for img, _lab in files:
-        _, dims = _idx_dims(img)
-        counts.append(dims[0])
-        d = int(np.prod(dims[1:]))
-    n_total = sum(counts)
-    n = min(n_total, limit) if limit else n_total
-    rows = min(chunk_rows, n)
-    dt = np.dtype(dtype)
-
-    def blocks():
-        left = n
-        pend_x, pend_y = [], []
-        for img, lab in files:
-            labels = read_idx(lab).astype(np.int64)
-            pos = 0
-            for xb in iter_idx_chunks(img, rows):
-                if left <= 0:
-                    return
-                xb = xb[:left]
-                yb = labels[pos:pos + xb.shape[0]]
-                pos += xb.shape[0]
-                left -= xb.shape[0]
-                xf = xb.astype(dt)
-                if scale is not None:
-                    xf *= dt.type(scale)
-                pend_x.append(xf)
-                pend_y.append(yb)
-                have = sum(a.shape[0] for a in pend_x)
-                while have >= rows:
-                    X = np.concatenate(pend_x)
-                    Y = np.concatenate(pend_y)
-                    yield X[:rows], Y[:rows]
-                    pend_x, pend_y = [X[rows:]], [Y[rows:]]
-                    have -= rows
-        if pend_x and sum(a.shape[0] for a in pend_x):
-            yield np.concatenate(pend_x), np.concatenate(pend_y)
-
-    names = [f"px_{i // 28}_{i % 28}" for i in range(d)] if d == 784 else None
-    return _write_stream(url, blocks(), n, d, dt, rows, True, feature_names=names,
-                         attrs={"source": f"mnist:{directory}", "splits": list(splits),
-                                "image_shape": [28, 28] if d == 784 else None, "scale": scale},
-                         overwrite=overwrite)
-
-
-def load_mnist(directory=None, *, limit: int | None = None, scale: float | None = None):
-    """MNIST in memory as ``(X float32 (n, 784), y int64)``: all 70,000 images unless ``limit``."""
-    directory = find_mnist_dir(directory)
-    if directory is None:
-        raise DataError("MNIST not found: set MNIST_DIR to a folder with the IDX files")
-    xs, ys = [], []
-    for s in ("train", "test"):
-        img, lab = (_find_file(directory, f) for f in MNIST_FILES[s])
-        xs.append(read_idx(img).reshape(-1, 784).astype(np.float32))
-        ys.append(read_idx(lab).astype(np.int64))
-    X, y = np.concatenate(xs), np.concatenate(ys)
-    if limit:
-        X, y = X[:limit], y[:limit]
-    if scale is not None:
-        X *= np.float32(scale)
-    return X, y
-
-
-def ingest(source, url, **kw) -> str:
-    """Ingest any supported source into a store: array, ``.npy``, CSV/Parquet, MNIST directory or
-    ``"sklearn-digits"`` (the 8x8 digits set shipped inside scikit-learn)."""
-    if isinstance(source, str) and source == "sklearn-digits":
-        from sklearn.datasets import load_digits
-
-        dg = load_digits()
-        return write_store(url, dg.data.astype(np.float32), labels=dg.target, overwrite=kw.get("overwrite", False),
-                           chunk_rows=kw.get("chunk_rows"),
-                           attrs={"source": "sklearn-digits", "image_shape": [8, 8]})
-    if isinstance(source, (str, os.PathLike)):
-        p = Path(source)
-        if p.is_dir() and (any(p.glob("*idx3-ubyte*")) or any(p.glob("*idx3*"))):
-            return ingest_mnist(p, url, **kw)
-        if p.suffix == ".npy":
-            return ingest_npy(p, url, **kw)
-        if p.suffix in (".csv", ".parquet", ".pq") or p.is_dir() or "*" in p.name:
-            return ingest_table(p, url, **kw)
-        if not p.exists():
-            raise DataError(f"Source {os.fspath(source)!r} does not exist")
-        raise DataError(f"Don't know how to ingest {os.fspath(source)!r} (expected .npy, .csv, .parquet, "
-                        "an MNIST folder, or 'sklearn-digits')")
-    return write_store(url, source, **{k: v for k, v in kw.items() if k in ("labels", "chunk_rows", "feature_names", "attrs", "overwrite", "dtype")})

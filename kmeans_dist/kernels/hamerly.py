@@ -48,8 +48,8 @@ import weakref
 
 import numpy as np
 
-from ._fused import _heap_offer, _jit, _scratch, _warm_blas, _worse
-from .kernels import FUSED_SUB_BYTES, row_norms_sq
+from .fused import heap_offer, jit, scratch, warm_blas, worse
+from .distances import FUSED_SUB_BYTES, row_norms_sq
 
 __all__ = ["bound_params", "lloyd_block_bounded", "clear_state"]
 
@@ -90,7 +90,7 @@ def bound_params(centers, prev_centers) -> dict:
     return out
 
 
-@_jit
+@jit
 def _sqdist(X, i, C64, a):  # pragma: no cover - compiled
     """||x_i - c_a||^2 in float64, four lanes (a fixed order: the same value wherever the row lives)."""
     d = X.shape[1]
@@ -116,7 +116,7 @@ def _sqdist(X, i, C64, a):  # pragma: no cover - compiled
     return (s0 + s1) + (s2 + s3)
 
 
-@_jit
+@jit
 def _check(X, C64, x_sq, labels, upper, lower, todo, sep, delta, c_max2, e_coef, delta_max, delta_arg,
            delta_2nd):  # pragma: no cover - compiled
     """Hamerly's test for every row, after the centers moved by ``delta``: ``upper`` grows by its center's
@@ -148,7 +148,7 @@ def _check(X, C64, x_sq, labels, upper, lower, todo, sep, delta, c_max2, e_coef,
     return m
 
 
-@_jit
+@jit
 def _best_two(P, p, c_sq):  # pragma: no cover - compiled
     """(smallest, its first index, second smallest) of ``P[p, j] + c_sq[j]`` over the centers; selects,
     not branches (the branch on a new minimum mispredicts)."""
@@ -164,7 +164,7 @@ def _best_two(P, p, c_sq):  # pragma: no cover - compiled
     return best, lab, second
 
 
-@_jit
+@jit
 def _resolve(P, by_row, c_sq, X, C64, x_sq, todo, m, labels, upper, lower, c_max2, e_coef):  # pragma: no cover
     """Label, bounds of the rows ``todo[:m]``, from their products with the centers: row ``i`` of ``P``
     (``by_row``: the sub-chunk's GEMM) or row ``t`` (a GEMM of gathered rows).
@@ -197,7 +197,7 @@ def _resolve(P, by_row, c_sq, X, C64, x_sq, todo, m, labels, upper, lower, c_max
         labels[i] = lab
 
 
-@_jit
+@jit
 def _accumulate(X, labels, upper, C64, x_sq64, w, row0, sums, weights, counts, sq, dist, hd, hi,
                 hn):  # pragma: no cover - compiled
     """Per-center sums, weights, counts (in row order, as the Lloyd kernel) and weighted squared norms
@@ -214,8 +214,8 @@ def _accumulate(X, labels, upper, C64, x_sq64, w, row0, sums, weights, counts, s
             if hn[0] < m or u * u >= hd[0]:
                 di = _sqdist(X, i, C64, lab)
                 dist[i] = di
-                if hn[0] < m or _worse(hd[0], hi[0], di, row0 + i):
-                    _heap_offer(hd, hi, hn, di, row0 + i)
+                if hn[0] < m or worse(hd[0], hi[0], di, row0 + i):
+                    heap_offer(hd, hi, hn, di, row0 + i)
         wi = np.float64(w[i]) if weighted else 1.0
         weights[lab] += wi
         sq[lab] += x_sq64[i] * wi
@@ -223,7 +223,7 @@ def _accumulate(X, labels, upper, C64, x_sq64, w, row0, sums, weights, counts, s
             sums[lab, f] += np.float64(X[i, f]) * wi
 
 
-@_jit
+@jit
 def _inertia_from_sums(C64, sums, weights, sq):  # pragma: no cover - compiled
     """sum over rows of w ||x - c||^2 = sum over centers of (sum w ||x||^2) - 2 c.(sum w x) + W ||c||^2, in
     float64 (the rows' norms too) and in a fixed order (NumPy's SIMD reductions may depend on alignment),
@@ -242,7 +242,7 @@ def _inertia_from_sums(C64, sums, weights, sq):  # pragma: no cover - compiled
     return total
 
 
-@_jit
+@jit
 def _norms64(X, out):  # pragma: no cover - compiled
     n, d = X.shape
     for i in range(n):
@@ -280,11 +280,11 @@ def _forget(X):
 
 def lloyd_block_bounded(X, w, centers, n_far: int, bounds: dict):
     """A Lloyd pass over one NumPy block with Hamerly's bounds; returns what
-    :func:`kmeans_dist._fused.lloyd_block` returns (``labels`` is the block's state, ``dist`` a scratch
+    :func:`kmeans_dist.kernels.fused.lloyd_block` returns (``labels`` is the block's state, ``dist`` a scratch
     buffer exact only at the far rows: copy what you keep).  ``bounds``: ``token`` (the run), ``pass``
     (its index in the run) and :func:`bound_params` of the pass.  The rows' squared norms are kept in
     float64 with the block's state (the bounds and the inertia need them more exactly than the dtype's)."""
-    _warm_blas()
+    warm_blas()
     n, d = X.shape
     k = centers.shape[0]
     dt = X.dtype
@@ -299,7 +299,7 @@ def lloyd_block_bounded(X, w, centers, n_far: int, bounds: dict):
     weights = np.zeros(k, dtype=np.float64)
     counts = np.zeros(k, dtype=np.int64)
     sq = np.zeros(k, dtype=np.float64)
-    dist = _scratch("hdist", (n,), np.float64)
+    dist = scratch("hdist", (n,), np.float64)
     m = max(0, min(int(n_far), n))
     hd = np.empty(m, dtype=np.float64)
     hi = np.empty(m, dtype=np.int64)
@@ -307,9 +307,9 @@ def lloyd_block_bounded(X, w, centers, n_far: int, bounds: dict):
     w_arr = np.zeros(0, dtype=dt) if w is None else np.asarray(w)
     # the Lloyd kernel's sub-chunks: the products of a sub-chunk stay in cache for _resolve
     sub_rows = int(min(16384, max(512, FUSED_SUB_BYTES // max(1, (d + k) * dt.itemsize))))
-    P_buf = _scratch("P", (min(sub_rows, max(n, 1)), k), dt)
-    todo_buf = _scratch("todo", (min(sub_rows, max(n, 1)),), np.int64)
-    G_buf = _scratch("gathered", (max(2, int(BLAS_FRACTION * sub_rows) + 1), d), dt)
+    P_buf = scratch("P", (min(sub_rows, max(n, 1)), k), dt)
+    todo_buf = scratch("todo", (min(sub_rows, max(n, 1)),), np.int64)
+    G_buf = scratch("gathered", (max(2, int(BLAS_FRACTION * sub_rows) + 1), d), dt)
     sep = np.asarray(bounds["sep"], dtype=np.float64)
     delta = np.asarray(bounds["delta"], dtype=np.float64)
     c_max2 = float(bounds["c_max"]) ** 2

@@ -2,7 +2,7 @@
 
 Three layers, as scikit-learn's ``_kmeans.py``: the public ``fit`` validates once (parameters as data,
 input from metadata, finiteness within the first pass), the private computations in
-:mod:`kmeans_dist.lloyd` / :mod:`kmeans_dist.seeding` assume valid input, and the per-chunk kernels in
+:mod:`kmeans_dist.chunked.lloyd` / :mod:`kmeans_dist.chunked.seeding` assume valid input, and the per-chunk kernels in
 :mod:`kmeans_dist.kernels` never validate.  Constructor arguments are stored as given; resolved
 values live in private attributes.
 """
@@ -15,12 +15,13 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClusterMixin, TransformerMixin
 from sklearn.exceptions import ConvergenceWarning, NotFittedError
 
-from ._validation import (ANY, ARRAY_LIKE, BOOLEAN, CALLABLE, NONE, RANDOM_STATE, Interval, Options,
+from .validation import (ANY, ARRAY_LIKE, BOOLEAN, CALLABLE, NONE, RANDOM_STATE, Interval, Options,
                           validate_params)
-from ._xp import get_namespace, to_numpy
-from .kernels import assign_labels, lloyd_partial, sq_distances
-from .lloyd import data_stats, final_pass, lloyd_on_blocks, minibatch_on_blocks, minibatch_step
-from .seeding import SEEDING_METHODS, _seed_from, init_centers
+from ..kernels.xp import get_namespace, to_numpy
+from .persistence import register_model, save_model
+from ..kernels import assign_labels, lloyd_partial, sq_distances
+from ..chunked.lloyd import data_stats, final_pass, lloyd_on_blocks, minibatch_on_blocks, minibatch_step
+from ..chunked.seeding import SEEDING_METHODS, seed_from, init_centers
 
 __all__ = ["KMeans", "MiniBatchKMeans"]
 
@@ -48,7 +49,7 @@ def _is_device_array(X) -> bool:
 
 def _prepare_X(X, name="X"):
     """(array for the driver, is_lazy): dask for lazy inputs, an in-memory array otherwise."""
-    from .data import as_dask_array
+    from ..data import as_dask_array
 
     Xd = as_dask_array(X, name=name)  # metadata-only checks: ndim, dtype, empty
     if _is_lazy(X):
@@ -138,7 +139,7 @@ class _BaseKMeans(TransformerMixin, ClusterMixin, BaseEstimator):
         return Xa, lazy
 
     def _blocks(self, Xa, w):
-        from ._driver import make_blocks
+        from ..chunked.driver import make_blocks
 
         return make_blocks(Xa, w, block_rows=self.block_rows, split_every=self.split_every, client=self.client,
                            persist=self.persist)
@@ -191,8 +192,6 @@ class _BaseKMeans(TransformerMixin, ClusterMixin, BaseEstimator):
 
     def save(self, path, overwrite: bool = True):
         """Save without pickle (JSON + npz), atomically.  Load with :func:`kmeans_dist.load_model`."""
-        from .io import save_model
-
         return save_model(self, path, overwrite=overwrite)
 
     def _set_labels(self, Xa, lazy, labels=None):
@@ -240,7 +239,7 @@ class _RichProgress:
     def __enter__(self):
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-        from ._driver import get_client
+        from ..chunked.driver import get_client
 
         c = get_client(self.client)
         if c is not None and getattr(c, "dashboard_link", None):
@@ -260,6 +259,7 @@ class _RichProgress:
         self.p.update(self.t, completed=rec["iteration"], inertia=rec.get("inertia", float("nan")))
 
 
+@register_model
 class KMeans(_BaseKMeans):
     """K-means on chunked data (NumPy, CuPy, dask, xarray or a Zarr store), scikit-learn's API.
 
@@ -353,7 +353,7 @@ class KMeans(_BaseKMeans):
             init = self._check_init_array(init, d, Xa.dtype)
         w = _prepare_weight(sample_weight, n, Xa.dtype, lazy)
         self._n_init = self._resolve_n_init()
-        seed = _seed_from(self.random_state)
+        seed = seed_from(self.random_state)
         seeds = np.random.default_rng(seed).integers(0, 2**31 - 1, size=self._n_init)
         t_start = time.perf_counter()
         blocks = self._blocks(Xa, w)
@@ -394,6 +394,7 @@ class KMeans(_BaseKMeans):
         return self
 
 
+@register_model
 class MiniBatchKMeans(_BaseKMeans):
     """Mini-batch k-means (Sculley 2010, per-center counts as scikit-learn) on chunked data.
 
@@ -453,8 +454,8 @@ class MiniBatchKMeans(_BaseKMeans):
 
     def _init_on_sample(self, blocks, init, rng, seed):
         """Seed on a random subset of ``init_size`` rows (as scikit-learn); best of n_init on it."""
-        from .kernels import kmeans_plusplus
-        from .lloyd import fetch_rows
+        from ..kernels import kmeans_plusplus
+        from ..chunked.lloyd import fetch_rows
 
         if not isinstance(init, str):
             return init
@@ -484,7 +485,7 @@ class MiniBatchKMeans(_BaseKMeans):
         self._resolve(n)
         init = self.init if isinstance(self.init, str) else self._check_init_array(self.init, d, Xa.dtype)
         w = _prepare_weight(sample_weight, n, Xa.dtype, lazy)
-        seed = _seed_from(self.random_state)
+        seed = seed_from(self.random_state)
         rng = np.random.default_rng(seed)
         t_start = time.perf_counter()
         blocks = self._blocks(Xa, w)
@@ -536,13 +537,13 @@ class MiniBatchKMeans(_BaseKMeans):
         if first:
             self._check_n_clusters(n)
             self._resolve(n)
-            self._rng = np.random.default_rng(_seed_from(self.random_state))
+            self._rng = np.random.default_rng(seed_from(self.random_state))
             init = self.init if isinstance(self.init, str) else self._check_init_array(self.init, d, Xa.dtype)
             if isinstance(init, str):
-                from ._driver import LocalBlocks
+                from ..chunked.driver import LocalBlocks
 
                 self._init_size = min(self._init_size, n)
-                init = self._init_on_sample(LocalBlocks(Xa, None, n), init, self._rng, _seed_from(self.random_state))
+                init = self._init_on_sample(LocalBlocks(Xa, None, n), init, self._rng, seed_from(self.random_state))
             self.cluster_centers_ = np.asarray(init, dtype=Xa.dtype)
             self._counts = np.zeros(self.n_clusters)
             self._n_since_last_reassign = 0

@@ -1,0 +1,80 @@
+"""Distributed moments and standardization (one pass, per-chunk count/mean/M2 merged by Chan's formula).
+
+The same pass checks that every value is finite and says where it is not (block and row range), so
+no separate validation pass is ever made.
+"""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+
+from ..kernels.stats import check_stats, combine_stats, finish_stats, stats_chunk
+from ..kernels.xp import get_namespace
+
+__all__ = ["moments", "standardize", "standardize_store"]
+
+
+def moments(X, *, client=None, split_every: int = 8, block_rows="auto", blocks=None):
+    """Mean and (population) variance of every feature in one distributed pass.
+
+    Returns ``{"n", "mean", "var"}`` (float64).  Raises :class:`NonFiniteError` naming the chunk and rows
+    if X holds NaN or infinity.
+    """
+    from .driver import make_blocks
+    from ..data import as_dask_array
+
+    if blocks is None:
+        blocks = make_blocks(as_dask_array(X), block_rows=block_rows, split_every=split_every, client=client,
+                             persist=False)
+    stats = blocks.map_reduce(stats_chunk, combine_stats)
+    check_stats(stats, blocks.block_rows)
+    out = finish_stats(stats)
+    out.pop("bad")
+    return out
+
+
+def _scale_block(x, mean, scale):
+    xp = get_namespace(x)
+    m = xp.asarray(mean, dtype=x.dtype)
+    s = xp.asarray(scale, dtype=x.dtype)
+    return (x - m) / s
+
+
+def standardize(X, *, mean=None, var=None, client=None, with_mean: bool = True, with_std: bool = True):
+    """Lazily standardized X (dask array): ``(X - mean) / std``; zero-variance features left unscaled.
+
+    If ``mean``/``var`` are not given they are computed with :func:`moments` (one pass).
+    """
+    from ..data import as_dask_array
+
+    Xd = as_dask_array(X)
+    if mean is None or var is None:
+        m = moments(Xd, client=client)
+        mean, var = m["mean"], m["var"]
+    mean = np.asarray(mean, dtype=np.float64) if with_mean else np.zeros(Xd.shape[1])
+    std = np.sqrt(np.asarray(var, dtype=np.float64))
+    zero = std == 0
+    if zero.any() and with_std:
+        warnings.warn(f"{int(zero.sum())} feature(s) have zero variance and are left unscaled "
+                      f"(first: feature {int(np.flatnonzero(zero)[0])}).", UserWarning, stacklevel=2)
+    scale = np.where(zero | (not with_std), 1.0, std)
+    return Xd.map_blocks(_scale_block, mean, scale, dtype=Xd.dtype)
+
+
+def standardize_store(src_url, dst_url, *, client=None, overwrite: bool = False, chunk_rows=None) -> dict:
+    """Write the standardized ``X`` of store ``src_url`` (and its labels) to a new store ``dst_url``.
+
+    The source is never modified; the target is written atomically.  Returns the moments used.
+    """
+    from ..data import open_labels, open_store, store_info, write_store
+
+    X = open_store(src_url)
+    m = moments(X, client=client)
+    Z = standardize(X, mean=m["mean"], var=m["var"])
+    info = store_info(src_url)
+    attrs = dict(info["attrs"])
+    attrs.update({"standardized_from": str(src_url), "mean": m["mean"].tolist(), "std": np.sqrt(m["var"]).tolist()})
+    write_store(dst_url, Z, labels=open_labels(src_url), chunk_rows=chunk_rows or info["chunks"][0],
+                feature_names=attrs.pop("feature_names", None), attrs=attrs, overwrite=overwrite)
+    return m

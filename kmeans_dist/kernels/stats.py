@@ -1,0 +1,83 @@
+"""Per-block moments and finiteness: count, mean and M2 (float64), merged by Chan et al.'s formula.
+
+The same pass checks that every value is finite and says where it is not (block and row range), so no
+separate validation pass is ever made.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .xp import get_namespace, to_numpy
+
+__all__ = ["NonFiniteError", "stats_chunk", "combine_stats", "check_stats", "finish_stats"]
+
+
+class NonFiniteError(ValueError):
+    """X contains NaN or infinity."""
+
+
+def stats_chunk(X, w, offset):
+    """Per-block partial: count, mean, M2 (float64), and the first non-finite value if any."""
+    xp = get_namespace(X)
+    n = int(X.shape[0])
+    finite_rows = xp.all(xp.isfinite(X), axis=1)
+    n_bad_rows = n - int(to_numpy(xp.sum(xp.astype(finite_rows, xp.int64))))
+    part = {"n": n, "offset": int(offset), "bad": None}
+    if n_bad_rows:
+        Xh = to_numpy(X)
+        rows, cols = np.nonzero(~np.isfinite(Xh))
+        v = Xh[rows[0], cols[0]]
+        part["bad"] = {"n_values": int(rows.size), "n_rows": n_bad_rows, "row": int(offset + rows[0]),
+                       "feature": int(cols[0]), "kind": "NaN" if np.isnan(v) else "infinity",
+                       "has_nan": bool(np.isnan(Xh[rows, cols]).any()), "block_rows": (int(offset), int(offset + n - 1))}
+        part["mean"] = np.zeros(X.shape[1])
+        part["M2"] = np.zeros(X.shape[1])
+        return part
+    X64 = xp.astype(X, xp.float64)
+    mean = xp.mean(X64, axis=0)
+    c = X64 - mean
+    part["mean"] = to_numpy(mean)
+    part["M2"] = to_numpy(xp.sum(c * c, axis=0))
+    return part
+
+
+def combine_stats(parts):
+    """Chan et al.'s parallel update of (n, mean, M2), folded in the order given."""
+    parts = [p for p in parts if p is not None]
+    out = {"n": parts[0]["n"], "mean": parts[0]["mean"].copy(), "M2": parts[0]["M2"].copy(),
+           "bad": list(parts[0]["bad"] if isinstance(parts[0]["bad"], list) else ([parts[0]["bad"]] if parts[0]["bad"] else []))}
+    for p in parts[1:]:
+        na, nb = out["n"], p["n"]
+        n = na + nb
+        if nb:
+            delta = p["mean"] - out["mean"]
+            out["mean"] = out["mean"] + delta * (nb / n)
+            out["M2"] = out["M2"] + p["M2"] + delta * delta * (na * nb / n)
+        out["n"] = n
+        bad = p["bad"]
+        if bad:
+            out["bad"].extend(bad if isinstance(bad, list) else [bad])
+    return out
+
+
+def check_stats(stats, block_rows: int | None = None, name: str = "X"):
+    """Raise a clear error if the stats pass found NaN or infinity."""
+    bad = stats.get("bad") or []
+    if not bad:
+        return
+    total = sum(b["n_values"] for b in bad)
+    first = min(bad, key=lambda b: b["row"])
+    kinds = "NaN" if any(b["has_nan"] for b in bad) else "infinity"
+    blk = "" if not block_rows else f" block {first['row'] // block_rows}"
+    lo, hi = first["block_rows"]
+    raise NonFiniteError(
+        f"Input {name} contains {kinds}: {total} non-finite value(s) in {sum(b['n_rows'] for b in bad)} row(s); "
+        f"the first is a {first['kind']} at row {first['row']}, feature {first['feature']} "
+        f"(chunk{blk}, rows {lo} to {hi}). Remove or impute these rows first."
+    )
+
+
+def finish_stats(stats):
+    """Population mean and variance of every feature from combined stats."""
+    n = stats["n"]
+    return {"n": n, "mean": stats["mean"], "var": stats["M2"] / n, "bad": stats["bad"]}
