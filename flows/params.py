@@ -133,24 +133,14 @@ def validate_params(model: type[BaseModel], values: dict, flow_name: str):
 
 
 def check_source(source: str) -> str:
-    """Resolve ``source`` (``'mnist'`` -> the MNIST folder) and check that it exists."""
-    if source == "sklearn-digits":
-        return source
-    if source == "mnist":
-        from kmeans_dist.data import find_mnist_dir
+    """Resolve ``source`` (``'mnist'`` -> the MNIST folder) and check that it exists
+    (:func:`kmeans_dist.data.resolve_source`), as a :class:`ParameterError` of the flow."""
+    from kmeans_dist.data import DataError, resolve_source
 
-        d = find_mnist_dir()
-        if d is None:
-            raise ParameterError("source 'mnist': no MNIST folder found; set MNIST_DIR to a folder holding the "
-                                 "IDX files (train-images-idx3-ubyte.gz, ...) or use source='sklearn-digits'")
-        return str(d)
-    if "://" in source and not source.startswith("file://"):
-        return source  # remote store: opened (and checked) by the ingest stage
-    p = Path(os.path.expanduser(source.removeprefix("file://")))
-    if not p.exists():
-        raise ParameterError(f"source {source!r} does not exist; give the path of a Zarr store, a .npy, "
-                             ".csv or .parquet file, an MNIST folder, 'mnist' or 'sklearn-digits'")
-    return str(p.resolve())
+    try:
+        return resolve_source(source)
+    except DataError as exc:
+        raise ParameterError(str(exc)) from None
 
 
 def check_dask_address(address: str, timeout: float = 5.0) -> None:

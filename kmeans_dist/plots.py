@@ -4,25 +4,22 @@ Every function writes a PNG atomically (temp file, then rename) and returns its 
 """
 from __future__ import annotations
 
+import io
 import os
-from pathlib import Path
 
 import numpy as np
+
+from .data.atomic import atomic_write_bytes
 
 __all__ = ["plot_centroid_grid", "plot_inertia", "plot_cluster_sizes", "save_figure", "pyplot"]
 
 
 def save_figure(fig, path) -> str:
     """Write ``fig`` to ``path`` as a PNG atomically (a temporary file renamed into place) and close it."""
-    plt = pyplot()
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    os.replace(tmp, path)
-    return os.fspath(path)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    pyplot().close(fig)
+    return atomic_write_bytes(path, buf.getvalue())
 
 
 def pyplot():

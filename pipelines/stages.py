@@ -28,12 +28,13 @@ import logging
 import math
 import os
 import time
-import uuid
 import zipfile
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+
+from kmeans_dist.data.atomic import atomic_write_bytes, atomic_write_json, json_default
 
 __all__ = [
     "STAGE_VERSION",
@@ -128,37 +129,6 @@ def stage_key(stage: str, inputs: dict[str, Any] | None = None, params: dict[str
 # atomic files and checkpoints
 # --------------------------------------------------------------------------------------------------
 
-def atomic_write_bytes(path, data: bytes) -> str:
-    """Write ``data`` to ``path`` atomically (temporary sibling, fsync, ``os.replace``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return str(path)
-
-
-def atomic_write_json(path, obj) -> str:
-    return atomic_write_bytes(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default).encode())
-
-
-def _json_default(o):
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON serializable: {type(o)}")
-
-
 def save_npz_atomic(path, **arrays) -> str:
     buf = io.BytesIO()
     np.savez(buf, **arrays)
@@ -179,7 +149,7 @@ def write_checkpoint(directory, *, key: str, centers, iteration: int, history: l
     directory = Path(directory)
     meta = {"key": key, "iteration": int(iteration), "history": history, **(extra or {})}
     path = save_npz_atomic(directory / "checkpoint.npz", centers=np.asarray(centers),
-                           meta=np.array(json.dumps(meta, default=_json_default)))
+                           meta=np.array(json.dumps(meta, default=json_default)))
     return path
 
 
@@ -243,15 +213,13 @@ def ingest(source: str, out_dir, *, limit: int | None = None, chunk_rows: int | 
     A Zarr store is used in place (never copied, never modified); anything else (``.npy``, CSV,
     Parquet, an MNIST folder, ``'sklearn-digits'``) is streamed into ``out_dir/data/input.zarr``.
     """
-    from kmeans_dist.data import DataError, ingest as _ingest, ingest_mnist
+    from kmeans_dist.data import ingest as _ingest, ingest_mnist, resolve_source
 
     log = logger or _log
     t0 = time.perf_counter()
     src = str(source)
+    resolve_source(src)
     p = Path(src.removeprefix("file://"))
-    if src != "sklearn-digits" and not _is_remote(src) and not p.exists():
-        raise DataError(f"Source {src!r} does not exist; give the path of a Zarr store, a .npy, .csv or "
-                        ".parquet file, an MNIST folder, or 'sklearn-digits'")
     if _is_remote(src) or _is_zarr_store(p):
         ref = _store_ref(src if _is_remote(src) else str(p.resolve()), copied=False)
         log.info("Using the Zarr store %s in place: %d x %d", ref["url"], *ref["shape"])
@@ -374,7 +342,7 @@ def fit_lloyd(store: dict, init: dict, out_dir, *, max_iter: int = 300, tol: flo
            "converged": bool(getattr(res, "converged", res.n_iter < max_iter)), "history": hist,
            "resumed_from": start, "algorithm": algorithm, "k": int(np.shape(res.centers)[0])}
     path = save_npz_atomic(fdir / "fit.npz", centers=np.asarray(res.centers),
-                           meta=np.array(json.dumps(out, default=_json_default)))
+                           meta=np.array(json.dumps(out, default=json_default)))
     out["path"] = path
     out["seconds"] = time.perf_counter() - t0
     log.info("Fit %s: %d iterations, inertia %.6g, converged=%s (%.2f s)", name, out["n_iter"], out["inertia"],
@@ -440,7 +408,7 @@ def fit_minibatch(store: dict, init: dict, out_dir, *, batch_size: int = 1024, m
            "inertia": float(getattr(est, "inertia_", float("nan"))), "converged": True, "history": hist,
            "resumed_from": 0, "algorithm": "minibatch", "k": int(C0.shape[0])}
     path = save_npz_atomic(fdir / "fit.npz", centers=np.asarray(est.cluster_centers_),
-                           meta=np.array(json.dumps(out, default=_json_default)))
+                           meta=np.array(json.dumps(out, default=json_default)))
     out["path"] = path
     out["seconds"] = time.perf_counter() - t0
     log.info("Mini-batch fit %s: %d steps in %.2f s", name, out["n_iter"], out["seconds"])
@@ -642,8 +610,8 @@ def choose_k_report(out_dir, *, results: list[dict], params: dict, timings: dict
 
 
 def _recommend(results: list[dict]) -> dict:
-    """A recommended k per criterion (elbow, silhouette, Calinski-Harabasz, Davies-Bouldin), with
-    :func:`kmeans_dist.selection.assemble` (Kneedle elbow) when it is available."""
+    """A recommended k per criterion (elbow, silhouette, Calinski-Harabasz, Davies-Bouldin), by
+    :func:`kmeans_dist.selection.assemble` (Kneedle elbow)."""
     rows = []
     for r in results:
         row = {"k": r["k"], "inertia": r["inertia"], "fit_inertia": r.get("fit_inertia", r["inertia"]),
@@ -653,26 +621,7 @@ def _recommend(results: list[dict]) -> dict:
             v = r.get(c)
             row[c] = math.nan if v is None else v
         rows.append(row)
-    try:
-        from kmeans_dist.selection import assemble
+    from kmeans_dist.selection import assemble
 
-        _, rec = assemble(rows)
-        return {c: v for c, v in rec.items() if v is not None}
-    except ImportError:  # pragma: no cover
-        ks = [r["k"] for r in results]
-        best = {"elbow": _elbow(ks, [r["inertia"] for r in results])}
-        sil = [(r["silhouette"], r["k"]) for r in results if r.get("silhouette") is not None]
-        if sil:
-            best["silhouette"] = max(sil)[1]
-        return best
-
-
-def _elbow(ks: list[int], inertia: list[float]) -> int:
-    """The k farthest below the straight line from the first to the last point (the 'knee')."""
-    if len(ks) < 3:
-        return ks[0]
-    x = np.asarray(ks, dtype=np.float64)
-    y = np.asarray(inertia, dtype=np.float64)
-    xn = (x - x[0]) / (x[-1] - x[0])
-    yn = (y - y[-1]) / ((y[0] - y[-1]) or 1.0)
-    return int(ks[int(np.argmax((1 - xn) - yn))])
+    _, rec = assemble(rows)
+    return {c: v for c, v in rec.items() if v is not None}

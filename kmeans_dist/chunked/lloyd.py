@@ -15,7 +15,7 @@ import numpy as np
 
 from ..kernels.xp import get_namespace, to_numpy
 from ..kernels import combine_lloyd_partials, finalize_centers, lloyd_partial, minibatch_update, row_norms_sq_cached
-from ..kernels.stats import check_stats, combine_stats, stats_chunk
+from ..kernels.stats import absolute_tolerance, check_stats, combine_stats, stats_chunk
 
 __all__ = ["lloyd", "lloyd_on_blocks", "LloydResult", "data_stats", "final_pass", "minibatch_on_blocks",
            "minibatch_step"]
@@ -146,7 +146,7 @@ def lloyd(X, centers, *, sample_weight=None, max_iter: int = 300, tol: float = 1
                          persist=persist)
     try:
         stats = data_stats(blocks)
-        tol_abs = float(np.mean(stats["var"]) * tol) if tol > 0 else 0.0
+        tol_abs = absolute_tolerance(stats["var"], tol)
         return lloyd_on_blocks(blocks, np.asarray(centers, dtype=blocks.dtype), max_iter=max_iter, tol_abs=tol_abs,
                                callback=callback, start_iteration=start_iteration, history=history,
                                algorithm=algorithm)

@@ -52,7 +52,7 @@ def _take_state_chunk(X, w, offset, state, rows):
 # random / random partition
 # ------------------------------------------------------------------------------------------------
 
-def random_init(blocks, n_clusters, rng, sample_weight_sum=None, block_weights=None):
+def random_init(blocks, n_clusters, rng, block_weights=None):
     """Forgy: k distinct rows drawn uniformly (or by sample weight)."""
     n = blocks.n_samples
     if block_weights is None:

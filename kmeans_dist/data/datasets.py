@@ -144,11 +144,6 @@ def _build(kind, params, n_samples, n_features, random_state, chunk_rows, dtype,
     return X, y
 
 
-def _common(n_samples, random_state, chunk_rows, dtype, url, overwrite, as_numpy):
-    return dict(n_samples=n_samples, random_state=random_state, chunk_rows=chunk_rows, dtype=np.dtype(dtype),
-                url=url, overwrite=overwrite, as_numpy=as_numpy)
-
-
 def _blob_centers(centers, n_features, center_box, seed):
     if isinstance(centers, (int, np.integer)):
         rng = np.random.default_rng([seed, 2**31 - 1])

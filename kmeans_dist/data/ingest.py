@@ -15,7 +15,7 @@ import numpy as np
 
 from .store import DataError, rows_per_chunk, write_store, write_stream
 
-__all__ = ["ingest", "ingest_npy", "ingest_table", "ingest_mnist", "read_idx", "iter_idx_chunks", "load_mnist",
+__all__ = ["resolve_source", "SOURCE_KINDS", "ingest", "ingest_npy", "ingest_table", "ingest_mnist", "read_idx", "iter_idx_chunks", "load_mnist",
            "find_mnist_dir", "MNIST_FILES"]
 
 
@@ -206,6 +206,49 @@ def load_mnist(directory=None, *, limit: int | None = None, scale: float | None 
     return X, y
 
 
+SOURCE_KINDS = ("a Zarr store (path or fsspec URL), a .npy, .csv or .parquet file, an MNIST folder, 'mnist' "
+                "or 'sklearn-digits'")
+
+
+def resolve_source(source) -> str:
+    """Check that ``source`` names something this project can read, and resolve it.
+
+    ``'mnist'`` becomes the MNIST folder (:func:`find_mnist_dir`), a local path becomes absolute, and
+    remote URLs and ``'sklearn-digits'`` are returned as given (a remote store is checked when opened).
+    The one place that says what a source may be: the CLI, the stages and the flows all call it.
+
+    Parameters
+    ----------
+    source : str or path-like
+        What to read.
+
+    Returns
+    -------
+    str
+        The resolved source.
+
+    Raises
+    ------
+    DataError
+        If ``source`` does not exist, or is ``'mnist'`` and no MNIST folder is found.
+    """
+    src = os.fspath(source)
+    if src == "sklearn-digits":
+        return src
+    if src == "mnist":
+        d = find_mnist_dir()
+        if d is None:
+            raise DataError("source 'mnist': no MNIST folder found; set MNIST_DIR to a folder holding the IDX "
+                            "files (train-images-idx3-ubyte.gz, ...) or use 'sklearn-digits'")
+        return str(d)
+    if "://" in src and not src.startswith("file://"):
+        return src
+    p = Path(os.path.expanduser(src.removeprefix("file://")))
+    if not p.exists():
+        raise DataError(f"Source {src!r} does not exist; give {SOURCE_KINDS}")
+    return str(p.resolve())
+
+
 def ingest(source, url, **kw) -> str:
     """Ingest any supported source into a store: array, ``.npy``, CSV/Parquet, MNIST directory or
     ``"sklearn-digits"`` (the 8x8 digits set shipped inside scikit-learn)."""
@@ -224,8 +267,7 @@ def ingest(source, url, **kw) -> str:
             return ingest_npy(p, url, **kw)
         if p.suffix in (".csv", ".parquet", ".pq") or p.is_dir() or "*" in p.name:
             return ingest_table(p, url, **kw)
-        if not p.exists():
-            raise DataError(f"Source {os.fspath(source)!r} does not exist")
+        resolve_source(p)
         raise DataError(f"Don't know how to ingest {os.fspath(source)!r} (expected .npy, .csv, .parquet, "
                         "an MNIST folder, or 'sklearn-digits')")
     return write_store(url, source, **{k: v for k, v in kw.items() if k in ("labels", "chunk_rows", "feature_names", "attrs", "overwrite", "dtype")})

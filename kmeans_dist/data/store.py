@@ -13,13 +13,12 @@ is ever held in memory.  The input store is never modified.
 from __future__ import annotations
 
 import os
-import shutil
-import uuid
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable
 
 import numpy as np
+
+from .atomic import atomic_dir
 
 __all__ = [
     "DataError",
@@ -58,32 +57,6 @@ def is_local_path(url) -> bool:
 def _local(url) -> Path:
     s = os.fspath(url)
     return Path(s[len("file://"):] if s.startswith("file://") else s)
-
-
-@contextmanager
-def atomic_dir(target, overwrite: bool = False):
-    """Yield a temporary directory next to ``target``; rename it to ``target`` on success.
-
-    On error the temporary directory is removed and ``target`` is untouched.  With ``overwrite`` an
-    existing target is replaced (moved aside, then deleted after the rename).
-    """
-    target = Path(target)
-    if target.exists() and not overwrite:
-        raise FileExistsError(f"{target} already exists; pass overwrite=True to replace it")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
-    try:
-        yield tmp
-        old = None
-        if target.exists():
-            old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
-            os.replace(target, old)
-        os.replace(tmp, target)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def rows_per_chunk(n_features: int, itemsize: int, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> int:

@@ -19,8 +19,10 @@ from .validation import (ANY, ARRAY_LIKE, BOOLEAN, CALLABLE, NONE, RANDOM_STATE,
                           validate_params)
 from ..kernels.xp import get_namespace, to_numpy
 from .persistence import register_model, save_model
-from ..kernels import assign_labels, lloyd_partial, sq_distances
-from ..chunked.lloyd import data_stats, final_pass, lloyd_on_blocks, minibatch_on_blocks, minibatch_step
+from ..kernels import assign_labels, kmeans_plusplus, lloyd_partial, sq_distances
+from ..kernels.stats import absolute_tolerance
+from ..chunked.driver import LocalBlocks, get_client, make_blocks
+from ..chunked.lloyd import data_stats, fetch_rows, final_pass, lloyd_on_blocks, minibatch_on_blocks, minibatch_step
 from ..chunked.seeding import SEEDING_METHODS, seed_from, init_centers
 
 __all__ = ["KMeans", "MiniBatchKMeans"]
@@ -139,8 +141,6 @@ class _BaseKMeans(TransformerMixin, ClusterMixin, BaseEstimator):
         return Xa, lazy
 
     def _blocks(self, Xa, w):
-        from ..chunked.driver import make_blocks
-
         return make_blocks(Xa, w, block_rows=self.block_rows, split_every=self.split_every, client=self.client,
                            persist=self.persist)
 
@@ -157,7 +157,18 @@ class _BaseKMeans(TransformerMixin, ClusterMixin, BaseEstimator):
         return C if not _is_device_array(X) else xp.asarray(C)
 
     def predict(self, X):
-        """Index of the closest center for each sample (lazy dask array for lazy input)."""
+        """Index of the closest center of each sample.
+
+        Parameters
+        ----------
+        X : array-like, dask array, xarray DataArray or str of shape (n_samples, n_features)
+            Samples (a store path or fsspec URL is opened lazily).
+
+        Returns
+        -------
+        labels : ndarray or dask array of shape (n_samples,)
+            Lazy (a dask array) for lazy input.
+        """
         Xa, lazy = self._check_test_X(X)
         if lazy:
             C = self.cluster_centers_.astype(Xa.dtype, copy=False)
@@ -166,7 +177,17 @@ class _BaseKMeans(TransformerMixin, ClusterMixin, BaseEstimator):
         return labels
 
     def transform(self, X):
-        """Euclidean distances to every center, shape (n_samples, n_clusters)."""
+        """Euclidean distance of each sample to every center.
+
+        Parameters
+        ----------
+        X : array-like, dask array, xarray DataArray or str of shape (n_samples, n_features)
+            Samples (a store path or fsspec URL is opened lazily).
+
+        Returns
+        -------
+        distances : ndarray or dask array of shape (n_samples, n_clusters)
+        """
         Xa, lazy = self._check_test_X(X)
         if lazy:
             C = self.cluster_centers_.astype(Xa.dtype, copy=False)
@@ -175,13 +196,29 @@ class _BaseKMeans(TransformerMixin, ClusterMixin, BaseEstimator):
         return xp.sqrt(sq_distances(Xa, self._centers_like(Xa)))
 
     def fit_predict(self, X, y=None, sample_weight=None):
+        """Fit, then return ``labels_`` (see :meth:`fit`)."""
         return self.fit(X, sample_weight=sample_weight).labels_
 
     def fit_transform(self, X, y=None, sample_weight=None):
+        """Fit, then return the distances of X to the centers (see :meth:`fit` and :meth:`transform`)."""
         return self.fit(X, sample_weight=sample_weight).transform(X)
 
     def score(self, X, y=None, sample_weight=None):
-        """Opposite of the inertia of X on the fitted centers (one pass)."""
+        """Opposite of the inertia of X on the fitted centers, in one pass.
+
+        Parameters
+        ----------
+        X : array-like, dask array, xarray DataArray or str of shape (n_samples, n_features)
+            Samples (a store path or fsspec URL is opened lazily).
+        y : Ignored
+        sample_weight : array-like of shape (n_samples,) or None
+            Weight of every sample.
+
+        Returns
+        -------
+        float
+            ``-inertia``, so that larger is better.
+        """
         Xa, lazy = self._check_test_X(X)
         w = _prepare_weight(sample_weight, Xa.shape[0], Xa.dtype, lazy)
         blocks = self._blocks(Xa, w)
@@ -191,7 +228,20 @@ class _BaseKMeans(TransformerMixin, ClusterMixin, BaseEstimator):
             blocks.release()
 
     def save(self, path, overwrite: bool = True):
-        """Save without pickle (JSON + npz), atomically.  Load with :func:`kmeans_dist.load_model`."""
+        """Save the fitted model without pickle (JSON + npz), atomically; see :func:`kmeans_dist.save_model`.
+
+        Parameters
+        ----------
+        path : str or path-like
+            Target folder.
+        overwrite : bool, default=True
+            Replace an existing model at ``path``.
+
+        Returns
+        -------
+        str
+            ``path``.
+        """
         return save_model(self, path, overwrite=overwrite)
 
     def _set_labels(self, Xa, lazy, labels=None):
@@ -239,8 +289,6 @@ class _RichProgress:
     def __enter__(self):
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-        from ..chunked.driver import get_client
-
         c = get_client(self.client)
         if c is not None and getattr(c, "dashboard_link", None):
             from rich import print as rprint
@@ -261,45 +309,87 @@ class _RichProgress:
 
 @register_model
 class KMeans(_BaseKMeans):
-    """K-means on chunked data (NumPy, CuPy, dask, xarray or a Zarr store), scikit-learn's API.
+    """K-means clustering on chunked data, with scikit-learn's API.
+
+    X may be a NumPy or CuPy array, a dask array, an xarray DataArray with dims ``(sample, feature)``, or
+    the path or fsspec URL of a Zarr store.  Each Lloyd iteration is one pass over the data: every block
+    returns per-cluster sums, counts and inertia, combined by a fixed reduction tree.
 
     Parameters
     ----------
     n_clusters : int, default=8
-    init : {"k-means||", "k-means++", "random", "random-partition"} or array of shape (n_clusters, n_features),
-        default="k-means||".  k-means|| (Bahmani et al. 2012) makes ``init_rounds`` passes over the data;
-        k-means++ is scikit-learn's greedy variant with local trials (two round trips per center).
-    n_init : "auto" or int, default="auto".  Restarts; the lowest inertia is kept.  "auto" is 1 for
-        k-means||, k-means++ and an array, 10 for random and random-partition.
-    max_iter : int, default=300.
-    tol : float, default=1e-4.  Relative to the mean feature variance (as scikit-learn).
-    random_state : int, RandomState, Generator or None.
-    oversampling_factor : float or None.  Candidates per k-means|| round (default 2 * n_clusters).
-    init_rounds : int, default=5.  k-means|| rounds.
-    algorithm : {"lloyd", "hamerly"}, default="lloyd".  "hamerly" runs the same Lloyd iterations with
-        Hamerly's bounds kept next to the blocks on the workers: once the centers settle, most rows cost a
-        few flops instead of ``n_clusters`` distances.  Same labels and centers as "lloyd" except at near-ties within
-        float rounding, which it decides by exact distance (as scikit-learn's "elkan"); 28 bytes per row of
-        worker memory.  Worth it for many clusters (blobs, k=64: 0.63x of Lloyd's time per iteration); with
-        few, use "lloyd" (MNIST, k=10: hamerly takes 1.6x Lloyd's time).  The bounds are kept for NumPy
-        blocks that stay in worker memory; CuPy blocks and streamed (not persisted) data run the plain Lloyd
-        pass, with the same result.
-    block_rows : "auto" or int.  Rows per block of the reduction.  The floating-point summation order is
-        fixed by the blocks, so for a given ``block_rows`` results are bit-identical whatever the input
-        chunking and number of workers.  "auto" gives about 8 MiB per block.
-    split_every : int, default=8.  Fan-in of the reduction tree.
-    persist : "auto" or bool.  Keep the blocks in worker memory (auto: if X takes at most half of it),
-        otherwise stream them from the source on every pass.
-    client : distributed.Client, None or False.  None uses the active client if any, else runs
-        in-process; False always runs in-process.
-    verbose : int.  Progress bar per iteration (and the Dask dashboard link).
-    callback : callable or None.  Called after every Lloyd iteration with a dict (iteration, centers,
-        inertia, center_shift, seconds, history); returning True stops the iterations.
+        Number of clusters.
+    init : {"k-means||", "k-means++", "random", "random-partition"} or array of shape \
+(n_clusters, n_features), default="k-means||"
+        Seeding.  k-means|| (Bahmani et al. 2012) makes ``init_rounds`` passes over the data; k-means++ is
+        scikit-learn's greedy variant with local trials (two round trips per center); "random" draws
+        ``n_clusters`` distinct rows; "random-partition" averages a random partition.
+    n_init : "auto" or int, default="auto"
+        Number of restarts; the one with the lowest inertia is kept.  "auto" is 1 for k-means||,
+        k-means++ and an array, 10 for random and random-partition.
+    max_iter : int, default=300
+        Maximum number of Lloyd iterations per restart.
+    tol : float, default=1e-4
+        Convergence tolerance on the squared center shift, relative to the mean feature variance (as
+        scikit-learn's).
+    random_state : int, RandomState, Generator or None, default=None
+        Seed of every random choice.  With the same seed the result is the same whatever the chunking and
+        the number of workers.
+    oversampling_factor : float or None, default=None
+        Candidates drawn per k-means|| round (None: ``2 * n_clusters``).
+    init_rounds : int, default=5
+        Number of k-means|| rounds.
+    algorithm : {"lloyd", "hamerly"}, default="lloyd"
+        "hamerly" runs the same Lloyd iterations with Hamerly's bounds kept next to the blocks on the
+        workers: once the centers settle, most rows cost a few flops instead of ``n_clusters`` distances.
+        Same labels and centers as "lloyd" except at near-ties within float rounding, which it decides by
+        exact distance (as scikit-learn's "elkan"); 28 bytes per row of worker memory.  Worth it for many
+        clusters; with few, "lloyd" is faster.  CuPy blocks and streamed data run the plain Lloyd pass.
+    block_rows : "auto" or int, default="auto"
+        Rows per canonical block.  The floating-point summation order is fixed by the blocks, so for a given
+        ``block_rows`` results are bit-identical whatever the input chunking and the number of workers.
+        "auto" gives about 8 MiB per block.
+    split_every : int, default=8
+        Fan-in of the reduction tree that combines the blocks' partials.
+    persist : "auto" or bool, default="auto"
+        Keep the blocks in worker memory (``"auto"``: when X takes at most half of it); otherwise stream
+        them from the source on every pass.
+    client : distributed.Client, None or False, default=None
+        None uses the active Dask client if there is one, else runs in process; False always runs in
+        process.
+    verbose : int, default=0
+        Show a progress bar per iteration (and the Dask dashboard link).
+    callback : callable or None, default=None
+        Called after every Lloyd iteration with a dict (``iteration``, ``centers``, ``inertia``,
+        ``center_shift``, ``seconds``, ``history``); returning True stops the iterations.
 
     Attributes
     ----------
-    cluster_centers_, labels_ (lazy for lazy input), inertia_, n_iter_, n_features_in_, history_
-    (per-iteration dicts: iteration, inertia, center_shift, seconds), cluster_sizes_.
+    cluster_centers_ : ndarray of shape (n_clusters, n_features)
+        Final centers.
+    labels_ : ndarray or dask array of shape (n_samples,)
+        Label of every training row (a lazy dask array for lazy input).
+    inertia_ : float
+        Sum of squared distances of the rows to their nearest final center.
+    n_iter_ : int
+        Number of Lloyd iterations run.
+    n_features_in_ : int
+        Number of features seen in fit.
+    cluster_sizes_ : ndarray of shape (n_clusters,)
+        Rows per cluster.
+    history_ : list of dict
+        One record per iteration: ``iteration``, ``inertia``, ``center_shift``, ``seconds``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from kmeans_dist import KMeans
+    >>> X = np.array([[1.0, 2.0], [1.0, 4.0], [1.0, 0.0], [10.0, 2.0], [10.0, 4.0], [10.0, 0.0]])
+    >>> km = KMeans(n_clusters=2, random_state=0).fit(X)
+    >>> sorted(km.cluster_centers_[:, 0].tolist())
+    [1.0, 10.0]
+    >>> km.predict(np.array([[0.0, 0.0], [12.0, 3.0]])).tolist() == [km.predict(X[:1])[0], km.predict(X[3:4])[0]]
+    True
     """
 
     _parameter_constraints = {
@@ -342,8 +432,23 @@ class KMeans(_BaseKMeans):
         return 1
 
     def fit(self, X, y=None, sample_weight=None):
-        """Compute k-means clustering.  One pass for moments (and the NaN/inf check), the seeding
-        passes, one pass per Lloyd iteration, one final pass for the exact inertia."""
+        """Compute k-means clustering.
+
+        One pass for the moments (and the NaN/inf check), the seeding passes, one pass per Lloyd
+        iteration, and one final pass for the labels and the exact inertia.
+
+        Parameters
+        ----------
+        X : array-like, dask array, xarray DataArray or str of shape (n_samples, n_features)
+            Samples (a store path or fsspec URL is opened lazily).
+        y : Ignored
+        sample_weight : array-like of shape (n_samples,) or None
+            Weight of every sample.
+
+        Returns
+        -------
+        self
+        """
         self._validate_params()
         Xa, lazy = _prepare_X(X)
         n, d = Xa.shape
@@ -359,7 +464,7 @@ class KMeans(_BaseKMeans):
         blocks = self._blocks(Xa, w)
         try:
             stats = data_stats(blocks)
-            self._tol = float(np.mean(stats["var"]) * self.tol) if self.tol > 0 else 0.0
+            self._tol = absolute_tolerance(stats["var"], self.tol)
             best = None
             for s in seeds:
                 t0 = time.perf_counter()
@@ -396,15 +501,83 @@ class KMeans(_BaseKMeans):
 
 @register_model
 class MiniBatchKMeans(_BaseKMeans):
-    """Mini-batch k-means (Sculley 2010, per-center counts as scikit-learn) on chunked data.
+    """Mini-batch k-means (Sculley 2010, with per-center counts as scikit-learn's) on chunked data.
 
     Batches are drawn uniformly with replacement in O(batch_size) per step (sample weights enter the
     update, not the draw) and fetched from the workers several steps at a time.  ``polish_iter`` full
-    Lloyd passes can follow.  ``partial_fit`` updates from in-memory batches (streams).
+    Lloyd passes can follow.  :meth:`partial_fit` updates from in-memory batches (streams).
 
-    Parameters as scikit-learn's MiniBatchKMeans (n_clusters, init, max_iter, batch_size, verbose,
-    compute_labels, random_state, tol, max_no_improvement, init_size, n_init, reassignment_ratio) plus
-    polish_iter, block_rows, split_every, persist, client, callback (see :class:`KMeans`).
+    Parameters
+    ----------
+    n_clusters : int, default=8
+        Number of clusters.
+    init : {"k-means++", "k-means||", "random", "random-partition"} or array of shape \
+(n_clusters, n_features), default="k-means++"
+        Seeding, run on a random sample of ``init_size`` rows (as scikit-learn's), ``n_init`` times.
+    max_iter : int, default=100
+        Maximum number of passes' worth of steps (``max_iter * n_samples / batch_size`` steps).
+    batch_size : int, default=1024
+        Rows per mini-batch.
+    verbose : int, default=0
+        Show a progress bar.
+    compute_labels : bool, default=True
+        Compute ``labels_`` and ``inertia_`` over the whole data after fitting.
+    random_state : int, RandomState, Generator or None, default=None
+        Seed of every random choice.
+    tol : float, default=0.0
+        Early stop when the smoothed squared center shift falls below ``tol`` times the mean feature
+        variance (0 disables it).
+    max_no_improvement : int or None, default=10
+        Early stop after this many steps without improvement of the smoothed batch inertia (None disables).
+    init_size : int or None, default=None
+        Rows of the seeding sample (None: ``3 * batch_size``, at least ``3 * n_clusters``).
+    n_init : "auto" or int, default="auto"
+        Seedings tried on the sample, the one with the lowest sample inertia kept; "auto" is 1 for
+        k-means++, k-means|| and an array, 3 otherwise.
+    reassignment_ratio : float, default=0.01
+        Centers with fewer than this fraction of the largest count are re-seeded on random rows.
+    polish_iter : int, default=0
+        Full Lloyd iterations run after the mini-batch steps.
+    block_rows : "auto" or int, default="auto"
+        Rows per canonical block.  The floating-point summation order is fixed by the blocks, so for a given
+        ``block_rows`` results are bit-identical whatever the input chunking and the number of workers.
+        "auto" gives about 8 MiB per block.
+    split_every : int, default=8
+        Fan-in of the reduction tree that combines the blocks' partials.
+    persist : "auto" or bool, default="auto"
+        Keep the blocks in worker memory (``"auto"``: when X takes at most half of it); otherwise stream
+        them from the source on every pass.
+    client : distributed.Client, None or False, default=None
+        None uses the active Dask client if there is one, else runs in process; False always runs in
+        process.
+    callback : callable or None, default=None
+        Called after every step with a dict of the step's state; returning True stops.
+
+    Attributes
+    ----------
+    cluster_centers_ : ndarray of shape (n_clusters, n_features)
+        Final centers.
+    labels_ : ndarray or dask array of shape (n_samples,)
+        Label of every training row (with ``compute_labels``).
+    inertia_ : float
+        Sum of squared distances to the nearest final center (with ``compute_labels``).
+    n_iter_ : int
+        Passes' worth of steps run.
+    n_steps_ : int
+        Mini-batch steps run.
+    n_features_in_ : int
+        Number of features seen in fit.
+    history_ : list of dict
+        One record per step.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from kmeans_dist import MiniBatchKMeans
+    >>> X = np.array([[1.0, 2.0], [1.0, 4.0], [1.0, 0.0], [10.0, 2.0], [10.0, 4.0], [10.0, 0.0]])
+    >>> mbk = MiniBatchKMeans(n_clusters=2, batch_size=6, random_state=0).fit(X)
+    >>> mbk.cluster_centers_.shape
+    (2, 2)
     """
 
     _parameter_constraints = {
@@ -454,18 +627,16 @@ class MiniBatchKMeans(_BaseKMeans):
 
     def _init_on_sample(self, blocks, init, rng, seed):
         """Seed on a random subset of ``init_size`` rows (as scikit-learn); best of n_init on it."""
-        from ..kernels import kmeans_plusplus
-        from ..chunked.lloyd import fetch_rows
-
         if not isinstance(init, str):
             return init
-        if init == "k-means||":
-            return init_centers(None, self.n_clusters, init, random_state=seed, blocks=blocks, dtype=blocks.dtype)
         idx = rng.choice(blocks.n_samples, size=self._init_size, replace=False)
         S, _ = fetch_rows(blocks, np.sort(idx))
         best, best_in = None, np.inf
         for _ in range(self._n_init):
-            if init == "k-means++":
+            if init == "k-means||":  # on the sample too, as every other init (init_size and n_init apply)
+                C = init_centers(None, self.n_clusters, init, random_state=int(rng.integers(2**31 - 1)),
+                                 blocks=LocalBlocks(S, None, S.shape[0]), dtype=S.dtype)
+            elif init == "k-means++":
                 C, _ = kmeans_plusplus(S, self.n_clusters, rng)
             elif init == "random":
                 C = S[rng.choice(S.shape[0], size=self.n_clusters, replace=False)]
@@ -478,6 +649,20 @@ class MiniBatchKMeans(_BaseKMeans):
         return np.asarray(best, dtype=blocks.dtype)
 
     def fit(self, X, y=None, sample_weight=None):
+        """Compute mini-batch k-means: seeding on a sample, the mini-batch steps, optional Lloyd polish.
+
+        Parameters
+        ----------
+        X : array-like, dask array, xarray DataArray or str of shape (n_samples, n_features)
+            Samples (a store path or fsspec URL is opened lazily).
+        y : Ignored
+        sample_weight : array-like of shape (n_samples,) or None
+            Weight of every sample (it enters the updates, not the draws).
+
+        Returns
+        -------
+        self
+        """
         self._validate_params()
         Xa, lazy = _prepare_X(X)
         n, d = Xa.shape
@@ -491,7 +676,7 @@ class MiniBatchKMeans(_BaseKMeans):
         blocks = self._blocks(Xa, w)
         try:
             stats = data_stats(blocks)
-            self._tol = float(np.mean(stats["var"]) * self.tol) if self.tol > 0 else 0.0
+            self._tol = absolute_tolerance(stats["var"], self.tol)
             C0 = self._init_on_sample(blocks, init, rng, seed)
             n_steps = max(1, (self.max_iter * n) // self._batch_size)
             with self._progress(n_steps, f"mini-batch k={self.n_clusters}") as bar:
@@ -525,7 +710,20 @@ class MiniBatchKMeans(_BaseKMeans):
         return self
 
     def partial_fit(self, X, y=None, sample_weight=None):
-        """Update the centers with one in-memory mini-batch (the first call seeds on it)."""
+        """Update the centers with one in-memory mini-batch (the first call seeds on it).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            One batch.
+        y : Ignored
+        sample_weight : array-like of shape (n_samples,) or None
+            Weight of every sample of the batch.
+
+        Returns
+        -------
+        self
+        """
         first = not hasattr(self, "cluster_centers_")
         if first:
             self._validate_params()
@@ -540,8 +738,6 @@ class MiniBatchKMeans(_BaseKMeans):
             self._rng = np.random.default_rng(seed_from(self.random_state))
             init = self.init if isinstance(self.init, str) else self._check_init_array(self.init, d, Xa.dtype)
             if isinstance(init, str):
-                from ..chunked.driver import LocalBlocks
-
                 self._init_size = min(self._init_size, n)
                 init = self._init_on_sample(LocalBlocks(Xa, None, n), init, self._rng, seed_from(self.random_state))
             self.cluster_centers_ = np.asarray(init, dtype=Xa.dtype)

@@ -11,6 +11,7 @@ import numpy as np
 
 from .distances import row_norms_sq, sq_distances
 from .lloyd import finalize_centers, lloyd_partial
+from .stats import absolute_tolerance
 from .xp import get_namespace, is_numpy_namespace, to_numpy
 
 __all__ = ["kmeans_plusplus", "KMeansResult", "lloyd_inmemory", "kmeans_inmemory"]
@@ -90,7 +91,7 @@ def lloyd_inmemory(X, centers, sample_weight=None, *, max_iter: int = 300, tol: 
     """
     xp = get_namespace(X, centers)
     if not tol_is_absolute and tol > 0:
-        tol = float(to_numpy(xp.mean(xp.var(xp.astype(X, xp.float64), axis=0)))) * tol
+        tol = absolute_tolerance(to_numpy(xp.var(xp.astype(X, xp.float64), axis=0)), tol)
     centers_h = to_numpy(centers)
     history = []
     n_iter = 0

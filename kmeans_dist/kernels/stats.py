@@ -9,7 +9,7 @@ import numpy as np
 
 from .xp import get_namespace, to_numpy
 
-__all__ = ["NonFiniteError", "stats_chunk", "combine_stats", "check_stats", "finish_stats"]
+__all__ = ["NonFiniteError", "stats_chunk", "combine_stats", "check_stats", "finish_stats", "absolute_tolerance"]
 
 
 class NonFiniteError(ValueError):
@@ -81,3 +81,21 @@ def finish_stats(stats):
     """Population mean and variance of every feature from combined stats."""
     n = stats["n"]
     return {"n": n, "mean": stats["mean"], "var": stats["M2"] / n, "bad": stats["bad"]}
+
+
+def absolute_tolerance(var, tol: float) -> float:
+    """scikit-learn's convergence tolerance: ``tol`` times the mean feature variance (0 when ``tol`` is 0).
+
+    Parameters
+    ----------
+    var : array of shape (n_features,)
+        Per-feature variance of the data.
+    tol : float
+        Relative tolerance, as ``KMeans(tol=...)``.
+
+    Returns
+    -------
+    float
+        The bound on the squared center shift (Frobenius norm) below which Lloyd stops.
+    """
+    return float(np.mean(np.asarray(var, dtype=np.float64)) * tol) if tol > 0 else 0.0
