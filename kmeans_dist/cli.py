@@ -35,7 +35,9 @@ def _client(args):
 
 
 def cmd_ingest(args):
-    from .data import ingest
+    from .data import check_output, ingest
+
+    check_output(args.dest, [args.source], overwrite=args.overwrite)
 
     kw = {"overwrite": args.overwrite}
     if args.limit:
@@ -57,9 +59,11 @@ def cmd_ingest(args):
 
 def cmd_fit(args):
     from . import KMeans, MiniBatchKMeans
-    from .data import open_store
     from .chunked.preprocessing import standardize
+    from .data import check_output, open_store
 
+    if args.out:  # before any compute: never the input, never an existing output unless --overwrite
+        check_output(args.out, [args.store], overwrite=args.overwrite)
     with _client(args) as client:
         X = open_store(args.store)
         if args.standardize:
@@ -73,7 +77,7 @@ def cmd_fit(args):
                          **common)
         est.fit(X)
         if args.out:
-            est.save(args.out)
+            est.save(args.out, overwrite=args.overwrite)
         summary = {"k": args.k, "n_iter": int(est.n_iter_), "inertia": float(est.inertia_),
                    "seconds": round(est.fit_seconds_, 3), "model": args.out}
         if hasattr(est, "history_") and est.history_ and args.algorithm != "minibatch":
@@ -83,8 +87,9 @@ def cmd_fit(args):
 
 def cmd_predict(args):
     from . import load_model
-    from .data import open_store, write_store
+    from .data import check_output, open_store, write_store
 
+    check_output(args.out, [args.store, args.model], overwrite=args.overwrite)
     est = load_model(args.model)
     with _client(args):
         X = open_store(args.store)
@@ -139,7 +144,8 @@ def main(argv=None):
     p.add_argument("--polish-iter", type=int, default=0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--standardize", action="store_true")
-    p.add_argument("--out")
+    p.add_argument("--out", help="folder for the saved model (never the input store)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     cluster_args(p)
     p.set_defaults(fn=cmd_fit)
 

@@ -213,7 +213,7 @@ def ingest(source: str, out_dir, *, limit: int | None = None, chunk_rows: int | 
     A Zarr store is used in place (never copied, never modified); anything else (``.npy``, CSV,
     Parquet, an MNIST folder, ``'sklearn-digits'``) is streamed into ``out_dir/data/input.zarr``.
     """
-    from kmeans_dist.data import ingest as _ingest, ingest_mnist, resolve_source
+    from kmeans_dist.data import check_output, ingest as _ingest, ingest_mnist, resolve_source
 
     log = logger or _log
     t0 = time.perf_counter()
@@ -225,6 +225,7 @@ def ingest(source: str, out_dir, *, limit: int | None = None, chunk_rows: int | 
         log.info("Using the Zarr store %s in place: %d x %d", ref["url"], *ref["shape"])
     else:
         target = Path(out_dir) / "data" / "input.zarr"
+        check_output(target, [src], overwrite=True)  # the source is never the output, nor inside it
         kw: dict[str, Any] = {"overwrite": True}
         if chunk_rows:
             kw["chunk_rows"] = chunk_rows

@@ -67,8 +67,10 @@ def standardize_store(src_url, dst_url, *, client=None, overwrite: bool = False,
 
     The source is never modified; the target is written atomically.  Returns the moments used.
     """
-    from ..data import open_labels, open_store, store_info, write_store
+    from ..data import check_output, is_local_path, open_labels, open_store, store_info, write_store
 
+    if is_local_path(dst_url):
+        check_output(dst_url, [src_url], overwrite=overwrite)
     X = open_store(src_url)
     m = moments(X, client=client)
     Z = standardize(X, mean=m["mean"], var=m["var"])

@@ -7,7 +7,11 @@ A *store* written by this module is a Zarr v3 group holding
 - group attributes: ``feature_names``, ``source``, ``n_samples``, ``n_features`` and any user attrs.
 
 Writes are atomic for local paths (written to a temporary sibling, then renamed), so a crash never
-leaves a half-written store that opens.  Ingest streams chunk by chunk: nothing larger than a chunk
+leaves a half-written store that opens.  Stores written here carry a checksum in every chunk (zstd with
+its content checksum) and a manifest of their chunk counts; every chunk is written, even an all-zero one.
+Reading checks that each chunk exists (a missing chunk is an error naming the chunk and its rows, never
+zeros), and a flipped byte fails the checksum.  Stores written elsewhere still open, with a warning that
+their integrity cannot be checked.  Ingest streams chunk by chunk: nothing larger than a chunk
 is ever held in memory.  The input store is never modified.
 """
 from __future__ import annotations
@@ -32,12 +36,16 @@ __all__ = [
     "is_local_path",
     "atomic_dir",
     "DIMS",
+    "STORE_FORMAT",
+    "IntegrityWarning",
+    "check_integrity",
     "write_stream",
     "rows_per_chunk",
     "DEFAULT_CHUNK_BYTES",
 ]
 
 DIMS = ("sample", "feature")
+STORE_FORMAT = "kmeans-dist/2"  # /2: checksummed chunks, every chunk written, chunk counts in the attributes
 DEFAULT_CHUNK_BYTES = 32 * 2**20
 
 
@@ -90,8 +98,36 @@ def open_store(url, *, array: str = "X", storage_options=None):
     z = g[array]
     if any(s == 0 for s in z.shape):
         raise DataError(f"Zarr store {os.fspath(url)!r}: array {array!r} is empty (shape {z.shape})")
+    check_integrity(g, z, url, array)
     return da.from_array(_CheckedArray(z, os.fspath(url), array), chunks=z.chunks, asarray=True,
                          name=f"zarr-{array}-" + _token(url, z), meta=np.empty((0,) * z.ndim, dtype=z.dtype))
+
+
+class IntegrityWarning(UserWarning):
+    """A store whose chunks carry no checksum: a corrupt or missing chunk may go unnoticed."""
+
+
+def check_integrity(group, z, url, name: str) -> None:
+    """Check a store's chunk manifest at open (stores written by this project), or warn (other stores).
+
+    Raises
+    ------
+    DataError
+        If chunks listed in the manifest are missing from the store.
+    """
+    import warnings
+
+    attrs = dict(group.attrs)
+    counts = attrs.get("chunk_counts") if attrs.get("format") == STORE_FORMAT else None
+    if counts is None or name not in counts:
+        warnings.warn(f"Zarr store {os.fspath(url)!r} was not written by kmeans-dist (or by an older version): "
+                      f"its chunks carry no checksum, so the integrity of array {name!r} cannot be checked; "
+                      "missing chunks are still refused when read.", IntegrityWarning, stacklevel=3)
+        return
+    have = int(z.nchunks_initialized)
+    if have != int(counts[name]):
+        raise DataError(f"Zarr store {os.fspath(url)!r}: array {name!r} holds {have} of its {counts[name]} chunks; "
+                        "the store is incomplete or was altered: re-ingest it.")
 
 
 def _token(url, z):
@@ -117,7 +153,27 @@ class _CheckedArray:
         self.z, self.url, self.name = z, url, name
         self.shape, self.dtype, self.ndim = z.shape, z.dtype, z.ndim
 
+    def _check_present(self, key):
+        from zarr.core.sync import sync
+
+        rows = key[0] if isinstance(key, tuple) else key
+        if not isinstance(rows, slice):
+            return
+        step = self.z.chunks[0]
+        start = rows.start or 0
+        stop = self.z.shape[0] if rows.stop is None else min(rows.stop, self.z.shape[0])
+        n_col = -(-self.z.shape[1] // self.z.chunks[1]) if self.z.ndim == 2 else 1
+        for i in range(start // step, -(-stop // step)):
+            for j in range(n_col):
+                ckey = self.z.metadata.encode_chunk_key((i, j) if self.z.ndim == 2 else (i,))
+                if not sync(self.z.store.exists(f"{self.z.path}/{ckey}")):
+                    lo, hi = i * step, min((i + 1) * step, self.z.shape[0]) - 1
+                    raise DataError(f"Chunk {i} (rows {lo} to {hi}) of array {self.name!r} in {self.url!r} is "
+                                    f"missing (no {ckey!r}): the store is incomplete; re-ingest it. A missing "
+                                    "chunk is never read as zeros.")
+
     def __getitem__(self, key):
+        self._check_present(key)
         try:
             return self.z[key]
         except Exception as exc:
@@ -150,6 +206,7 @@ def open_labels(url, *, storage_options=None):
     import dask.array as da
 
     z = g["labels"]
+    check_integrity(g, z, url, "labels")
     return da.from_array(_CheckedArray(z, os.fspath(url), "labels"), chunks=z.chunks, asarray=True,
                          name="zarr-labels-" + _token(url, z), meta=np.empty((0,), dtype=z.dtype))
 
@@ -255,12 +312,15 @@ def _create_arrays(root, n, d, dtype, rows, with_labels, feature_names, attrs):
     import zarr
 
     g = zarr.open_group(str(root), mode="w", zarr_format=3)
-    z = g.create_array("X", shape=(n, d), chunks=(rows, d), dtype=dtype, dimension_names=DIMS)
+    safe = {"compressors": [zarr.codecs.ZstdCodec(level=0, checksum=True)], "config": {"write_empty_chunks": True}}
+    z = g.create_array("X", shape=(n, d), chunks=(rows, d), dtype=dtype, dimension_names=DIMS, **safe)
     zl = None
     if with_labels:
-        zl = g.create_array("labels", shape=(n,), chunks=(rows,), dtype="int64", dimension_names=("sample",))
+        zl = g.create_array("labels", shape=(n,), chunks=(rows,), dtype="int64", dimension_names=("sample",),
+                            **safe)
     a = dict(attrs or {})
-    a.update({"n_samples": int(n), "n_features": int(d), "format": "kmeans-dist/1"})
+    a.update({"n_samples": int(n), "n_features": int(d), "format": STORE_FORMAT,
+              "chunk_counts": {"X": int(z.nchunks), **({"labels": int(zl.nchunks)} if zl is not None else {})}})
     if feature_names is not None:
         a["feature_names"] = [str(f) for f in feature_names]
     g.attrs.update(a)

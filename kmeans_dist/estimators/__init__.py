@@ -4,6 +4,6 @@
 - :func:`save_model` / :func:`load_model`: JSON + npz, no pickle.
 """
 from .kmeans import KMeans, MiniBatchKMeans
-from .persistence import load_model, save_model
+from .persistence import ModelFileError, load_model, save_model
 
-__all__ = ["KMeans", "MiniBatchKMeans", "load_model", "save_model"]
+__all__ = ["KMeans", "MiniBatchKMeans", "ModelFileError", "load_model", "save_model"]

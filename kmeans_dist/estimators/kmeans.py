@@ -20,7 +20,7 @@ from .validation import (ANY, ARRAY_LIKE, BOOLEAN, CALLABLE, NONE, RANDOM_STATE,
 from ..kernels.xp import get_namespace, to_numpy
 from .persistence import register_model, save_model
 from ..kernels import assign_labels, kmeans_plusplus, lloyd_partial, sq_distances
-from ..kernels.stats import absolute_tolerance
+from ..kernels.stats import absolute_tolerance, raise_if_nonfinite
 from ..chunked.driver import LocalBlocks, get_client, make_blocks
 from ..chunked.lloyd import data_stats, fetch_rows, final_pass, lloyd_on_blocks, minibatch_on_blocks, minibatch_step
 from ..chunked.seeding import SEEDING_METHODS, seed_from, init_centers
@@ -173,7 +173,8 @@ class _BaseKMeans(TransformerMixin, ClusterMixin, BaseEstimator):
         if lazy:
             C = self.cluster_centers_.astype(Xa.dtype, copy=False)
             return Xa.map_blocks(_predict_block, C, drop_axis=1, dtype=np.int64)
-        labels, _ = assign_labels(Xa, self._centers_like(Xa))
+        labels, dist = assign_labels(Xa, self._centers_like(Xa))
+        raise_if_nonfinite(Xa, dist)
         return labels
 
     def transform(self, X):
@@ -192,8 +193,7 @@ class _BaseKMeans(TransformerMixin, ClusterMixin, BaseEstimator):
         if lazy:
             C = self.cluster_centers_.astype(Xa.dtype, copy=False)
             return Xa.map_blocks(_transform_block, C, chunks=(Xa.chunks[0], (C.shape[0],)), dtype=Xa.dtype)
-        xp = get_namespace(Xa)
-        return xp.sqrt(sq_distances(Xa, self._centers_like(Xa)))
+        return _transform_block(Xa, self._centers_like(Xa))
 
     def fit_predict(self, X, y=None, sample_weight=None):
         """Fit, then return ``labels_`` (see :meth:`fit`)."""
@@ -223,18 +223,21 @@ class _BaseKMeans(TransformerMixin, ClusterMixin, BaseEstimator):
         w = _prepare_weight(sample_weight, Xa.shape[0], Xa.dtype, lazy)
         blocks = self._blocks(Xa, w)
         try:
-            return -float(final_pass(blocks, self.cluster_centers_)["inertia"])
+            inertia = float(final_pass(blocks, self.cluster_centers_)["inertia"])
+            if not np.isfinite(inertia):  # only then a second pass, to name the first bad value
+                data_stats(blocks)  # raises NonFiniteError naming the first bad value
+            return -inertia
         finally:
             blocks.release()
 
-    def save(self, path, overwrite: bool = True):
+    def save(self, path, overwrite: bool = False):
         """Save the fitted model without pickle (JSON + npz), atomically; see :func:`kmeans_dist.save_model`.
 
         Parameters
         ----------
         path : str or path-like
             Target folder.
-        overwrite : bool, default=True
+        overwrite : bool, default=False
             Replace an existing model at ``path``.
 
         Returns
@@ -261,14 +264,21 @@ class _BaseKMeans(TransformerMixin, ClusterMixin, BaseEstimator):
                           stacklevel=3)
 
 
-def _predict_block(x, C):
-    labels, _ = assign_labels(x, C)
+def _block_offset(block_info) -> int:
+    return int(block_info[0]["array-location"][0][0]) if block_info else 0
+
+
+def _predict_block(x, C, block_info=None):
+    labels, dist = assign_labels(x, C)
+    raise_if_nonfinite(x, dist, _block_offset(block_info))
     return labels
 
 
-def _transform_block(x, C):
+def _transform_block(x, C, block_info=None):
     xp = get_namespace(x)
-    return xp.sqrt(sq_distances(x, xp.asarray(C)))
+    D = xp.sqrt(sq_distances(x, xp.asarray(C)))
+    raise_if_nonfinite(x, D, _block_offset(block_info))
+    return D
 
 
 class _NullProgress:
@@ -671,7 +681,8 @@ class MiniBatchKMeans(_BaseKMeans):
         init = self.init if isinstance(self.init, str) else self._check_init_array(self.init, d, Xa.dtype)
         w = _prepare_weight(sample_weight, n, Xa.dtype, lazy)
         seed = seed_from(self.random_state)
-        rng = np.random.default_rng(seed)
+        rng = self._rng = np.random.default_rng(seed)  # partial_fit after fit goes on with the same stream
+        self._n_since_last_reassign = 0
         t_start = time.perf_counter()
         blocks = self._blocks(Xa, w)
         try:
@@ -732,6 +743,7 @@ class MiniBatchKMeans(_BaseKMeans):
             Xa = np.asarray(Xa.compute())
         n, d = Xa.shape
         w = _prepare_weight(sample_weight, n, Xa.dtype, False)
+        raise_if_nonfinite(Xa, Xa)  # before any state changes: a bad batch leaves the estimator as it was
         if first:
             self._check_n_clusters(n)
             self._resolve(n)
@@ -748,7 +760,10 @@ class MiniBatchKMeans(_BaseKMeans):
         elif d != self.n_features_in_:
             raise ValueError(f"X has {d} features, but MiniBatchKMeans is expecting {self.n_features_in_} "
                              "features as input.")
-        self._n_since_last_reassign += self._batch_size
+        if not hasattr(self, "_rng"):  # a loaded model: its generator and resolved sizes are not saved
+            self._rng = np.random.default_rng(seed_from(self.random_state))
+            self._resolve(max(n, self.n_clusters))
+        self._n_since_last_reassign = getattr(self, "_n_since_last_reassign", 0) + self._batch_size
         rr = bool((self._counts == 0).any() or self._n_since_last_reassign >= 10 * self.n_clusters)
         if rr:
             self._n_since_last_reassign = 0

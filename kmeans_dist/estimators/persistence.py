@@ -13,9 +13,14 @@ import numpy as np
 
 from ..data import atomic_dir
 
-__all__ = ["save_model", "load_model", "FORMAT"]
+__all__ = ["save_model", "load_model", "FORMAT", "ModelFileError", "register_model", "MODEL_CLASSES"]
 
-FORMAT = "kmeans-dist-model/1"
+FORMAT = "kmeans-dist-model/2"
+_READABLE = ("kmeans-dist-model/1", FORMAT)  # /1 files carry no array schema; the structural checks still apply
+
+
+class ModelFileError(ValueError):
+    """A saved model that cannot be trusted: unreadable, edited, truncated, or of an unknown class."""
 _ARRAY_ATTRS = ("cluster_centers_", "cluster_sizes_", "_counts")
 _SCALAR_ATTRS = ("inertia_", "n_iter_", "n_features_in_", "n_steps_", "converged_", "fit_seconds_",
                  "seeding_seconds_", "_tol")
@@ -40,7 +45,7 @@ def register_model(cls):
     return cls
 
 
-def save_model(est, path, overwrite: bool = True) -> str:
+def save_model(est, path, overwrite: bool = False) -> str:
     """Save a fitted KMeans / MiniBatchKMeans to directory ``path`` (atomic)."""
     if not hasattr(est, "cluster_centers_"):
         raise ValueError("Only fitted models can be saved; call fit first.")
@@ -62,6 +67,7 @@ def save_model(est, path, overwrite: bool = True) -> str:
         "params": {k: _jsonable(v) for k, v in params.items()},
         "attrs": {a: _jsonable(getattr(est, a)) for a in _SCALAR_ATTRS if hasattr(est, a)},
         "history": [{k: _jsonable(v) for k, v in h.items()} for h in getattr(est, "history_", [])],
+        "arrays": {k: {"shape": list(v.shape), "dtype": v.dtype.str} for k, v in arrays.items()},
     }
     with atomic_dir(Path(path), overwrite=overwrite) as tmp:
         tmp.mkdir(parents=True)
@@ -73,23 +79,112 @@ def save_model(est, path, overwrite: bool = True) -> str:
     return os.fspath(path)
 
 
+def _fail(path, what):
+    raise ModelFileError(f"Saved model {os.fspath(path)!r} cannot be loaded: {what}")
+
+
+def _read_meta(path: Path) -> dict:
+    mj = path / "model.json"
+    try:
+        with open(mj) as f:
+            meta = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        _fail(mj, f"{type(exc).__name__}: {exc}")
+    if not isinstance(meta, dict):
+        _fail(mj, "the JSON is not an object")
+    if meta.get("format") not in _READABLE:
+        _fail(mj, f"format {meta.get('format')!r} is not one of {_READABLE}")
+    for key, kind in (("class", str), ("params", dict), ("attrs", dict)):
+        if not isinstance(meta.get(key), kind):
+            _fail(mj, f"{key!r} is missing or not a {kind.__name__}")
+    if meta["class"] not in MODEL_CLASSES:
+        _fail(mj, f"class {meta['class']!r} is not one of {sorted(MODEL_CLASSES)}")
+    unknown = set(meta["attrs"]) - set(_SCALAR_ATTRS)
+    if unknown:
+        _fail(mj, f"unknown attributes {sorted(unknown)}")
+    return meta
+
+
+def _read_arrays(path: Path, meta: dict) -> dict:
+    az = path / "arrays.npz"
+    try:
+        with np.load(az, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except Exception as exc:  # BadZipFile, truncated members, pickled objects, ...
+        _fail(az, f"{type(exc).__name__}: {exc}")
+    allowed = set(_ARRAY_ATTRS) | {"param_init"}
+    if set(arrays) - allowed:
+        _fail(az, f"unexpected arrays {sorted(set(arrays) - allowed)} (allowed: {sorted(allowed)})")
+    schema = meta.get("arrays")
+    if schema is not None:
+        if not isinstance(schema, dict) or set(schema) != set(arrays):
+            _fail(az, f"holds arrays {sorted(arrays)}, model.json lists {sorted(schema or {})}")
+        for k, v in arrays.items():
+            want = schema[k]
+            if not isinstance(want, dict) or list(v.shape) != want.get("shape") or v.dtype.str != want.get("dtype"):
+                _fail(az, f"array {k!r} is {v.dtype.str} {list(v.shape)}, model.json says {want}")
+    return arrays
+
+
+def _check_model(path: Path, meta: dict, arrays: dict) -> None:
+    params, attrs = meta["params"], meta["attrs"]
+    C = arrays.get("cluster_centers_")
+    if C is None:
+        _fail(path, "no cluster_centers_ array")
+    k, d = params.get("n_clusters"), attrs.get("n_features_in_")
+    if C.ndim != 2 or C.dtype.kind != "f" or (k, d) != C.shape:
+        _fail(path, f"cluster_centers_ is {C.dtype} {C.shape}, expected float (n_clusters={k}, n_features_in_={d})")
+    if not np.isfinite(C).all():
+        _fail(path, "cluster_centers_ holds NaN or infinity")
+    for name in ("cluster_sizes_", "_counts"):
+        a = arrays.get(name)
+        if a is not None and (a.shape != (k,) or a.dtype.kind not in "iuf" or not np.isfinite(a).all()):
+            _fail(path, f"{name} is {a.dtype} {a.shape}, expected {k} finite numbers")
+    init = params.get("init")
+    if isinstance(init, dict):
+        a = arrays.get(init.get("__array__"))
+        if a is None or a.shape != C.shape:
+            _fail(path, f"the init array {init!r} is missing or not of shape {C.shape}")
+
+
 def load_model(path):
-    """Load a model saved by :func:`save_model` (no pickle)."""
+    """Load a model saved by :func:`save_model` (no pickle), validating every part of it.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The model folder (``model.json`` and ``arrays.npz``).
+
+    Returns
+    -------
+    KMeans or MiniBatchKMeans
+        The fitted estimator.
+
+    Raises
+    ------
+    FileNotFoundError
+        If there is no model at ``path``.
+    ModelFileError
+        If a file is unreadable or truncated, the JSON does not match the arrays (names, shapes, dtypes),
+        the centers are not finite or not of shape ``(n_clusters, n_features_in_)``, the class is not an
+        estimator of this package, or a parameter is invalid.  The message names the file.
+    """
     path = Path(path)
     mj, az = path / "model.json", path / "arrays.npz"
     if not mj.exists() or not az.exists():
         raise FileNotFoundError(f"No saved model at {path} (expected model.json and arrays.npz)")
-    with open(mj) as f:
-        meta = json.load(f)
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a {FORMAT} model (format {meta.get('format')!r})")
+    meta = _read_meta(path)
+    arrays = _read_arrays(path, meta)
+    _check_model(path, meta, arrays)
     cls = MODEL_CLASSES[meta["class"]]
-    with np.load(az, allow_pickle=False) as z:
-        arrays = {k: z[k] for k in z.files}
     params = dict(meta["params"])
     if isinstance(params.get("init"), dict):
         params["init"] = arrays.pop(params["init"]["__array__"])
-    est = cls(**params)
+    try:
+        est = cls(**params)
+        est._validate_params()
+    except (TypeError, ValueError) as exc:
+        _fail(mj, f"invalid parameters: {exc}")
     for k, v in arrays.items():
         setattr(est, k, v)
     for k, v in meta["attrs"].items():

@@ -9,7 +9,7 @@ import numpy as np
 
 from .xp import get_namespace, to_numpy
 
-__all__ = ["NonFiniteError", "stats_chunk", "combine_stats", "check_stats", "finish_stats", "absolute_tolerance"]
+__all__ = ["NonFiniteError", "stats_chunk", "combine_stats", "check_stats", "finish_stats", "absolute_tolerance", "raise_if_nonfinite"]
 
 
 class NonFiniteError(ValueError):
@@ -22,7 +22,14 @@ def stats_chunk(X, w, offset):
     n = int(X.shape[0])
     finite_rows = xp.all(xp.isfinite(X), axis=1)
     n_bad_rows = n - int(to_numpy(xp.sum(xp.astype(finite_rows, xp.int64))))
-    part = {"n": n, "offset": int(offset), "bad": None}
+    part = {"n": n, "offset": int(offset), "bad": None, "w_bad": None, "w_sum": float(n)}
+    if w is not None:  # the weights are checked in the same pass that first reads them
+        wh = np.asarray(to_numpy(w), dtype=np.float64)
+        wrong = ~np.isfinite(wh) | (wh < 0)
+        if wrong.any():
+            i = int(np.flatnonzero(wrong)[0])
+            part["w_bad"] = {"row": int(offset + i), "value": float(wh[i]), "n_values": int(wrong.sum())}
+        part["w_sum"] = float(wh[~wrong].sum())
     if n_bad_rows:
         Xh = to_numpy(X)
         rows, cols = np.nonzero(~np.isfinite(Xh))
@@ -45,6 +52,8 @@ def combine_stats(parts):
     """Chan et al.'s parallel update of (n, mean, M2), folded in the order given."""
     parts = [p for p in parts if p is not None]
     out = {"n": parts[0]["n"], "mean": parts[0]["mean"].copy(), "M2": parts[0]["M2"].copy(),
+           "w_sum": parts[0].get("w_sum", float(parts[0]["n"])),
+           "w_bad": dict(parts[0]["w_bad"]) if parts[0].get("w_bad") else None,
            "bad": list(parts[0]["bad"] if isinstance(parts[0]["bad"], list) else ([parts[0]["bad"]] if parts[0]["bad"] else []))}
     for p in parts[1:]:
         na, nb = out["n"], p["n"]
@@ -54,6 +63,13 @@ def combine_stats(parts):
             out["mean"] = out["mean"] + delta * (nb / n)
             out["M2"] = out["M2"] + p["M2"] + delta * delta * (na * nb / n)
         out["n"] = n
+        out["w_sum"] += p.get("w_sum", float(nb))
+        wb = p.get("w_bad")
+        if wb:  # parts come in row order: the first bad weight stays the first
+            if out["w_bad"] is None:
+                out["w_bad"] = dict(wb)
+            else:
+                out["w_bad"]["n_values"] += wb["n_values"]
         bad = p["bad"]
         if bad:
             out["bad"].extend(bad if isinstance(bad, list) else [bad])
@@ -61,7 +77,14 @@ def combine_stats(parts):
 
 
 def check_stats(stats, block_rows: int | None = None, name: str = "X"):
-    """Raise a clear error if the stats pass found NaN or infinity."""
+    """Raise a clear error if the stats pass found NaN or infinity in X, or bad sample weights."""
+    wb = stats.get("w_bad")
+    if wb:
+        what = "NaN or infinity" if not np.isfinite(wb["value"]) else "negative values"
+        raise ValueError(f"sample_weight contains {what}: {wb['n_values']} bad weight(s); the first is "
+                         f"{wb['value']!r} at row {wb['row']}. Weights must be finite and >= 0.")
+    if stats.get("w_sum", 1.0) <= 0 and stats.get("n", 0) > 0:
+        raise ValueError("sample_weight sums to zero: every weight is 0, so there is nothing to cluster.")
     bad = stats.get("bad") or []
     if not bad:
         return
@@ -99,3 +122,29 @@ def absolute_tolerance(var, tol: float) -> float:
         The bound on the squared center shift (Frobenius norm) below which Lloyd stops.
     """
     return float(np.mean(np.asarray(var, dtype=np.float64)) * tol) if tol > 0 else 0.0
+
+
+def raise_if_nonfinite(X, row_values, offset: int = 0, name: str = "X") -> None:
+    """Raise :class:`NonFiniteError` for ``X`` if a per-row result computed from it is not finite.
+
+    A NaN or infinite value in a row makes its distances NaN, so checking the (n,) or (n, k) results of a
+    pass costs nothing extra on clean data; only then is ``X`` scanned, to name the first bad value with
+    the same message as ``fit``.
+
+    Parameters
+    ----------
+    X : array of shape (n_rows, n_features)
+        The block the values were computed from.
+    row_values : array
+        Per-row results of that block (distances).
+    offset : int, default=0
+        Global index of the block's first row.
+    name : str, default="X"
+        The input's name in the message.
+    """
+    xp = get_namespace(row_values)
+    if bool(xp.all(xp.isfinite(row_values))):
+        return
+    bad = stats_chunk(X, None, offset)["bad"]
+    if bad is not None:
+        check_stats({"bad": [bad]}, name=name)
