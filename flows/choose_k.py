@@ -111,7 +111,7 @@ def choose_k_flow(
     src = check_source(p.source)
     if p.dask_address:
         check_dask_address(p.dask_address)
-    out = p.output_dir or default_output_dir("choose_k", p)
+    out = default_output_dir("choose_k", p)
     runner = make_task_runner(p.dask_address, p.n_workers, p.threads_per_worker)
     get_run_logger().info("Output folder: %s; Dask: %s", out, p.dask_address or f"LocalCluster({p.n_workers} workers)")
     return choose_k_run.with_options(task_runner=runner)(params=p.model_dump(), source=src, out_dir=out)

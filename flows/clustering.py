@@ -307,7 +307,7 @@ def clustering_flow(
     src = check_source(p.source)
     if p.dask_address:
         check_dask_address(p.dask_address)
-    out = p.output_dir or default_output_dir("clustering", p)
+    out = default_output_dir("clustering", p)
     runner = make_task_runner(p.dask_address, p.n_workers, p.threads_per_worker)
     get_run_logger().info("Output folder: %s; Dask: %s", out,
                           p.dask_address or f"LocalCluster({p.n_workers} workers)")

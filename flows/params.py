@@ -15,7 +15,7 @@ from typing import Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 __all__ = ["ParameterError", "ClusteringParams", "ChooseKParams", "validate_params", "check_source",
-           "check_dask_address", "default_output_dir", "cli_parser", "run_cli"]
+           "check_dask_address", "default_output_dir", "run_name", "cli_parser", "run_cli"]
 
 _ADDRESS = re.compile(r"^(tcp|tls)://(?P<host>\[[0-9a-fA-F:]+\]|[A-Za-z0-9_.\-]+):(?P<port>\d{1,5})$")
 
@@ -35,7 +35,8 @@ class _Common(BaseModel):
     standardize: bool = False
     n_init: int = Field(1, ge=1, le=100)
     seed: int = Field(0, ge=0, le=2**32 - 1)
-    output_dir: Optional[str] = Field(None, description="Run folder; default runs/<flow>/<source>-<params>")
+    output_dir: Optional[str] = Field(None, description="Base folder: each run writes under <output_dir>/<source>-<parameters fingerprint> "
+                                      "(default runs/<flow>/...), so runs with other parameters never share files")
     dask_address: Optional[str] = Field(None, description="tcp://host:port of a Dask scheduler; "
                                                           "empty: start a LocalCluster")
     n_workers: int = Field(2, ge=1, le=64, description="LocalCluster worker processes")
@@ -158,15 +159,27 @@ def check_dask_address(address: str, timeout: float = 5.0) -> None:
         ) from None
 
 
-def default_output_dir(flow_name: str, params: BaseModel, base: str | os.PathLike = "runs") -> str:
-    """A deterministic run folder for these parameters, so a re-run finds its cache and checkpoints."""
+def run_name(params: BaseModel) -> str:
+    """``<source name>-<fingerprint of the parameters>``: the folder of one run's parameters.
+
+    The fingerprint covers every parameter that changes a result (not the output folder nor where the
+    run computes), so a re-run with the same parameters finds its cache and checkpoints, and two runs
+    with different parameters never share a file."""
     import hashlib
     import json
 
     keep = params.model_dump(exclude={"output_dir", "dask_address", "n_workers", "threads_per_worker"})
     digest = hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:10]
-    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(params.source.rstrip("/")).name or "data").strip("-")[:40]
-    return str((Path(base) / flow_name / f"{name}-{digest}").resolve())
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(str(params.source).rstrip("/")).name or "data").strip("-")[:40]
+    return f"{name}-{digest}"
+
+
+def default_output_dir(flow_name: str, params: BaseModel, base: str | os.PathLike = "runs") -> str:
+    """The run folder: ``<output_dir>/<run_name>`` when the user gave ``output_dir``, else
+    ``runs/<flow_name>/<run_name>`` (see :func:`run_name`)."""
+    if getattr(params, "output_dir", None):
+        return str((Path(os.path.expanduser(params.output_dir)) / run_name(params)).resolve())
+    return str((Path(base) / flow_name / run_name(params)).resolve())
 
 
 def cli_parser(model: type[BaseModel], prog: str, description: str | None = None):

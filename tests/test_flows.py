@@ -172,6 +172,8 @@ def test_clustering_flow_caches_and_reports(prefect_harness, dask_client, tmp_pa
     st = clustering_flow(**kw, return_state=True)
     assert st.is_completed(), st.message
     res = st.result()
+    out = Path(res["output_dir"])
+    assert out.parent == tmp_path / "run"  # the run's own folder, named by its parameters
     assert json.loads((out / "run.json").read_text())["status"] == "completed"
     for name in ("inertia", "cluster_sizes"):
         assert Path(res["plots"][name]).exists()
@@ -241,6 +243,9 @@ def test_sigkill_mid_fit_then_resume(prefect_harness, tmp_path):
     cmd = [sys.executable, "-m", "flows.clustering"] + [f"--{k.replace('_', '-')}={v}" for k, v in args.items()]
     log = open(tmp_path / "flow.log", "wb")
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    from flows.params import ClusteringParams, default_output_dir, validate_params
+
+    out = Path(default_output_dir("clustering", validate_params(ClusteringParams, args, "clustering_flow")))
     fdir = out / "fits" / "fit-0"
     killed_at = None
     try:
@@ -291,7 +296,7 @@ def test_choose_k_flow_fits_k_in_parallel(prefect_harness, dask_client, tmp_path
     assert all(r["ari"] is not None and r["calinski_harabasz"] > 0 for r in res["results"])
     assert Path(res["plots"]["elbow"]).exists() and Path(res["plots"]["silhouette"]).exists()
     assert Artifact.get("choose-k-report") is not None
-    assert json.loads((out / "run.json").read_text())["status"] == "completed"
+    assert json.loads((Path(res["output_dir"]) / "run.json").read_text())["status"] == "completed"
 
 
 def test_dask_stages_retry_only_a_cancelled_future(prefect_harness):
@@ -383,3 +388,27 @@ def test_standardize_stage_and_image_report(tmp_path):
     assert "| standardized | True |" in Path(rep["report_path"]).read_text()
     with pytest.raises(Exception, match="larger than the number of samples"):
         stages.seed(z, out, k=5000, init="random", random_state=0)
+
+
+def test_two_concurrent_runs_into_one_output_folder_stay_apart(prefect_harness, dask_client, tmp_path):
+    """A k=3 and a k=5 run started together with the same output_dir: both complete, each in its own run
+    folder, and each summary and model holds its own result."""
+    src = _blobs_store(tmp_path / "blobs.zarr", n=2000, k=4)
+    out = tmp_path / "shared"
+    env = {**os.environ, "PREFECT_API_URL": prefect_harness, "PYTHONPATH": str(REPO)}
+    procs = []
+    for k in (3, 5):
+        args = dict(source=src, k=k, max_iter=30, output_dir=str(out), dask_address=dask_client.scheduler.address,
+                    silhouette_sample=0)
+        cmd = [sys.executable, "-m", "flows.clustering"] + [f"--{a.replace('_', '-')}={v}" for a, v in args.items()]
+        procs.append(subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
+    outs = [p.communicate(timeout=300)[0].decode() for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    results = [json.loads(o.strip().splitlines()[-1]) for o in outs]
+    dirs = [Path(r["output_dir"]) for r in results]
+    assert dirs[0] != dirs[1] and all(d.parent == out for d in dirs)
+    for r, k in zip(results, (3, 5)):
+        assert stages.load_centers({"path": r["centers"]}).shape[0] == k
+        summary = json.loads((Path(r["output_dir"]) / "summary.json").read_text())
+        assert summary["metrics"]["inertia"] == pytest.approx(r["inertia"]) and summary["params"]["k"] == k
+    assert results[0]["inertia"] > results[1]["inertia"]

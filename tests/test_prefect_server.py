@@ -106,8 +106,9 @@ def test_deployment_run_completes_on_a_process_worker(prefect_server, tmp_path):
             time.sleep(1)
         assert state is not None and state["type"] == "COMPLETED", \
             f"{state}\n{(tmp_path / 'worker.log').read_text()[-4000:]}"
-        assert json.loads((out_dir / "run.json").read_text())["status"] == "completed"
-        assert (out_dir / "report.md").exists()
+        (run_dir,) = [d for d in out_dir.iterdir() if not d.name.startswith(".")]  # the run's own folder
+        assert json.loads((run_dir / "run.json").read_text())["status"] == "completed"
+        assert (run_dir / "report.md").exists()
     finally:
         _stop(worker)
         wlog.close()
