@@ -412,3 +412,47 @@ def test_two_concurrent_runs_into_one_output_folder_stay_apart(prefect_harness, 
         summary = json.loads((Path(r["output_dir"]) / "summary.json").read_text())
         assert summary["metrics"]["inertia"] == pytest.approx(r["inertia"]) and summary["params"]["k"] == k
     assert results[0]["inertia"] > results[1]["inertia"]
+
+
+def _wildcard_listeners(root_pid):
+    """Listening sockets of a process tree that are bound to every interface."""
+    import psutil
+
+    try:
+        procs = [psutil.Process(root_pid)] + psutil.Process(root_pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return set(), 0
+    found, n = set(), 0
+    for p in procs:
+        try:
+            conns = p.net_connections(kind="inet")
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        for c in conns:
+            if c.status == psutil.CONN_LISTEN:
+                n += 1
+                if c.laddr.ip in ("0.0.0.0", "::", ""):
+                    found.add((p.name(), c.laddr.ip, c.laddr.port))
+    return found, n
+
+
+def test_a_flow_run_binds_only_to_localhost(prefect_harness, tmp_path):
+    """Every server a flow run starts (Dask scheduler, workers, nannies, dashboard) listens on 127.0.0.1."""
+    src = _uniform_store(tmp_path / "u.zarr")
+    env = {**os.environ, "PREFECT_API_URL": prefect_harness, "PYTHONPATH": str(REPO)}
+    args = dict(source=src, k=8, max_iter=200, tol=0.0, output_dir=str(tmp_path / "run"), n_workers=2,
+                silhouette_sample=0)
+    cmd = [sys.executable, "-m", "flows.clustering"] + [f"--{a.replace('_', '-')}={v}" for a, v in args.items()]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    wild, most = set(), 0
+    try:
+        while proc.poll() is None:
+            w, n = _wildcard_listeners(proc.pid)
+            wild |= w
+            most = max(most, n)
+            time.sleep(0.2)
+    finally:
+        out = proc.communicate(timeout=300)[0].decode()
+    assert proc.returncode == 0, out[-3000:]
+    assert most >= 3, "the cluster's servers were never seen listening"
+    assert wild == set()
