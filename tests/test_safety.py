@@ -282,3 +282,43 @@ def test_load_model_validates_the_files(tmp_path, case, match):
     with pytest.raises(ModelFileError, match=match) as exc:
         load_model(p)
     assert os.fspath(p) in str(exc.value)
+
+
+# ------------------------------------------------------------------------------------ clear messages
+
+def test_nan_message_names_the_stores_chunk(tmp_path):
+    X = _X()
+    X[437, 1] = np.nan
+    url = data.write_store(tmp_path / "s.zarr", X, chunk_rows=100)
+    with pytest.raises(NonFiniteError, match=r"row 437, feature 1 \(chunk 4, rows 400 to 499\)"):
+        KMeans(3, random_state=0).fit(url)
+
+
+@pytest.mark.parametrize("case, match", [
+    ("str", "holds <U"), ("complex", "complex128"), ("empty", "is empty"), ("truncated", "Cannot read"),
+    ("1d", "2-D array"),
+])
+def test_bad_npy_gets_a_clear_error(tmp_path, case, match):
+    p = tmp_path / "x.npy"
+    if case == "str":
+        np.save(p, np.array([["a", "b"], ["c", "d"]]))
+    elif case == "complex":
+        np.save(p, np.ones((4, 2), dtype=complex))
+    elif case == "empty":
+        np.save(p, np.ones((0, 3)))
+    elif case == "1d":
+        np.save(p, np.ones(5))
+    else:
+        np.save(p, np.ones((1000, 4)))
+        p.write_bytes(p.read_bytes()[:2000])
+    with pytest.raises(DataError, match=match) as exc:
+        data.ingest(p, tmp_path / "s.zarr")
+    assert "x.npy" in str(exc.value)
+    assert not (tmp_path / "s.zarr").exists()
+
+
+def test_corrupt_zarr_json_names_the_file(tmp_path):
+    url = data.write_store(tmp_path / "s.zarr", _X(), chunk_rows=100)
+    (tmp_path / "s.zarr" / "zarr.json").write_text("{broken")
+    with pytest.raises(DataError, match=r"zarr\.json"):
+        data.open_store(url)

@@ -167,6 +167,7 @@ class _Blocks:
         self.offsets = list(range(0, n, rows))
         self.sizes = [min(rows, n - o) for o in self.offsets]
         self.n_blocks = len(self.offsets)
+        self.source_chunks = None  # the input's own row chunks (a store's chunks), for messages that name them
 
     def map_reduce(self, fn, combine, *args, **kwargs):
         """``combine``-tree over ``fn(X_b, w_b, offset_b, *args)`` of all blocks (block order)."""
@@ -414,6 +415,13 @@ def make_blocks(X, sample_weight=None, *, block_rows="auto", split_every: int = 
     ``persist``: ``True`` keeps the blocks in worker memory, ``False`` streams them from the source on
     every pass, ``"auto"`` persists when X takes at most half the cluster's memory.
     """
+    blocks = _make_blocks(X, sample_weight, block_rows, split_every, client, persist, worker_memory_fraction)
+    if hasattr(X, "chunks") and X.chunks and isinstance(X.chunks[0], tuple):
+        blocks.source_chunks = tuple(int(c) for c in X.chunks[0])
+    return blocks
+
+
+def _make_blocks(X, sample_weight, block_rows, split_every, client, persist, worker_memory_fraction):
     import dask.array as da
 
     n, d = X.shape

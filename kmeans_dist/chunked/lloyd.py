@@ -65,7 +65,7 @@ def _combine_final(parts):
 def data_stats(blocks) -> dict:
     """One pass: n, mean, variance per feature; raises if X holds NaN/inf (naming block and rows)."""
     stats = blocks.map_reduce(stats_chunk, combine_stats)
-    check_stats(stats, blocks.block_rows)
+    check_stats(stats, blocks.block_rows, chunks=blocks.source_chunks)
     return {"n": stats["n"], "mean": stats["mean"], "var": stats["M2"] / stats["n"]}
 
 

@@ -28,7 +28,7 @@ def moments(X, *, client=None, split_every: int = 8, block_rows="auto", blocks=N
         blocks = make_blocks(as_dask_array(X), block_rows=block_rows, split_every=split_every, client=client,
                              persist=False)
     stats = blocks.map_reduce(stats_chunk, combine_stats)
-    check_stats(stats, blocks.block_rows)
+    check_stats(stats, blocks.block_rows, chunks=blocks.source_chunks)
     out = finish_stats(stats)
     out.pop("bad")
     return out

@@ -21,9 +21,16 @@ __all__ = ["resolve_source", "SOURCE_KINDS", "ingest", "ingest_npy", "ingest_tab
 
 def ingest_npy(path, url, *, labels=None, chunk_rows=None, overwrite=False, dtype=None) -> str:
     """Stream a ``.npy`` file (memory-mapped, chunk by chunk) into a store."""
-    arr = np.load(path, mmap_mode="r")
+    try:
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:  # truncated, not .npy, object arrays
+        raise DataError(f"Cannot read {os.fspath(path)!r} as a .npy array: {exc}") from None
     if arr.ndim != 2:
-        raise ValueError(f"Expected a 2D array in {path}, got shape {arr.shape}")
+        raise DataError(f"Expected a 2-D array (samples x features) in {os.fspath(path)!r}, got shape {arr.shape}")
+    if arr.dtype.kind not in "biuf":
+        raise DataError(f"{os.fspath(path)!r} holds {arr.dtype} values; k-means needs numbers (bool, int or float)")
+    if 0 in arr.shape:
+        raise DataError(f"{os.fspath(path)!r} is empty (shape {arr.shape})")
     n, d = arr.shape
     dt = np.dtype(dtype) if dtype is not None else (arr.dtype if arr.dtype.kind == "f" else np.float64)
     rows = min(chunk_rows or rows_per_chunk(d, dt.itemsize), n)

@@ -84,7 +84,9 @@ def _open_group(url, storage_options=None):
         return zarr.open_group(os.fspath(url) if not is_local_path(url) else str(_local(url)), mode="r",
                                storage_options=storage_options)
     except Exception as exc:  # zarr raises several types for a missing/corrupt group
-        raise DataError(f"Cannot open {os.fspath(url)!r} as a Zarr group: {exc}") from exc
+        meta = _local(url) / "zarr.json" if is_local_path(url) else None
+        where = f" (its metadata file {os.fspath(meta)!r} is unreadable or invalid)" if meta and meta.exists() else ""
+        raise DataError(f"Cannot open {os.fspath(url)!r} as a Zarr group{where}: {type(exc).__name__}: {exc}") from exc
 
 
 def open_store(url, *, array: str = "X", storage_options=None):

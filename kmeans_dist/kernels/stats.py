@@ -76,8 +76,11 @@ def combine_stats(parts):
     return out
 
 
-def check_stats(stats, block_rows: int | None = None, name: str = "X"):
-    """Raise a clear error if the stats pass found NaN or infinity in X, or bad sample weights."""
+def check_stats(stats, block_rows: int | None = None, name: str = "X", chunks=None):
+    """Raise a clear error if the stats pass found NaN or infinity in X, or bad sample weights.
+
+    ``chunks`` (the input's row chunk sizes) makes the message name the input's chunk and its rows.
+    """
     wb = stats.get("w_bad")
     if wb:
         what = "NaN or infinity" if not np.isfinite(wb["value"]) else "negative values"
@@ -91,8 +94,13 @@ def check_stats(stats, block_rows: int | None = None, name: str = "X"):
     total = sum(b["n_values"] for b in bad)
     first = min(bad, key=lambda b: b["row"])
     kinds = "NaN" if any(b["has_nan"] for b in bad) else "infinity"
-    blk = "" if not block_rows else f" block {first['row'] // block_rows}"
-    lo, hi = first["block_rows"]
+    if chunks:  # name the input's own chunk (a store's chunk), not an internal block
+        ends = np.cumsum(chunks)
+        i = int(np.searchsorted(ends, first["row"], side="right"))
+        blk, lo, hi = f" {i}", int(ends[i] - chunks[i]), int(ends[i] - 1)
+    else:
+        blk = "" if not block_rows else f" block {first['row'] // block_rows}"
+        lo, hi = first["block_rows"]
     raise NonFiniteError(
         f"Input {name} contains {kinds}: {total} non-finite value(s) in {sum(b['n_rows'] for b in bad)} row(s); "
         f"the first is a {first['kind']} at row {first['row']}, feature {first['feature']} "
