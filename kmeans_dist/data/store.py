@@ -94,15 +94,25 @@ def open_store(url, *, array: str = "X", storage_options=None):
     import dask.array as da
 
     g = _open_group(url, storage_options)
-    if array not in g:
+    z = _open_array(g, url, array)
+    if z is None:
         raise DataError(f"Zarr store {os.fspath(url)!r} has no array {array!r} "
                         f"(it holds: {sorted(g.keys()) or 'nothing'}); is it an empty store?")
-    z = g[array]
     if any(s == 0 for s in z.shape):
         raise DataError(f"Zarr store {os.fspath(url)!r}: array {array!r} is empty (shape {z.shape})")
     check_integrity(g, z, url, array)
     return da.from_array(_CheckedArray(z, os.fspath(url), array), chunks=z.chunks, asarray=True,
                          name=f"zarr-{array}-" + _token(url, z), meta=np.empty((0,) * z.ndim, dtype=z.dtype))
+
+
+def _open_array(group, url, name):
+    """``group[name]``, or None when absent; an invalid array metadata file is a :class:`DataError`."""
+    try:
+        return group[name] if name in group else None
+    except Exception as exc:  # an unreadable or invalid array zarr.json
+        meta = f"{os.fspath(url)}/{name}/zarr.json"
+        raise DataError(f"Cannot open array {name!r} of {os.fspath(url)!r}: its metadata file {meta!r} is "
+                        f"unreadable or invalid ({type(exc).__name__}: {exc})") from exc
 
 
 class IntegrityWarning(UserWarning):
@@ -126,6 +136,10 @@ def check_integrity(group, z, url, name: str) -> None:
                       f"its chunks carry no checksum, so the integrity of array {name!r} cannot be checked; "
                       "missing chunks are still refused when read.", IntegrityWarning, stacklevel=3)
         return
+    want = {"X": (attrs.get("n_samples"), attrs.get("n_features")), "labels": (attrs.get("n_samples"),)}.get(name)
+    if want is not None and tuple(z.shape) != tuple(want):
+        raise DataError(f"Zarr store {os.fspath(url)!r}: array {name!r} has shape {tuple(z.shape)}, its manifest says "
+                        f"{tuple(want)}; the store was altered: re-ingest it.")
     have = int(z.nchunks_initialized)
     if have != int(counts[name]):
         raise DataError(f"Zarr store {os.fspath(url)!r}: array {name!r} holds {have} of its {counts[name]} chunks; "
@@ -203,11 +217,11 @@ def open_dataarray(url, *, array: str = "X", storage_options=None):
 def open_labels(url, *, storage_options=None):
     """The ``labels`` array of a store as a dask array, or None when the store has none."""
     g = _open_group(url, storage_options)
-    if "labels" not in g:
+    z = _open_array(g, url, "labels")
+    if z is None:
         return None
     import dask.array as da
 
-    z = g["labels"]
     check_integrity(g, z, url, "labels")
     return da.from_array(_CheckedArray(z, os.fspath(url), "labels"), chunks=z.chunks, asarray=True,
                          name="zarr-labels-" + _token(url, z), meta=np.empty((0,), dtype=z.dtype))
@@ -216,15 +230,15 @@ def open_labels(url, *, storage_options=None):
 def store_info(url, storage_options=None) -> dict:
     """Shape, dtype, chunks and attributes of a store, without reading any chunk."""
     g = _open_group(url, storage_options)
-    if "X" not in g:
+    z = _open_array(g, url, "X")
+    if z is None:
         raise DataError(f"Zarr store {os.fspath(url)!r} has no array 'X'")
-    z = g["X"]
     return {
         "url": os.fspath(url),
         "shape": tuple(int(s) for s in z.shape),
         "dtype": str(z.dtype),
         "chunks": tuple(int(c) for c in z.chunks),
-        "has_labels": "labels" in g,
+        "has_labels": _open_array(g, url, "labels") is not None,
         "attrs": dict(g.attrs),
     }
 
