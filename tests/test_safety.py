@@ -322,3 +322,15 @@ def test_corrupt_zarr_json_names_the_file(tmp_path):
     (tmp_path / "s.zarr" / "zarr.json").write_text("{broken")
     with pytest.raises(DataError, match=r"zarr\.json"):
         data.open_store(url)
+
+
+@pytest.mark.parametrize("body, match", [
+    ("a,b\n1,2\n3,x\n5,6\n", r"row 1, column 'b' is 'x', not a number"),
+    ("a,b\n1,2\n3\n5,6\n", r"row 1, column 'b' is missing \(an empty cell or a short row\)"),
+])
+def test_bad_csv_cells_name_the_row_and_column(tmp_path, body, match):
+    p = tmp_path / "t.csv"
+    p.write_text(body)
+    with pytest.raises(DataError, match=match) as exc:
+        data.ingest(p, tmp_path / "s.zarr")
+    assert "t.csv" in str(exc.value) and not (tmp_path / "s.zarr").exists()

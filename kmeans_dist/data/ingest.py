@@ -44,19 +44,57 @@ def ingest_npy(path, url, *, labels=None, chunk_rows=None, overwrite=False, dtyp
                          attrs={"source": os.fspath(path)}, overwrite=overwrite)
 
 
+def _numeric_partition(part, cols, dtype, offsets, source, partition_info=None):
+    """One partition as numbers; the first cell that is missing or not a number is a :class:`DataError`
+    naming the file, the row (0-based, over the whole table, header excluded) and the column."""
+    import pandas as pd
+
+    start = offsets[partition_info["number"]] if partition_info else 0
+    out = {}
+    for c in cols:
+        v = pd.to_numeric(part[c], errors="coerce")
+        bad = v.isna().to_numpy()
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raw = part[c].iloc[i]
+            what = "is missing (an empty cell or a short row)" if pd.isna(raw) else f"is {raw!r}, not a number"
+            raise DataError(f"{source}: row {start + i}, column {c!r} {what}; k-means needs a number in every "
+                            "cell: fix or drop that row")
+        out[c] = v.astype(dtype)
+    return pd.DataFrame(out, index=part.index)
+
+
 def ingest_table(path, url, *, columns=None, label_column=None, chunk_rows=None, overwrite=False,
                  dtype="float64") -> str:
-    """CSV or Parquet (file, glob or directory) through ``dask.dataframe``, partition by partition."""
+    """CSV or Parquet (file, glob or directory) through ``dask.dataframe``, partition by partition.
+
+    Every cell must be a number: the first missing or non-numeric cell is an error naming its row and
+    column (a short CSV row is a missing cell, never a silent NaN).
+    """
     import dask.dataframe as dd
 
     p = os.fspath(path)
-    if p.endswith((".parquet", ".pq")) or (os.path.isdir(p) and any(f.endswith(".parquet") for f in os.listdir(p))):
-        df = dd.read_parquet(p)
-    else:
-        df = dd.read_csv(p)
+    try:
+        if p.endswith((".parquet", ".pq")) or (os.path.isdir(p) and any(f.endswith(".parquet") for f in os.listdir(p))):
+            df = dd.read_parquet(p)
+        else:
+            df = dd.read_csv(p, dtype=object)  # numbers are parsed below, where a bad cell can be named
+    except (OSError, ValueError) as exc:
+        raise DataError(f"Cannot read {p!r} as a table: {type(exc).__name__}: {exc}") from None
     cols = list(columns) if columns is not None else [c for c in df.columns if c != label_column]
-    X = df[cols].astype(dtype).to_dask_array(lengths=True)
-    y = df[label_column].to_dask_array(lengths=True) if label_column else None
+    missing = [c for c in cols + ([label_column] if label_column else []) if c not in df.columns]
+    if missing:
+        raise DataError(f"{p!r} has no column(s) {missing}; its columns are {list(df.columns)}")
+    lengths = [int(n) for n in df.map_partitions(len).compute()]
+    offsets = [0] + list(np.cumsum(lengths)[:-1])
+    meta = {c: np.dtype(dtype) for c in cols}
+    Xdf = df[cols].map_partitions(_numeric_partition, cols, dtype, offsets, p, meta=meta)
+    X = Xdf.to_dask_array(lengths=lengths)
+    y = None
+    if label_column:
+        y = df[[label_column]].map_partitions(_numeric_partition, [label_column], "int64", offsets, p,
+                                              meta={label_column: np.dtype("int64")})[label_column]
+        y = y.to_dask_array(lengths=lengths)
     return write_store(url, X, labels=y, chunk_rows=chunk_rows, feature_names=cols,
                        attrs={"source": p}, overwrite=overwrite)
 
