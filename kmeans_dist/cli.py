@@ -35,6 +35,25 @@ def _client(args):
 
 
 def cmd_ingest(args):
+    """``kmeans-dist ingest SOURCE DEST``: write a source to a Zarr store and print a summary.
+
+    The destination is checked before any work (:func:`kmeans_dist.data.check_output`: never an
+    input, never an existing output unless ``--overwrite``); then
+    :func:`kmeans_dist.data.ingest` writes it and one line gives its shape, dtype, chunks,
+    whether it has labels, and the time taken.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        Parsed arguments: ``source``, ``dest``, ``limit``, ``scale``, ``chunk_rows``,
+        ``label_column``, ``overwrite``.
+
+    Raises
+    ------
+    ValueError
+        If the destination is refused or the source cannot be ingested (:func:`main` prints
+        it and exits with status 2).
+    """
     from .data import check_output, ingest
 
     check_output(args.dest, [args.source], overwrite=args.overwrite)
@@ -58,6 +77,28 @@ def cmd_ingest(args):
 
 
 def cmd_fit(args):
+    """``kmeans-dist fit STORE --k K``: fit k-means on a store, save the model, print a JSON summary.
+
+    ``--out`` is checked before any compute (never the input, never an existing output unless
+    ``--overwrite``).  The store is opened lazily, optionally standardized, and fitted with
+    :class:`kmeans_dist.KMeans` (``lloyd`` or ``hamerly``) or
+    :class:`kmeans_dist.MiniBatchKMeans` (``minibatch``) on a ``--scheduler``, on
+    ``--workers`` local worker processes, or in-process.  The summary holds ``k``, ``n_iter``,
+    ``inertia``, ``seconds``, ``model`` and, except for mini-batch, ``seconds_per_iteration``.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        Parsed arguments of the ``fit`` sub-command (``store``, ``k``, ``init``,
+        ``algorithm``, ``n_init``, ``max_iter``, ``tol``, ``batch_size``, ``polish_iter``,
+        ``seed``, ``standardize``, ``out``, ``overwrite``, ``scheduler``, ``workers``).
+
+    Raises
+    ------
+    ValueError
+        If ``--out`` is refused or a parameter is invalid (:func:`main` prints it and exits
+        with status 2).
+    """
     from . import KMeans, MiniBatchKMeans
     from .chunked.preprocessing import standardize
     from .data import check_output, open_store
@@ -86,6 +127,26 @@ def cmd_fit(args):
 
 
 def cmd_predict(args):
+    """``kmeans-dist predict MODEL STORE --out OUT``: label a store with a saved model.
+
+    ``--out`` is checked first (never the store or the model, never an existing output unless
+    ``--overwrite``); the labels are written as a Zarr store of one float64 column with
+    attributes ``source`` and ``kind="labels"``.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        Parsed arguments: ``model``, ``store``, ``out``, ``overwrite``, ``scheduler``,
+        ``workers``.
+
+    Raises
+    ------
+    FileNotFoundError
+        If there is no model at ``model``.
+    ValueError
+        If ``--out`` is refused or the model cannot be loaded (:func:`main` prints it and
+        exits with status 2).
+    """
     from . import load_model
     from .data import check_output, open_store, write_store
 
@@ -100,6 +161,16 @@ def cmd_predict(args):
 
 
 def cmd_info(args):
+    """``kmeans-dist info PATH``: print a saved model's ``model.json`` or a store's description.
+
+    A folder with ``model.json`` is printed as its JSON without the per-iteration history;
+    anything else as :func:`kmeans_dist.data.store_info`, in JSON.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        Parsed arguments: ``path``.
+    """
     from pathlib import Path
 
     p = Path(args.path)
@@ -114,6 +185,28 @@ def cmd_info(args):
 
 
 def main(argv=None):
+    """Entry point of the ``kmeans-dist`` command: parse the arguments and run the sub-command.
+
+    Sub-commands: ``ingest`` (:func:`cmd_ingest`), ``fit`` (:func:`cmd_fit`), ``predict``
+    (:func:`cmd_predict`) and ``info`` (:func:`cmd_info`).  A ``ValueError``, ``TypeError``,
+    ``FileNotFoundError`` or ``FileExistsError`` raised by the sub-command is printed as
+    ``kmeans-dist: error: ...`` on stderr instead of a traceback.
+
+    Parameters
+    ----------
+    argv : list of str, optional
+        The arguments without the program name (default: ``sys.argv[1:]``).
+
+    Returns
+    -------
+    int
+        Exit status: 0 on success, 2 on an error reported as above.
+
+    Raises
+    ------
+    SystemExit
+        On invalid command-line arguments or ``--help`` (from ``argparse``).
+    """
     ap = argparse.ArgumentParser(prog="kmeans-dist", description="Chunked k-means on Dask and Zarr")
     sub = ap.add_subparsers(dest="cmd", required=True)
 

@@ -79,7 +79,29 @@ SUB_ROWS = 4096
 # --------------------------------------------------------------------------------------------------
 
 def check_number_of_labels(n_labels: int, n_samples: int) -> None:
-    """Raise scikit-learn's error unless ``2 <= n_labels <= n_samples - 1``."""
+    """Raise scikit-learn's error unless ``2 <= n_labels <= n_samples - 1``.
+
+    Parameters
+    ----------
+    n_labels : int
+        Number of distinct labels (clusters).
+    n_samples : int
+        Number of samples.
+
+    Raises
+    ------
+    ValueError
+        If ``n_labels`` is outside ``[2, n_samples - 1]``, with scikit-learn's message.
+
+    Examples
+    --------
+    >>> from kmeans_dist.metrics import check_number_of_labels
+    >>> check_number_of_labels(2, 6)
+    >>> check_number_of_labels(1, 6)
+    Traceback (most recent call last):
+        ...
+    ValueError: Number of labels is 1. Valid values are 2 to n_samples - 1 (inclusive)
+    """
     if not 1 < n_labels < n_samples:
         raise ValueError(
             "Number of labels is %d. Valid values are 2 to n_samples - 1 (inclusive)" % n_labels
@@ -254,10 +276,43 @@ def _within(enc: _Encoded, centers):
 def cluster_statistics(X, labels, *, check_labels: bool = False) -> dict:
     """Per-cluster statistics in two passes over X.
 
-    Returns a dict: ``labels`` (the sorted unique label values), ``size`` (points per cluster),
-    ``centroid`` (k, d) float64 means, ``sse`` (sum of squared distances to the centroid),
-    ``mean_distance`` (mean Euclidean distance to the centroid), ``mean`` (the global mean),
-    ``n_samples``.  Everything the label-free metrics other than silhouette need.
+    Pass one gives the per-cluster counts and float64 sums (the centroids), pass two the squared
+    and plain Euclidean distances to those centroids (direct differences in float64).  The result
+    is everything the label-free metrics other than silhouette need: pass it to
+    :func:`calinski_harabasz_from_stats` and :func:`davies_bouldin_from_stats`.
+
+    Parameters
+    ----------
+    X : array-like, dask array, xarray DataArray or str of shape (n_samples, n_features)
+        Samples (a Zarr store path is opened lazily).
+    labels : array-like, dask array or str of shape (n_samples,)
+        Cluster label of each sample.
+    check_labels : bool, default=False
+        Raise unless the number of distinct labels is in ``[2, n_samples - 1]`` (see
+        :func:`check_number_of_labels`).
+
+    Returns
+    -------
+    dict
+        ``labels`` (the sorted unique label values), ``size`` (points per cluster),
+        ``centroid`` (k, d) float64 means, ``sse`` (sum of squared distances to the centroid),
+        ``mean_distance`` (mean Euclidean distance to the centroid), ``mean`` (the global mean),
+        ``n_samples``.
+
+    Raises
+    ------
+    ValueError
+        If ``labels`` does not have one entry per row of ``X``, or, with ``check_labels``, if
+        the number of labels is outside ``[2, n_samples - 1]``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from kmeans_dist.metrics import cluster_statistics
+    >>> X = np.array([[0., 0.], [0., 1.], [1., 0.], [10., 10.], [10., 11.], [11., 10.]])
+    >>> st = cluster_statistics(X, [0, 0, 0, 1, 1, 1])
+    >>> st["size"].tolist(), st["sse"].round(4).tolist()
+    ([3, 3], [1.3333, 1.3333])
     """
     enc = _prepare(X, labels, check_labels=check_labels)
     return _stats_from_encoded(enc)
@@ -299,6 +354,39 @@ def inertia(X, labels=None, centers=None) -> float:
     - both: distances to ``centers[labels]`` where labels are codes 0..k-1 into ``centers``.
 
     Distances are computed by direct differences in float64.
+
+    Parameters
+    ----------
+    X : array-like, dask array, xarray DataArray or str of shape (n_samples, n_features)
+        Samples (a Zarr store path is opened lazily).
+    labels : array-like, dask array or str of shape (n_samples,), optional
+        Cluster label of each sample; with ``centers``, integer codes ``0..k-1`` into it.
+    centers : array-like of shape (n_clusters, n_features), optional
+        Cluster centers.
+
+    Returns
+    -------
+    float
+        The sum of squared distances.
+
+    Raises
+    ------
+    ValueError
+        If neither ``labels`` nor ``centers`` is given, if ``centers`` is not of shape
+        ``(k, n_features)``, or if ``labels`` does not have one entry per row of ``X``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from kmeans_dist.metrics import inertia
+    >>> X = np.array([[0., 0.], [0., 1.], [1., 0.], [10., 10.], [10., 11.], [11., 10.]])
+    >>> labels = np.array([0, 0, 0, 1, 1, 1])
+    >>> round(inertia(X, labels), 6)  # around the cluster means
+    2.666667
+    >>> inertia(X, centers=np.array([[0., 0.], [10., 10.]]))  # nearest center
+    4.0
+    >>> inertia(X, labels, np.array([[0., 0.], [10., 10.]]))
+    4.0
     """
     from dask import delayed
 
@@ -328,7 +416,31 @@ def inertia(X, labels=None, centers=None) -> float:
 
 
 def calinski_harabasz_from_stats(st: dict) -> float:
-    """Calinski-Harabasz score from :func:`cluster_statistics` (no pass over the data)."""
+    """Calinski-Harabasz score from :func:`cluster_statistics` (no pass over the data).
+
+    ``extra * (n - k) / (intra * (k - 1))`` with ``extra`` the size-weighted squared distances
+    of the centroids to the global mean and ``intra`` the total within-cluster sum of squares;
+    1.0 when ``intra`` is 0, as scikit-learn.
+
+    Parameters
+    ----------
+    st : dict
+        Statistics as returned by :func:`cluster_statistics` (``n_samples``, ``size``,
+        ``centroid``, ``mean`` and ``sse`` are used).
+
+    Returns
+    -------
+    float
+        The Calinski-Harabasz score.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from kmeans_dist.metrics import calinski_harabasz_from_stats, cluster_statistics
+    >>> X = np.array([[0., 0.], [0., 1.], [1., 0.], [10., 10.], [10., 11.], [11., 10.]])
+    >>> round(calinski_harabasz_from_stats(cluster_statistics(X, [0, 0, 0, 1, 1, 1])), 6)
+    450.0
+    """
     n, k = st["n_samples"], len(st["size"])
     extra = float(np.sum(st["size"] * np.sum((st["centroid"] - st["mean"]) ** 2, axis=1)))
     intra = float(np.sum(st["sse"]))
@@ -336,7 +448,31 @@ def calinski_harabasz_from_stats(st: dict) -> float:
 
 
 def davies_bouldin_from_stats(st: dict) -> float:
-    """Davies-Bouldin score from :func:`cluster_statistics` (no pass over the data)."""
+    """Davies-Bouldin score from :func:`cluster_statistics` (no pass over the data).
+
+    The mean over clusters of the largest ``(s_i + s_j) / d(c_i, c_j)`` (``s``: mean distance
+    to the centroid, ``d``: centroid distance); 0.0 when every ``s`` or every centroid
+    distance is (close to) 0, as scikit-learn.
+
+    Parameters
+    ----------
+    st : dict
+        Statistics as returned by :func:`cluster_statistics` (``mean_distance`` and
+        ``centroid`` are used).
+
+    Returns
+    -------
+    float
+        The Davies-Bouldin score (lower is better).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from kmeans_dist.metrics import cluster_statistics, davies_bouldin_from_stats
+    >>> X = np.array([[0., 0.], [0., 1.], [1., 0.], [10., 10.], [10., 11.], [11., 10.]])
+    >>> round(davies_bouldin_from_stats(cluster_statistics(X, [0, 0, 0, 1, 1, 1])), 6)
+    0.092495
+    """
     intra = np.asarray(st["mean_distance"], dtype=np.float64)
     C = st["centroid"]
     diff = C[:, None, :] - C[None, :, :]
@@ -349,7 +485,37 @@ def davies_bouldin_from_stats(st: dict) -> float:
 
 
 def calinski_harabasz_score(X, labels) -> float:
-    """Calinski-Harabasz score (variance ratio criterion), as ``sklearn.metrics``; two passes."""
+    """Calinski-Harabasz score (variance ratio criterion), as ``sklearn.metrics``; two passes.
+
+    Higher is better.  Computed from :func:`cluster_statistics` (one pass for the centroids,
+    one for the distances to them).
+
+    Parameters
+    ----------
+    X : array-like, dask array, xarray DataArray or str of shape (n_samples, n_features)
+        Samples (a Zarr store path is opened lazily).
+    labels : array-like, dask array or str of shape (n_samples,)
+        Cluster label of each sample.
+
+    Returns
+    -------
+    float
+        The Calinski-Harabasz score.
+
+    Raises
+    ------
+    ValueError
+        If the number of distinct labels is outside ``[2, n_samples - 1]`` or ``labels`` does
+        not have one entry per row of ``X``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from kmeans_dist.metrics import calinski_harabasz_score
+    >>> X = np.array([[0., 0.], [0., 1.], [1., 0.], [10., 10.], [10., 11.], [11., 10.]])
+    >>> round(calinski_harabasz_score(X, [0, 0, 0, 1, 1, 1]), 6)
+    450.0
+    """
     enc = _prepare(X, labels)
     return calinski_harabasz_from_stats(_stats_from_encoded(enc))
 
@@ -361,6 +527,32 @@ def davies_bouldin_score(X, labels) -> float:
     ``||x||^2 - 2 x.c + ||c||^2``, whose cancellation error shows only in degenerate cases (a
     singleton cluster gets an intra-cluster distance of ~1e-7 instead of 0); elsewhere the two agree
     to ~1e-15.
+
+    Parameters
+    ----------
+    X : array-like, dask array, xarray DataArray or str of shape (n_samples, n_features)
+        Samples (a Zarr store path is opened lazily).
+    labels : array-like, dask array or str of shape (n_samples,)
+        Cluster label of each sample.
+
+    Returns
+    -------
+    float
+        The Davies-Bouldin score.
+
+    Raises
+    ------
+    ValueError
+        If the number of distinct labels is outside ``[2, n_samples - 1]`` or ``labels`` does
+        not have one entry per row of ``X``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from kmeans_dist.metrics import davies_bouldin_score
+    >>> X = np.array([[0., 0.], [0., 1.], [1., 0.], [10., 10.], [10., 11.], [11., 10.]])
+    >>> round(davies_bouldin_score(X, [0, 0, 0, 1, 1, 1]), 6)
+    0.092495
     """
     enc = _prepare(X, labels)
     return davies_bouldin_from_stats(_stats_from_encoded(enc))
@@ -483,12 +675,41 @@ def _silhouette_blocks(enc: _Encoded, precision: str = "auto", split_every: int 
 def silhouette_samples(X, labels, *, metric: str = "euclidean", precision: str = "auto"):
     """Silhouette coefficient of every sample (exact), as ``sklearn.metrics.silhouette_samples``.
 
-    O(n^2) distances, computed blockwise over pairs of chunks (each task holds two chunks).
-    ``precision``: ``"auto"`` computes the distance GEMM in the data's dtype (float32 data stays
-    float32 in the GEMM, float64 in norms and sums), ``"float64"`` upcasts (slower, closest to
-    scikit-learn, which upcasts float32 chunks), ``"float32"`` forces float32.
+    O(n^2) distances, computed blockwise over pairs of chunks (each task holds two chunks; no
+    n x n matrix ever exists), per-row per-cluster distance sums accumulated in float64.  Samples
+    of singleton clusters get 0, as in scikit-learn.
 
-    Returns a NumPy array for NumPy input, a lazy dask array otherwise.
+    Parameters
+    ----------
+    X : array-like, dask array, xarray DataArray or str of shape (n_samples, n_features)
+        Samples (a Zarr store path is opened lazily).
+    labels : array-like, dask array or str of shape (n_samples,)
+        Cluster label of each sample.
+    metric : str, default="euclidean"
+        Only ``"euclidean"`` is supported on chunked data.
+    precision : {"auto", "float64", "float32"}, default="auto"
+        ``"auto"`` computes the distance GEMM in the data's dtype (float32 data stays float32 in
+        the GEMM, float64 in norms and sums), ``"float64"`` upcasts (slower, closest to
+        scikit-learn, which upcasts float32 chunks), ``"float32"`` forces float32.
+
+    Returns
+    -------
+    ndarray or dask array of shape (n_samples,)
+        A NumPy array for NumPy input, a lazy dask array otherwise.
+
+    Raises
+    ------
+    ValueError
+        If ``metric`` is not ``"euclidean"``, the number of distinct labels is outside
+        ``[2, n_samples - 1]``, or ``labels`` does not have one entry per row of ``X``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from kmeans_dist.metrics import silhouette_samples
+    >>> X = np.array([[0., 0.], [0., 1.], [1., 0.], [10., 10.], [10., 11.], [11., 10.]])
+    >>> silhouette_samples(X, np.array([0, 0, 0, 1, 1, 1])).round(4)
+    array([0.9316, 0.9134, 0.9134, 0.9269, 0.9162, 0.9162])
     """
     import dask.array as da
 
@@ -514,6 +735,48 @@ def silhouette_score(X, labels, *, metric: str = "euclidean", sample_size: int |
     ``check_random_state(random_state).permutation(n)[:sample_size]`` (same draw, same value).
     For an estimate of the full-data silhouette with a confidence interval see
     :func:`silhouette_estimate`.
+
+    O(n^2) distances, computed blockwise over pairs of chunks as in :func:`silhouette_samples`;
+    the per-chunk sums are merged by a tree reduction.
+
+    Parameters
+    ----------
+    X : array-like, dask array, xarray DataArray or str of shape (n_samples, n_features)
+        Samples (a Zarr store path is opened lazily).
+    labels : array-like, dask array or str of shape (n_samples,)
+        Cluster label of each sample.
+    metric : str, default="euclidean"
+        Only ``"euclidean"`` is supported on chunked data.
+    sample_size : int, optional
+        Score the subsample of this size drawn as scikit-learn draws it (all samples when None).
+    random_state : int, RandomState instance or None, default=None
+        Seed of the subsample draw (used only with ``sample_size``).
+    precision : {"auto", "float64", "float32"}, default="auto"
+        Dtype of the distance GEMM, as in :func:`silhouette_samples`.
+
+    Returns
+    -------
+    float
+        The mean silhouette coefficient, in ``[-1, 1]``.
+
+    Raises
+    ------
+    ValueError
+        If ``metric`` is not ``"euclidean"``, the number of distinct labels is outside
+        ``[2, n_samples - 1]``, or ``labels`` does not have one entry per row of ``X``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from kmeans_dist.metrics import silhouette_score
+    >>> X = np.array([[0., 0.], [0., 1.], [1., 0.], [10., 10.], [10., 11.], [11., 10.]])
+    >>> labels = np.array([0, 0, 0, 1, 1, 1])
+    >>> round(silhouette_score(X, labels), 6)
+    0.919622
+    >>> from sklearn.metrics import silhouette_score as sk_silhouette_score
+    >>> bool(np.isclose(silhouette_score(X, labels, sample_size=4, random_state=0),
+    ...                 sk_silhouette_score(X, labels, sample_size=4, random_state=0)))
+    True
     """
     from dask import delayed
 
@@ -539,8 +802,38 @@ def silhouette_score(X, labels, *, metric: str = "euclidean", sample_size: int |
 def silhouette_per_cluster(X, labels, *, precision: str = "auto"):
     """Per-cluster silhouette means and sizes (exact) as an ``xarray.Dataset`` over ``cluster``.
 
-    Variables: ``size``, ``silhouette`` (mean over the cluster's samples), ``silhouette_min``,
-    ``silhouette_max``; attribute ``silhouette_score`` (the overall mean).
+    Same O(n^2) blockwise computation as :func:`silhouette_samples`, reduced per cluster.
+
+    Parameters
+    ----------
+    X : array-like, dask array, xarray DataArray or str of shape (n_samples, n_features)
+        Samples (a Zarr store path is opened lazily).
+    labels : array-like, dask array or str of shape (n_samples,)
+        Cluster label of each sample.
+    precision : {"auto", "float64", "float32"}, default="auto"
+        Dtype of the distance GEMM, as in :func:`silhouette_samples`.
+
+    Returns
+    -------
+    xarray.Dataset
+        Variables over ``cluster`` (the sorted label values): ``size``, ``silhouette`` (mean
+        over the cluster's samples), ``silhouette_min``, ``silhouette_max``; attributes
+        ``silhouette_score`` (the overall mean) and ``n_samples``.
+
+    Raises
+    ------
+    ValueError
+        If the number of distinct labels is outside ``[2, n_samples - 1]`` or ``labels`` does
+        not have one entry per row of ``X``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from kmeans_dist.metrics import silhouette_per_cluster
+    >>> X = np.array([[0., 0.], [0., 1.], [1., 0.], [10., 10.], [10., 11.], [11., 10.]])
+    >>> ds = silhouette_per_cluster(X, np.array([0, 0, 0, 1, 1, 1]))
+    >>> ds["size"].values.tolist(), ds["silhouette"].values.round(4).tolist()
+    ([3, 3], [0.9195, 0.9198])
     """
     import xarray as xr
     from dask import delayed
@@ -584,6 +877,27 @@ class SilhouetteEstimate:
     Each sampled point's silhouette is exact (distances to *all* n points), so ``score`` is an
     unbiased estimate of ``silhouette_score(X, labels)``; ``std_error`` includes the finite
     population correction; ``ci`` is the normal-approximation interval at ``confidence``.
+    Returned by :func:`silhouette_estimate`.
+
+    Attributes
+    ----------
+    score : float
+        Mean silhouette of the sampled points (the estimate).
+    std_error : float
+        Standard error of ``score``, with the finite population correction (0 when the sample
+        is all of the data).
+    ci : tuple of (float, float)
+        Normal-approximation confidence interval ``(low, high)`` at ``confidence``.
+    confidence : float
+        Confidence level of ``ci``.
+    n_sampled : int
+        Number of points sampled.
+    n_samples : int
+        Number of points in the data.
+    values : ndarray of shape (n_sampled,)
+        Exact silhouette of each sampled point.
+    indices : ndarray of shape (n_sampled,)
+        Sorted row indices of the sampled points.
     """
 
     score: float
@@ -628,6 +942,43 @@ def silhouette_estimate(X, labels, *, n_sampled: int = 2000, random_state=0,
 
     One pass over X: each chunk computes the distances from the (small) sample to its rows and
     their per-cluster sums; the sums are merged by a tree reduction.  Cost O(n_sampled * n).
+    The sample is drawn by ``numpy.random.default_rng(random_state)``, so a given seed gives the
+    same estimate.
+
+    Parameters
+    ----------
+    X : array-like, dask array, xarray DataArray or str of shape (n_samples, n_features)
+        Samples (a Zarr store path is opened lazily).
+    labels : array-like, dask array or str of shape (n_samples,)
+        Cluster label of each sample.
+    n_sampled : int, default=2000
+        Number of points to sample (at most ``n_samples``: then the score is exact).
+    random_state : int, numpy Generator or None, default=0
+        Seed of the sample draw.
+    confidence : float, default=0.95
+        Confidence level of the interval.
+    precision : {"auto", "float64", "float32"}, default="auto"
+        Dtype of the distance GEMM, as in :func:`silhouette_samples`.
+
+    Returns
+    -------
+    SilhouetteEstimate
+        The estimate, its standard error and confidence interval, and the sampled values.
+
+    Raises
+    ------
+    ValueError
+        If the number of distinct labels is outside ``[2, n_samples - 1]`` or ``labels`` does
+        not have one entry per row of ``X``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from kmeans_dist.metrics import silhouette_estimate
+    >>> X = np.array([[0., 0.], [0., 1.], [1., 0.], [10., 10.], [10., 11.], [11., 10.]])
+    >>> est = silhouette_estimate(X, np.array([0, 0, 0, 1, 1, 1]), n_sampled=4, random_state=0)
+    >>> round(est.score, 4), est.n_sampled, est.indices.tolist()
+    (0.9175, 4, [1, 2, 3, 4])
     """
     from dask import delayed
     from scipy.stats import norm
@@ -656,7 +1007,20 @@ def silhouette_estimate(X, labels, *, n_sampled: int = 2000, random_state=0,
 
 @dataclass
 class Contingency:
-    """Contingency table ``table[i, j]`` = samples of class ``classes[i]`` in cluster ``clusters[j]``."""
+    """Contingency table ``table[i, j]`` = samples of class ``classes[i]`` in cluster ``clusters[j]``.
+
+    Returned by :func:`contingency_matrix`; every labelled metric accepts it as
+    ``contingency=`` so that several metrics share one pass over the labels.
+
+    Attributes
+    ----------
+    table : ndarray of shape (n_classes, n_clusters)
+        Integer counts.
+    classes : ndarray of shape (n_classes,)
+        Sorted unique values of the true labels.
+    clusters : ndarray of shape (n_clusters,)
+        Sorted unique values of the predicted labels.
+    """
 
     table: np.ndarray
     classes: np.ndarray
@@ -664,6 +1028,7 @@ class Contingency:
 
     @property
     def n_samples(self) -> int:
+        """Total number of samples in the table (``table.sum()``)."""
         return int(self.table.sum())
 
 
@@ -690,7 +1055,36 @@ def _cont_combine(parts):
 
 
 def contingency_matrix(labels_true, labels_pred) -> Contingency:
-    """The contingency table of two labelings, in one pass (sparse partials merged as a tree)."""
+    """The contingency table of two labelings, in one pass (sparse partials merged as a tree).
+
+    Parameters
+    ----------
+    labels_true : array-like, dask array, str or Contingency of shape (n_samples,)
+        Ground-truth class of each sample; a :class:`Contingency` is returned as is.
+    labels_pred : array-like, dask array or str of shape (n_samples,)
+        Cluster of each sample.
+
+    Returns
+    -------
+    Contingency
+        The table, with the sorted class and cluster values.
+
+    Raises
+    ------
+    ValueError
+        If the two labelings have different lengths.
+
+    Examples
+    --------
+    >>> from kmeans_dist.metrics import contingency_matrix
+    >>> ct = contingency_matrix([0, 0, 1, 1, 2, 2], [1, 1, 0, 0, 0, 2])
+    >>> ct.table
+    array([[0, 2, 0],
+           [2, 0, 0],
+           [1, 0, 1]])
+    >>> ct.n_samples
+    6
+    """
     from dask import delayed
 
     if isinstance(labels_true, Contingency):
@@ -741,7 +1135,37 @@ def _mi_from_table(table) -> float:
 
 
 def mutual_info_score(labels_true=None, labels_pred=None, *, contingency=None) -> float:
-    """Mutual information (natural log) of two labelings, as ``sklearn.metrics.mutual_info_score``."""
+    """Mutual information (natural log) of two labelings, as ``sklearn.metrics.mutual_info_score``.
+
+    Computed on the small contingency table on the client (one pass over the labels to build
+    it, none when ``contingency`` is given).
+
+    Parameters
+    ----------
+    labels_true : array-like, dask array or str of shape (n_samples,), optional
+        Ground-truth class of each sample (not needed with ``contingency``).
+    labels_pred : array-like, dask array or str of shape (n_samples,), optional
+        Cluster of each sample (not needed with ``contingency``).
+    contingency : Contingency or array-like of shape (n_classes, n_clusters), optional
+        A precomputed table (from :func:`contingency_matrix`, or raw counts); the labels are
+        then ignored.
+
+    Returns
+    -------
+    float
+        The mutual information, in nats (non-negative).
+
+    Raises
+    ------
+    ValueError
+        If the two labelings have different lengths.
+
+    Examples
+    --------
+    >>> from kmeans_dist.metrics import mutual_info_score
+    >>> round(mutual_info_score([0, 0, 1, 1, 2, 2], [1, 1, 0, 0, 0, 2]), 6)
+    0.780355
+    """
     return _mi_from_table(_table(labels_true, labels_pred, contingency).table)
 
 
@@ -759,8 +1183,43 @@ def _generalized_average(U, V, average_method):
 
 def normalized_mutual_info_score(labels_true=None, labels_pred=None, *, average_method: str = "arithmetic",
                                  contingency=None) -> float:
-    """NMI = MI / mean(H(true), H(pred)); ``average_method`` is ``"arithmetic"`` by default (as
-    scikit-learn; also ``"geometric"``, ``"min"``, ``"max"``).  From one contingency table."""
+    """Normalized mutual information, as ``sklearn.metrics.normalized_mutual_info_score``.
+
+    NMI = MI / mean(H(true), H(pred)), from one contingency table.  As scikit-learn, it is 1.0
+    when both labelings have a single (the same) cluster, and 0.0 when the MI is 0.
+
+    Parameters
+    ----------
+    labels_true : array-like, dask array or str of shape (n_samples,), optional
+        Ground-truth class of each sample (not needed with ``contingency``).
+    labels_pred : array-like, dask array or str of shape (n_samples,), optional
+        Cluster of each sample (not needed with ``contingency``).
+    average_method : {"arithmetic", "geometric", "min", "max"}, default="arithmetic"
+        The mean of the two entropies in the denominator (``"arithmetic"`` by default, as
+        scikit-learn).
+    contingency : Contingency or array-like of shape (n_classes, n_clusters), optional
+        A precomputed table (from :func:`contingency_matrix`, or raw counts); the labels are
+        then ignored.
+
+    Returns
+    -------
+    float
+        The NMI, in ``[0, 1]``.
+
+    Raises
+    ------
+    ValueError
+        If ``average_method`` is not one of the four names, or the two labelings have
+        different lengths.
+
+    Examples
+    --------
+    >>> from kmeans_dist.metrics import normalized_mutual_info_score
+    >>> round(normalized_mutual_info_score([0, 0, 1, 1, 2, 2], [1, 1, 0, 0, 0, 2]), 6)
+    0.739667
+    >>> normalized_mutual_info_score([0, 0, 1, 1], [1, 1, 0, 0])
+    1.0
+    """
     if average_method not in ("min", "geometric", "arithmetic", "max"):
         raise ValueError("'average_method' must be 'min', 'geometric', 'arithmetic', or 'max'")
     ct = _table(labels_true, labels_pred, contingency)
@@ -776,7 +1235,41 @@ def normalized_mutual_info_score(labels_true=None, labels_pred=None, *, average_
 
 def homogeneity_completeness_v_measure(labels_true=None, labels_pred=None, *, beta: float = 1.0,
                                        contingency=None) -> tuple[float, float, float]:
-    """(homogeneity, completeness, V-measure) as scikit-learn, from one contingency table."""
+    """(homogeneity, completeness, V-measure) as scikit-learn, from one contingency table.
+
+    Parameters
+    ----------
+    labels_true : array-like, dask array or str of shape (n_samples,), optional
+        Ground-truth class of each sample (not needed with ``contingency``).
+    labels_pred : array-like, dask array or str of shape (n_samples,), optional
+        Cluster of each sample (not needed with ``contingency``).
+    beta : float, default=1.0
+        Weight of homogeneity in the V-measure (``beta > 1`` favours completeness).
+    contingency : Contingency or array-like of shape (n_classes, n_clusters), optional
+        A precomputed table (from :func:`contingency_matrix`, or raw counts); the labels are
+        then ignored.
+
+    Returns
+    -------
+    homogeneity : float
+        Each cluster contains only members of a single class (1.0 at best).
+    completeness : float
+        All members of a class are in the same cluster (1.0 at best).
+    v_measure : float
+        ``(1 + beta) * h * c / (beta * h + c)``.
+
+    Raises
+    ------
+    ValueError
+        If the two labelings have different lengths.
+
+    Examples
+    --------
+    >>> from kmeans_dist.metrics import homogeneity_completeness_v_measure
+    >>> h, c, v = homogeneity_completeness_v_measure([0, 0, 1, 1, 2, 2], [1, 1, 0, 0, 0, 2])
+    >>> round(h, 4), round(c, 4), round(v, 4)
+    (0.7103, 0.7716, 0.7397)
+    """
     ct = _table(labels_true, labels_pred, contingency)
     t = ct.table
     if t.sum() == 0:
@@ -794,21 +1287,124 @@ def homogeneity_completeness_v_measure(labels_true=None, labels_pred=None, *, be
 
 
 def homogeneity_score(labels_true=None, labels_pred=None, *, contingency=None) -> float:
+    """Homogeneity of a clustering, as ``sklearn.metrics.homogeneity_score``.
+
+    See :func:`homogeneity_completeness_v_measure`.
+
+    Parameters
+    ----------
+    labels_true : array-like, dask array or str of shape (n_samples,), optional
+        Ground-truth class of each sample (not needed with ``contingency``).
+    labels_pred : array-like, dask array or str of shape (n_samples,), optional
+        Cluster of each sample (not needed with ``contingency``).
+    contingency : Contingency or array-like of shape (n_classes, n_clusters), optional
+        A precomputed table (from :func:`contingency_matrix`, or raw counts); the labels are
+        then ignored.
+
+    Returns
+    -------
+    float
+        The homogeneity, in ``[0, 1]``.
+
+    Raises
+    ------
+    ValueError
+        If the two labelings have different lengths.
+    """
     return homogeneity_completeness_v_measure(labels_true, labels_pred, contingency=contingency)[0]
 
 
 def completeness_score(labels_true=None, labels_pred=None, *, contingency=None) -> float:
+    """Completeness of a clustering, as ``sklearn.metrics.completeness_score``.
+
+    See :func:`homogeneity_completeness_v_measure`.
+
+    Parameters
+    ----------
+    labels_true : array-like, dask array or str of shape (n_samples,), optional
+        Ground-truth class of each sample (not needed with ``contingency``).
+    labels_pred : array-like, dask array or str of shape (n_samples,), optional
+        Cluster of each sample (not needed with ``contingency``).
+    contingency : Contingency or array-like of shape (n_classes, n_clusters), optional
+        A precomputed table (from :func:`contingency_matrix`, or raw counts); the labels are
+        then ignored.
+
+    Returns
+    -------
+    float
+        The completeness, in ``[0, 1]``.
+
+    Raises
+    ------
+    ValueError
+        If the two labelings have different lengths.
+    """
     return homogeneity_completeness_v_measure(labels_true, labels_pred, contingency=contingency)[1]
 
 
 def v_measure_score(labels_true=None, labels_pred=None, *, beta: float = 1.0, contingency=None) -> float:
+    """V-measure of a clustering, as ``sklearn.metrics.v_measure_score``.
+
+    See :func:`homogeneity_completeness_v_measure`.
+
+    Parameters
+    ----------
+    labels_true : array-like, dask array or str of shape (n_samples,), optional
+        Ground-truth class of each sample (not needed with ``contingency``).
+    labels_pred : array-like, dask array or str of shape (n_samples,), optional
+        Cluster of each sample (not needed with ``contingency``).
+    beta : float, default=1.0
+        Weight of homogeneity (``beta > 1`` favours completeness).
+    contingency : Contingency or array-like of shape (n_classes, n_clusters), optional
+        A precomputed table (from :func:`contingency_matrix`, or raw counts); the labels are
+        then ignored.
+
+    Returns
+    -------
+    float
+        The V-measure, in ``[0, 1]``.
+
+    Raises
+    ------
+    ValueError
+        If the two labelings have different lengths.
+    """
     return homogeneity_completeness_v_measure(labels_true, labels_pred, beta=beta, contingency=contingency)[2]
 
 
 def adjusted_rand_score(labels_true=None, labels_pred=None, *, contingency=None) -> float:
     """Adjusted Rand index (Hubert & Arabie), as scikit-learn, from one contingency table.
 
-    The pair counts are computed in Python integers (no overflow for any n)."""
+    The pair counts are computed in Python integers (no overflow for any n).
+
+    Parameters
+    ----------
+    labels_true : array-like, dask array or str of shape (n_samples,), optional
+        Ground-truth class of each sample (not needed with ``contingency``).
+    labels_pred : array-like, dask array or str of shape (n_samples,), optional
+        Cluster of each sample (not needed with ``contingency``).
+    contingency : Contingency or array-like of shape (n_classes, n_clusters), optional
+        A precomputed table (from :func:`contingency_matrix`, or raw counts); the labels are
+        then ignored.
+
+    Returns
+    -------
+    float
+        The ARI: 1.0 for identical partitions (up to a permutation), about 0.0 for random ones.
+
+    Raises
+    ------
+    ValueError
+        If the two labelings have different lengths.
+
+    Examples
+    --------
+    >>> from kmeans_dist.metrics import adjusted_rand_score
+    >>> round(adjusted_rand_score([0, 0, 1, 1, 2, 2], [1, 1, 0, 0, 0, 2]), 6)
+    0.444444
+    >>> adjusted_rand_score([0, 0, 1, 1], [1, 1, 0, 0])
+    1.0
+    """
     t = _table(labels_true, labels_pred, contingency).table.astype(object)
     n = int(t.sum())
     n_c = t.sum(axis=1)
@@ -825,10 +1421,45 @@ def adjusted_rand_score(labels_true=None, labels_pred=None, *, contingency=None)
 
 def clustering_accuracy(labels_true=None, labels_pred=None, *, contingency=None,
                         return_mapping: bool = False):
-    """ACC: the fraction of samples correctly labelled under the best one-to-one matching of
-    clusters to classes (Hungarian algorithm, ``scipy.optimize.linear_sum_assignment``).
+    """Clustering accuracy (ACC) under the best one-to-one matching of clusters to classes.
 
-    With ``return_mapping``, also returns ``{cluster value: class value}`` for the matched pairs.
+    ACC is the fraction of samples correctly labelled under the best one-to-one matching of
+    clusters to classes (Hungarian algorithm, ``scipy.optimize.linear_sum_assignment``), from
+    one contingency table.  Clusters left unmatched (more clusters than classes) count as wrong.
+
+    Parameters
+    ----------
+    labels_true : array-like, dask array or str of shape (n_samples,), optional
+        Ground-truth class of each sample (not needed with ``contingency``).
+    labels_pred : array-like, dask array or str of shape (n_samples,), optional
+        Cluster of each sample (not needed with ``contingency``).
+    contingency : Contingency or array-like of shape (n_classes, n_clusters), optional
+        A precomputed table (from :func:`contingency_matrix`, or raw counts); the labels are
+        then ignored.
+    return_mapping : bool, default=False
+        Also return ``{cluster value: class value}`` for the matched pairs.
+
+    Returns
+    -------
+    accuracy : float
+        The accuracy, in ``[0, 1]``.
+    mapping : dict
+        Only with ``return_mapping``: ``{cluster value: class value}`` for the matched pairs.
+
+    Raises
+    ------
+    ValueError
+        If the labelings are empty or have different lengths.
+
+    Examples
+    --------
+    >>> from kmeans_dist.metrics import clustering_accuracy
+    >>> y_true, y_pred = [0, 0, 1, 1, 2, 2], [1, 1, 0, 0, 0, 2]
+    >>> round(clustering_accuracy(y_true, y_pred), 6)
+    0.833333
+    >>> acc, mapping = clustering_accuracy(y_true, y_pred, return_mapping=True)
+    >>> sorted(mapping.items())
+    [(0, 1), (1, 0), (2, 2)]
     """
     from scipy.optimize import linear_sum_assignment
 
@@ -844,13 +1475,66 @@ def clustering_accuracy(labels_true=None, labels_pred=None, *, contingency=None,
 
 
 def purity_score(labels_true=None, labels_pred=None, *, contingency=None) -> float:
-    """Purity: each cluster counts its majority class; the sum over clusters divided by n."""
+    """Purity: each cluster counts its majority class; the sum over clusters divided by n.
+
+    Parameters
+    ----------
+    labels_true : array-like, dask array or str of shape (n_samples,), optional
+        Ground-truth class of each sample (not needed with ``contingency``).
+    labels_pred : array-like, dask array or str of shape (n_samples,), optional
+        Cluster of each sample (not needed with ``contingency``).
+    contingency : Contingency or array-like of shape (n_classes, n_clusters), optional
+        A precomputed table (from :func:`contingency_matrix`, or raw counts); the labels are
+        then ignored.
+
+    Returns
+    -------
+    float
+        The purity, in ``(0, 1]``.
+
+    Raises
+    ------
+    ValueError
+        If the two labelings have different lengths.
+
+    Examples
+    --------
+    >>> from kmeans_dist.metrics import purity_score
+    >>> round(purity_score([0, 0, 1, 1, 2, 2], [1, 1, 0, 0, 0, 2]), 6)
+    0.833333
+    """
     ct = _table(labels_true, labels_pred, contingency)
     return float(ct.table.max(axis=0).sum() / ct.n_samples)
 
 
 def clustering_report(labels_true, labels_pred) -> dict:
-    """All labelled metrics from one contingency table (one pass over the labels)."""
+    """All labelled metrics from one contingency table (one pass over the labels).
+
+    Parameters
+    ----------
+    labels_true : array-like, dask array, str or Contingency of shape (n_samples,)
+        Ground-truth class of each sample (a :class:`Contingency` is used as the table).
+    labels_pred : array-like, dask array or str of shape (n_samples,)
+        Cluster of each sample.
+
+    Returns
+    -------
+    dict
+        ``acc``, ``nmi``, ``ari``, ``homogeneity``, ``completeness``, ``v_measure``, ``purity``
+        (floats), ``n_classes``, ``n_clusters`` and ``n_samples`` (ints).
+
+    Raises
+    ------
+    ValueError
+        If the labelings are empty or have different lengths.
+
+    Examples
+    --------
+    >>> from kmeans_dist.metrics import clustering_report
+    >>> rep = clustering_report([0, 0, 1, 1, 2, 2], [1, 1, 0, 0, 0, 2])
+    >>> round(rep["ari"], 4), round(rep["nmi"], 4), rep["n_clusters"]
+    (0.4444, 0.7397, 3)
+    """
     ct = contingency_matrix(labels_true, labels_pred)
     h, c, v = homogeneity_completeness_v_measure(contingency=ct)
     return {
@@ -952,9 +1636,55 @@ def partition_scores(X, centers, labels_true=None, *, silhouette_sample: int = 2
     undefined, as scikit-learn's ``check_number_of_labels`` says).  Empty clusters count as absent in the
     unsupervised scores, as in scikit-learn (which encodes the labels it is given).
 
-    ``client``: a ``distributed.Client`` to compute on (the active one otherwise; ``False``: none).  ``persist``: as
-    :func:`~kmeans_dist.chunked.driver.make_blocks` (``"auto"`` reads X once and keeps its blocks in memory
-    when they fit; ``False`` streams X from its source on each of the two passes).
+    Parameters
+    ----------
+    X : array-like, dask array, xarray DataArray or str of shape (n_samples, n_features)
+        Samples (a Zarr store path is opened lazily).
+    centers : array-like of shape (n_clusters, n_features)
+        Cluster centers; every sample goes to its nearest center.
+    labels_true : array-like, dask array or str of shape (n_samples,), optional
+        Non-negative integer class of each sample; adds ``ari``, ``nmi`` and ``accuracy``.
+    silhouette_sample : int, default=2000
+        Size of the seeded silhouette sample (capped at ``n_samples``: then the silhouette is
+        exact; 0 or None: no silhouette).
+    random_state : int, numpy Generator or None, default=0
+        Seed of the silhouette sample (``numpy.random.default_rng(random_state)``).
+    split_every : int, default=8
+        Arity of the reduction tree that merges the per-block partials.
+    precision : {"auto", "float64", "float32"}, default="auto"
+        Dtype of the silhouette distance GEMM, as in :func:`silhouette_samples`.
+    client : distributed.Client, False or None, default=None
+        A ``distributed.Client`` to compute on (the active one otherwise; ``False``: none).
+    persist : {"auto", True, False}, default="auto"
+        As :func:`~kmeans_dist.chunked.driver.make_blocks` (``"auto"`` reads X once and keeps its
+        blocks in memory when they fit; ``False`` streams X from its source on each of the two
+        passes).
+
+    Returns
+    -------
+    dict
+        Always ``n_samples``, ``k``, ``inertia``, ``cluster_sizes`` (list of ints) and
+        ``empty_clusters``; ``ari``, ``nmi`` and ``accuracy`` with ``labels_true``;
+        ``calinski_harabasz`` and ``davies_bouldin`` when pass 2 runs, with ``silhouette`` and
+        ``silhouette_se`` when the silhouette sample is not empty.
+
+    Raises
+    ------
+    ValueError
+        If ``centers`` is not of shape ``(k, n_features)`` or ``labels_true`` does not have one
+        entry per row of ``X``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from kmeans_dist.metrics import partition_scores
+    >>> X = np.array([[0., 0.], [0., 1.], [1., 0.], [10., 10.], [10., 11.], [11., 10.]])
+    >>> centers = np.array([[0., 0.], [10., 10.]])
+    >>> s = partition_scores(X, centers, np.array([0, 0, 0, 1, 1, 1]), client=False)
+    >>> s["inertia"], s["cluster_sizes"], s["ari"], s["accuracy"]
+    (4.0, [3, 3], 1.0, 1.0)
+    >>> round(s["silhouette"], 6), s["silhouette_se"], round(s["calinski_harabasz"], 6)
+    (0.919622, 0.0, 450.0)
     """
     Xd = as_dask_array(X)
     C = np.asarray(centers)

@@ -15,7 +15,20 @@ __all__ = ["plot_centroid_grid", "plot_inertia", "plot_cluster_sizes", "save_fig
 
 
 def save_figure(fig, path) -> str:
-    """Write ``fig`` to ``path`` as a PNG atomically (a temporary file renamed into place) and close it."""
+    """Write ``fig`` to ``path`` as a PNG atomically (a temporary file renamed into place) and close it.
+
+    Parameters
+    ----------
+    fig : matplotlib.figure.Figure
+        The figure (rendered at 110 dpi, tight bounding box).
+    path : str or path-like
+        The target file; its folder is created if missing.
+
+    Returns
+    -------
+    str
+        ``path``.
+    """
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     pyplot().close(fig)
@@ -42,7 +55,41 @@ def pyplot():
 
 
 def plot_centroid_grid(centers, image_shape, path, *, sizes=None, title="Cluster centers", cols=None) -> str:
-    """Each center drawn as an image (e.g. 28x28 for MNIST) in a grid, with the cluster size."""
+    """Each center drawn as an image (e.g. 28x28 for MNIST) in a grid, with the cluster size.
+
+    Each panel is titled with the cluster index (and ``n=`` its size when ``sizes`` is given);
+    the PNG is written atomically by :func:`save_figure`.
+
+    Parameters
+    ----------
+    centers : array-like of shape (n_clusters, n_features)
+        Cluster centers, ``n_features == prod(image_shape)``.
+    image_shape : tuple of int
+        Shape each center is reshaped to, e.g. ``(28, 28)``.
+    path : str or path-like
+        PNG file to write.
+    sizes : array-like of shape (n_clusters,), optional
+        Number of samples in each cluster, shown in the panel titles.
+    title : str, default="Cluster centers"
+        Title of the figure.
+    cols : int, optional
+        Panels per row (default: ``min(n_clusters, 10)``).
+
+    Returns
+    -------
+    str
+        ``path``.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> import numpy as np
+    >>> from kmeans_dist.plots import plot_centroid_grid
+    >>> centers = np.random.default_rng(0).random((3, 16))
+    >>> path = os.path.join(tempfile.mkdtemp(), "centers.png")
+    >>> plot_centroid_grid(centers, (4, 4), path, sizes=[5, 3, 2]) == path
+    True
+    """
     plt = pyplot()
     centers = np.asarray(centers)
     k = centers.shape[0]
@@ -59,6 +106,31 @@ def plot_centroid_grid(centers, image_shape, path, *, sizes=None, title="Cluster
 
 
 def plot_inertia(history, path, *, title="Inertia per iteration") -> str:
+    """Inertia against the iteration number (e.g. an estimator's ``history_``), as a PNG.
+
+    Parameters
+    ----------
+    history : list of dict
+        One dict per iteration with at least ``iteration`` and ``inertia``.
+    path : str or path-like
+        PNG file to write (atomically, by :func:`save_figure`).
+    title : str, default="Inertia per iteration"
+        Title of the plot.
+
+    Returns
+    -------
+    str
+        ``path``.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> from kmeans_dist.plots import plot_inertia
+    >>> history = [{"iteration": 1, "inertia": 10.0}, {"iteration": 2, "inertia": 4.0}]
+    >>> path = os.path.join(tempfile.mkdtemp(), "inertia.png")
+    >>> plot_inertia(history, path) == path
+    True
+    """
     plt = pyplot()
     it = [h["iteration"] for h in history]
     inertia = [h["inertia"] for h in history]
@@ -72,6 +144,30 @@ def plot_inertia(history, path, *, title="Inertia per iteration") -> str:
 
 
 def plot_cluster_sizes(counts, path, *, title="Cluster sizes") -> str:
+    """Bar chart of the number of samples per cluster, as a PNG.
+
+    Parameters
+    ----------
+    counts : array-like of shape (n_clusters,)
+        Samples in each cluster (e.g. ``cluster_sizes_``).
+    path : str or path-like
+        PNG file to write (atomically, by :func:`save_figure`).
+    title : str, default="Cluster sizes"
+        Title of the plot.
+
+    Returns
+    -------
+    str
+        ``path``.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> from kmeans_dist.plots import plot_cluster_sizes
+    >>> path = os.path.join(tempfile.mkdtemp(), "sizes.png")
+    >>> plot_cluster_sizes([5, 3, 2], path) == path
+    True
+    """
     plt = pyplot()
     counts = np.asarray(counts)
     fig, ax = plt.subplots(figsize=(5, 3.2))

@@ -68,7 +68,31 @@ def kneedle(x, y, *, curve: str = "convex", direction: str = "decreasing"):
     Normalises x and y to [0, 1], flips the curve so that it is concave increasing, and returns the
     x at the maximum of the difference curve ``y_n - x_n`` (ties: the smallest x).  For an inertia
     curve use the defaults (convex, decreasing).  Returns None for fewer than 3 points or a flat
-    curve.
+    curve.  Points where x or y is not finite are dropped first; the points need not be sorted.
+
+    Parameters
+    ----------
+    x : array-like of shape (n_points,)
+        Abscissae (e.g. the values of k).
+    y : array-like of shape (n_points,)
+        Ordinates (e.g. the inertia, or its log).
+    curve : {"convex", "concave"}, default="convex"
+        Shape of the curve.
+    direction : {"decreasing", "increasing"}, default="decreasing"
+        Whether y decreases or increases with x.
+
+    Returns
+    -------
+    float or None
+        The x of the knee, or None when there is no knee to find.
+
+    Examples
+    --------
+    >>> from kmeans_dist.selection import kneedle
+    >>> kneedle([1, 2, 3, 4, 5, 6], [100, 40, 20, 15, 12, 10])
+    3.0
+    >>> print(kneedle([1, 2], [10, 5]))
+    None
     """
     x = np.asarray(x, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
@@ -96,7 +120,33 @@ def kneedle(x, y, *, curve: str = "convex", direction: str = "decreasing"):
 
 
 def gap_choice(ks, gap, s):
-    """Smallest k with ``Gap(k) >= Gap(k+1) - s_{k+1}`` (consecutive ks); None if no k qualifies."""
+    """Smallest k with ``Gap(k) >= Gap(k+1) - s_{k+1}`` (consecutive ks); None if no k qualifies.
+
+    Tibshirani, Walther & Hastie's rule; only pairs of consecutive k (``k`` and ``k + 1`` both
+    present) are compared.
+
+    Parameters
+    ----------
+    ks : array-like of int of shape (n_k,)
+        The values of k, sorted increasingly.
+    gap : array-like of shape (n_k,)
+        ``Gap(k)`` for each k.
+    s : array-like of shape (n_k,)
+        ``s_k = sd_k * sqrt(1 + 1/B)`` for each k.
+
+    Returns
+    -------
+    int or None
+        The recommended k.
+
+    Examples
+    --------
+    >>> from kmeans_dist.selection import gap_choice
+    >>> gap_choice([1, 2, 3], [0.1, 0.9, 0.95], [0.05, 0.05, 0.05])
+    2
+    >>> print(gap_choice([1, 2, 3], [0.1, 0.5, 0.9], [0.01, 0.01, 0.01]))
+    None
+    """
     ks = np.asarray(ks)
     gap = np.asarray(gap, dtype=np.float64)
     s = np.asarray(s, dtype=np.float64)
@@ -154,6 +204,35 @@ def reference_bounds(X, method: str = "uniform", *, client=None) -> dict:
     ``"uniform"``: the data's bounding box (one pass: per-feature min and max).
     ``"pca"``: the box of the data in its principal-component coordinates (Tibshirani et al.'s
     method (b)); three passes: mean, scatter matrix (d x d, float64), projected min and max.
+
+    Parameters
+    ----------
+    X : array-like, dask array, xarray DataArray or str of shape (n_samples, n_features)
+        Samples (a Zarr store path is opened lazily).
+    method : {"uniform", "pca"}, default="uniform"
+        The box: the bounding box, or the principal-component box.
+    client : distributed.Client, optional
+        Client to compute on (None: the active one if any, else the threaded scheduler).
+
+    Returns
+    -------
+    dict
+        ``method``, ``lo`` and ``hi`` (the box's corners, float64 of shape (n_features,)),
+        ``n_features``; with ``"pca"`` also ``mean`` and ``V`` (the principal axes, columns by
+        decreasing variance).
+
+    Raises
+    ------
+    ValueError
+        If ``method`` is neither ``"uniform"`` nor ``"pca"``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from kmeans_dist.selection import reference_bounds
+    >>> b = reference_bounds(np.array([[0., 1.], [2., 3.], [1., 5.]]))
+    >>> b["method"], b["lo"].tolist(), b["hi"].tolist()
+    ('uniform', [0.0, 1.0], [2.0, 5.0])
     """
     Xd = as_dask_array(X)
     with _as_current(client):
@@ -193,8 +272,42 @@ def _ref_block(bounds, seed, b, dtype, block_info=None):
 
 
 def reference_data(bounds: dict, chunks, b: int, random_state: int = 0, dtype=np.float64):
-    """Reference data set ``b`` as a lazy dask array with the given row ``chunks`` (tuple of ints);
-    each chunk is drawn on whichever worker computes it."""
+    """Reference data set ``b`` as a lazy dask array with the given row ``chunks`` (tuple of ints).
+
+    Each chunk is drawn on whichever worker computes it, never on the client: chunk ``c`` of
+    reference ``b`` comes from ``numpy.random.default_rng([random_state, b, c])``, uniform over
+    the box of ``bounds`` (rotated back to the data's coordinates for ``"pca"``), so the same
+    arguments always give the same data.
+
+    Parameters
+    ----------
+    bounds : dict
+        The box, from :func:`reference_bounds`.
+    chunks : tuple of int
+        Rows per chunk (their sum is the number of rows).
+    b : int
+        Index of the reference data set.
+    random_state : int, default=0
+        Seed shared by all reference data sets.
+    dtype : numpy dtype, default=numpy.float64
+        Dtype of the data.
+
+    Returns
+    -------
+    dask.array.Array of shape (sum(chunks), n_features)
+        The lazy reference data.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from kmeans_dist.selection import reference_bounds, reference_data
+    >>> bounds = reference_bounds(np.array([[0., 1.], [2., 3.], [1., 5.]]))
+    >>> R = reference_data(bounds, (4, 4), b=0, random_state=0)
+    >>> R.shape, R.chunks[0]
+    ((8, 2), (4, 4))
+    >>> bool(((R >= bounds["lo"]) & (R <= bounds["hi"])).all().compute())
+    True
+    """
     import dask.array as da
 
     d = int(bounds["n_features"])
@@ -269,15 +382,71 @@ def evaluate_k(X, k: int, *, random_state: int = 0, n_init: int = 3, max_iter: i
                kmeans_kwargs: dict | None = None, inmemory_bytes: int = INMEMORY_BYTES) -> dict:
     """Fit k-means with ``k`` clusters and evaluate every criterion; returns one small dict row.
 
-    Row keys: ``k``, ``inertia`` (W_k: within-cluster sum of squares around the cluster means),
-    ``fit_inertia`` (k-means' own inertia to its centers), ``n_iter``, ``silhouette``,
-    ``silhouette_se`` (0 when exact), ``silhouette_method``, ``calinski_harabasz``,
-    ``davies_bouldin`` (NaN for k = 1), ``log_w``, ``ref_log_w`` (list of B values: log W*_kb),
-    ``seconds``.  ``silhouette``: ``"exact"``, ``"sample"`` (estimate from
-    ``silhouette_exact_max`` points with a standard error), ``"auto"`` (exact up to
-    ``silhouette_exact_max`` samples), or ``"none"``.  ``gap_B=0`` skips the gap statistic.
-    ``bounds``: from :func:`reference_bounds` (computed here when None; pass it when evaluating
-    several k separately so it is computed once).
+    The k-means seed is derived from ``(random_state, k)`` and the reference data sets from
+    ``random_state`` alone, so the row of one k is reproducible on its own (e.g. as one task per
+    k).  Data that are a single in-memory chunk of at most ``inmemory_bytes`` are clustered
+    inside one task with :func:`kmeans_dist.kernels.kmeans_inmemory`; larger data with
+    :class:`kmeans_dist.KMeans` on chunks.
+
+    Parameters
+    ----------
+    X : array-like, dask array, xarray DataArray or str of shape (n_samples, n_features)
+        Samples (a Zarr store path is opened lazily).
+    k : int
+        Number of clusters, ``1 <= k <= n_samples``.
+    random_state : int, default=0
+        Seed of the k-means fits, the silhouette sample and the reference data.
+    n_init : int, default=3
+        k-means initialisations per fit (the best is kept).
+    max_iter : int, default=300
+        Maximum Lloyd iterations per fit.
+    tol : float, default=1e-4
+        k-means convergence tolerance.
+    silhouette : {"auto", "exact", "sample", "none"}, default="auto"
+        ``"exact"``, ``"sample"`` (estimate from ``silhouette_exact_max`` points with a standard
+        error), ``"auto"`` (exact up to ``silhouette_exact_max`` samples), or ``"none"``.
+    silhouette_exact_max : int, default=20000
+        Threshold of ``"auto"`` and sample size of ``"sample"``.
+    gap_B : int, default=10
+        Number of reference data sets of the gap statistic; 0 skips the gap statistic.
+    reference : {"uniform", "pca"}, default="uniform"
+        Box of the reference data (see :func:`reference_bounds`), used when ``bounds`` is None.
+    bounds : dict, optional
+        From :func:`reference_bounds` (computed here when None; pass it when evaluating
+        several k separately so it is computed once).
+    client : distributed.Client, optional
+        Client to compute on (None: the active one if any, else the threaded scheduler).
+    kmeans_kwargs : dict, optional
+        Extra keyword arguments of :class:`kmeans_dist.KMeans` (chunked fits only).
+    inmemory_bytes : int, default=64 MiB
+        Largest data (and reference data) clustered in one task with the in-memory kernel.
+
+    Returns
+    -------
+    dict
+        Row keys: ``k``, ``inertia`` (W_k: within-cluster sum of squares around the cluster
+        means), ``fit_inertia`` (k-means' own inertia to its centers), ``n_iter``,
+        ``silhouette``, ``silhouette_se`` (0 when exact), ``silhouette_method``,
+        ``calinski_harabasz``, ``davies_bouldin`` (NaN for k = 1), ``log_w``, ``seconds``; with
+        the gap statistic also ``ref_log_w`` (list of B values: log W*_kb) and ``reference``.
+
+    Raises
+    ------
+    ValueError
+        If ``k < 1``, ``k > n_samples``, or ``silhouette`` or ``reference`` is not one of the
+        names above.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from kmeans_dist.selection import evaluate_k
+    >>> rng = np.random.default_rng(0)
+    >>> X = np.concatenate([rng.normal(0, 0.3, (30, 2)), rng.normal(5, 0.3, (30, 2))])
+    >>> row = evaluate_k(X, 2, gap_B=2, random_state=0)
+    >>> row["k"], row["silhouette_method"], len(row["ref_log_w"])
+    (2, 'exact', 2)
+    >>> row["silhouette"] > 0.9
+    True
     """
     import dask
     from dask import delayed
@@ -365,6 +534,36 @@ def assemble(rows: list[dict]):
     log-inertia curve log W_k: on the log scale the knee depends on relative drops, so it does not
     drift to smaller k when the range of k is short), ``silhouette`` (max), ``calinski_harabasz`` (max), ``davies_bouldin`` (min),
     ``gap`` (smallest k with Gap(k) >= Gap(k+1) - s_{k+1}; None when no k qualifies).
+
+    Parameters
+    ----------
+    rows : list of dict
+        One row per k, from :func:`evaluate_k`, in any order; the gap statistic is added only
+        when every row has ``ref_log_w``.
+
+    Returns
+    -------
+    table : xarray.Dataset
+        The criteria indexed by ``k`` (and ``ref_log_w`` over ``(k, b)``); attributes ``B``,
+        ``reference`` and ``recommended_<criterion>`` (-1 for None).
+    recommendations : dict
+        Criterion -> recommended k or None (see :func:`recommend`).
+
+    Raises
+    ------
+    ValueError
+        If two rows have the same k.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from kmeans_dist.selection import assemble, evaluate_k
+    >>> rng = np.random.default_rng(0)
+    >>> X = np.concatenate([rng.normal(0, 0.3, (30, 2)), rng.normal(5, 0.3, (30, 2))])
+    >>> rows = [evaluate_k(X, k, gap_B=2, random_state=0) for k in (1, 2, 3)]
+    >>> table, rec = assemble(rows)
+    >>> table["k"].values.tolist(), rec["gap"], rec["silhouette"]
+    ([1, 2, 3], 2, 2)
     """
     import xarray as xr
 
@@ -406,7 +605,23 @@ def assemble(rows: list[dict]):
 
 
 def recommend(ds) -> dict:
-    """A recommended k per criterion from an assembled table (see :func:`assemble`)."""
+    """A recommended k per criterion from an assembled table (see :func:`assemble`).
+
+    ``elbow``: Kneedle knee of log W_k; ``silhouette`` and ``calinski_harabasz``: the maximum;
+    ``davies_bouldin``: the minimum (NaN values ignored); ``gap``: :func:`gap_choice`.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        Table indexed by ``k`` with ``inertia``, ``silhouette``, ``calinski_harabasz``,
+        ``davies_bouldin`` and optionally ``gap`` and ``gap_s``.
+
+    Returns
+    -------
+    dict
+        Criterion (one of :data:`CRITERIA`) -> recommended k, or None when the criterion
+        cannot recommend one.
+    """
     ks = ds["k"].values
 
     def arg(var, fn):
@@ -433,14 +648,39 @@ def recommend(ds) -> dict:
 
 @dataclass
 class KSelection:
-    """Result of :func:`choose_k`: ``table`` (xarray Dataset indexed by k), ``recommendations``
-    (criterion -> k or None) and the raw ``rows``."""
+    """Result of :func:`choose_k`: the table, the recommendations and the raw rows.
+
+    Attributes
+    ----------
+    table : xarray.Dataset
+        Every criterion indexed by ``k`` (see :func:`assemble`).
+    recommendations : dict
+        Criterion -> recommended k or None.
+    rows : list of dict
+        The raw rows of :func:`evaluate_k`, one per k.
+    figure : matplotlib.figure.Figure
+        Only when :func:`choose_k` was called with ``plot``: the figure of the curves.
+    """
 
     table: object
     recommendations: dict
     rows: list = field(default_factory=list)
 
     def plot(self, path=None, **kw):
+        """Plot the curves of every criterion with the recommended k marked.
+
+        Parameters
+        ----------
+        path : str or path-like, optional
+            File to save the figure to (PNG/SVG/PDF); the figure is then closed.
+        **kw
+            Keyword arguments of :func:`plot_selection` (``title``).
+
+        Returns
+        -------
+        matplotlib.figure.Figure
+            The figure.
+        """
         return plot_selection(self.table, self.recommendations, path, **kw)
 
     def __repr__(self):
@@ -454,10 +694,64 @@ def choose_k(X, k_range=range(1, 11), *, random_state: int = 0, n_init: int = 3,
              inmemory_bytes: int = INMEMORY_BYTES) -> KSelection:
     """Evaluate every k in ``k_range`` (see :func:`evaluate_k`) and recommend one per criterion.
 
-    ``client``: a ``distributed.Client`` (None: the active one if any, else the threaded scheduler).
-    ``plot``: a path to save the curves to (PNG/SVG/PDF), or True to just build the figure
-    (``result.figure``).  Include k = 1 in the range for the gap statistic to be able to say "no
-    structure"; the elbow needs at least 3 values of k.
+    The reference box of the gap statistic is computed once (:func:`reference_bounds`) and the
+    reference data sets are the same for every k.  Include k = 1 in the range for the gap
+    statistic to be able to say "no structure"; the elbow needs at least 3 values of k.
+
+    Parameters
+    ----------
+    X : array-like, dask array, xarray DataArray or str of shape (n_samples, n_features)
+        Samples (a Zarr store path is opened lazily).
+    k_range : iterable of int, default=range(1, 11)
+        The values of k to evaluate.
+    random_state : int, default=0
+        Seed of the k-means fits, the silhouette samples and the reference data.
+    n_init : int, default=3
+        k-means initialisations per fit (the best is kept).
+    max_iter : int, default=300
+        Maximum Lloyd iterations per fit.
+    tol : float, default=1e-4
+        k-means convergence tolerance.
+    silhouette : {"auto", "exact", "sample", "none"}, default="auto"
+        How the silhouette is computed (see :func:`evaluate_k`).
+    silhouette_exact_max : int, default=20000
+        Threshold of ``"auto"`` and sample size of ``"sample"``.
+    gap_B : int, default=10
+        Number of reference data sets of the gap statistic; 0 skips the gap statistic.
+    reference : {"uniform", "pca"}, default="uniform"
+        Box of the reference data (see :func:`reference_bounds`).
+    client : distributed.Client, optional
+        A ``distributed.Client`` (None: the active one if any, else the threaded scheduler).
+    kmeans_kwargs : dict, optional
+        Extra keyword arguments of :class:`kmeans_dist.KMeans` (chunked fits only).
+    plot : str, path-like or bool, optional
+        A path to save the curves to (PNG/SVG/PDF), or True to just build the figure
+        (``result.figure``).
+    inmemory_bytes : int, default=64 MiB
+        Largest data (and reference data) clustered in one task with the in-memory kernel.
+
+    Returns
+    -------
+    KSelection
+        The table indexed by k, the recommendation per criterion and the raw rows.
+
+    Raises
+    ------
+    ValueError
+        If ``k_range`` is empty, or as :func:`evaluate_k` (a k outside ``[1, n_samples]``,
+        an unknown ``silhouette`` or ``reference``).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from kmeans_dist.selection import choose_k
+    >>> rng = np.random.default_rng(0)
+    >>> X = np.concatenate([rng.normal(0, 0.3, (30, 2)), rng.normal(5, 0.3, (30, 2))])
+    >>> res = choose_k(X, k_range=range(1, 4), gap_B=2, random_state=0)
+    >>> res.recommendations["gap"], res.recommendations["silhouette"]
+    (2, 2)
+    >>> res.table["k"].values.tolist()
+    [1, 2, 3]
     """
     ks = [int(k) for k in k_range]
     if not ks:
@@ -477,8 +771,28 @@ def choose_k(X, k_range=range(1, 11), *, random_state: int = 0, n_init: int = 3,
 
 
 def plot_selection(table, recommendations: dict, path=None, *, title: str | None = None):
-    """Curves of every criterion against k (matplotlib), with the recommended k marked; saves to
-    ``path`` if given and returns the figure."""
+    """Curves of every criterion against k (matplotlib), with the recommended k marked.
+
+    One panel per criterion (inertia, silhouette, Calinski-Harabasz, Davies-Bouldin, and the gap
+    statistic when the table has it); the gap is drawn with ``s_k`` error bars and an estimated
+    silhouette with 1.96 standard errors.  Saves to ``path`` if given and returns the figure.
+
+    Parameters
+    ----------
+    table : xarray.Dataset
+        Table indexed by ``k``, from :func:`assemble`.
+    recommendations : dict
+        Criterion -> recommended k or None, from :func:`assemble`.
+    path : str or path-like, optional
+        File to save the figure to (its format from the suffix); the figure is then closed.
+    title : str, optional
+        Title of the figure.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        The figure.
+    """
     plt = pyplot()
     ks = table["k"].values
     panels = [("inertia", "elbow", "inertia (W_k)"), ("silhouette", "silhouette", "silhouette (max)"),

@@ -334,3 +334,23 @@ def test_bad_csv_cells_name_the_row_and_column(tmp_path, body, match):
     with pytest.raises(DataError, match=match) as exc:
         data.ingest(p, tmp_path / "s.zarr")
     assert "t.csv" in str(exc.value) and not (tmp_path / "s.zarr").exists()
+
+
+def test_feature_names_are_kept_and_checked():
+    import pandas as pd
+    import xarray as xr
+
+    X = _X()
+    df = pd.DataFrame(X, columns=["a", "b"])
+    km = KMeans(3, random_state=0).fit(df)
+    assert list(km.feature_names_in_) == ["a", "b"]
+    assert list(km.get_feature_names_out()) == ["kmeans0", "kmeans1", "kmeans2"]
+    np.testing.assert_array_equal(km.predict(df), km.predict(X))
+    with pytest.raises(ValueError, match="feature names should match"):
+        km.predict(df[["b", "a"]])
+    da_ = xr.DataArray(X, dims=("sample", "feature"), coords={"feature": ["a", "b"]})
+    km2 = KMeans(3, random_state=0).fit(da_)
+    assert list(km2.feature_names_in_) == ["a", "b"]
+    with pytest.raises(ValueError, match="feature names should match"):
+        km2.predict(da_.assign_coords(feature=["x", "y"]))
+    assert not hasattr(KMeans(3, random_state=0).fit(X), "feature_names_in_")

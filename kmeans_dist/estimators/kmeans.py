@@ -69,6 +69,21 @@ def _prepare_X(X, name="X"):
     return np.ascontiguousarray(np.asarray(X), dtype=Xd.dtype), False
 
 
+def _feature_names(X):
+    """Column names of a pandas DataFrame or the ``feature`` coordinate of an xarray DataArray, else None."""
+    cols = getattr(X, "columns", None)
+    if cols is not None and hasattr(X, "iloc"):
+        names = list(cols)
+    else:
+        coords = getattr(X, "coords", None)
+        if coords is None or "feature" not in coords or getattr(X, "ndim", 0) != 2:
+            return None
+        names = [str(v) for v in np.asarray(coords["feature"].values).tolist()]
+    if not all(isinstance(n, str) for n in names):
+        return None
+    return np.asarray(names, dtype=object)
+
+
 def _prepare_weight(sample_weight, n, dtype, lazy):
     if sample_weight is None:
         return None
@@ -132,8 +147,43 @@ class _BaseKMeans(TransformerMixin, ClusterMixin, BaseEstimator):
             raise NotFittedError(f"This {type(self).__name__} instance is not fitted yet. Call 'fit' with "
                                  "appropriate arguments before using this estimator.")
 
+    def _set_feature_names(self, X):
+        names = _feature_names(X)
+        if names is not None:
+            self.feature_names_in_ = names
+        elif hasattr(self, "feature_names_in_"):
+            del self.feature_names_in_
+
+    def _check_feature_names(self, X):
+        names, fitted = _feature_names(X), getattr(self, "feature_names_in_", None)
+        if names is None or fitted is None:
+            return
+        if len(names) != len(fitted) or (names != fitted).any():
+            raise ValueError("The feature names should match those that were passed during fit: got "
+                             f"{list(names)[:10]}, fitted with {list(fitted)[:10]}. Reorder or rename the columns.")
+
+    def get_feature_names_out(self, input_features=None):
+        """Names of the :meth:`transform` outputs: ``<classname>0`` ... ``<classname>{n_clusters-1}``.
+
+        Parameters
+        ----------
+        input_features : array-like of str or None
+            Ignored except for a consistency check with ``feature_names_in_``.
+
+        Returns
+        -------
+        ndarray of str objects
+        """
+        self._check_fitted()
+        if input_features is not None and hasattr(self, "feature_names_in_"):
+            if list(input_features) != list(self.feature_names_in_):
+                raise ValueError("input_features is not equal to feature_names_in_")
+        prefix = type(self).__name__.lower()
+        return np.asarray([f"{prefix}{i}" for i in range(self.cluster_centers_.shape[0])], dtype=object)
+
     def _check_test_X(self, X):
         self._check_fitted()
+        self._check_feature_names(X)
         Xa, lazy = _prepare_X(X)
         if Xa.shape[1] != self.n_features_in_:
             raise ValueError(f"X has {Xa.shape[1]} features, but {type(self).__name__} is expecting "
@@ -461,6 +511,7 @@ class KMeans(_BaseKMeans):
         """
         self._validate_params()
         Xa, lazy = _prepare_X(X)
+        self._set_feature_names(X)
         n, d = Xa.shape
         self._check_n_clusters(n)
         init = self.init
@@ -675,6 +726,7 @@ class MiniBatchKMeans(_BaseKMeans):
         """
         self._validate_params()
         Xa, lazy = _prepare_X(X)
+        self._set_feature_names(X)
         n, d = Xa.shape
         self._check_n_clusters(n)
         self._resolve(n)
@@ -738,7 +790,10 @@ class MiniBatchKMeans(_BaseKMeans):
         first = not hasattr(self, "cluster_centers_")
         if first:
             self._validate_params()
+        else:
+            self._check_feature_names(X)
         Xa, lazy = _prepare_X(X)
+        self._set_feature_names(X)
         if lazy:
             Xa = np.asarray(Xa.compute())
         n, d = Xa.shape
@@ -746,6 +801,7 @@ class MiniBatchKMeans(_BaseKMeans):
         raise_if_nonfinite(Xa, Xa)  # before any state changes: a bad batch leaves the estimator as it was
         if first:
             self._check_n_clusters(n)
+            self._set_feature_names(X)
             self._resolve(n)
             self._rng = np.random.default_rng(seed_from(self.random_state))
             init = self.init if isinstance(self.init, str) else self._check_init_array(self.init, d, Xa.dtype)

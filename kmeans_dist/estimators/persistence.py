@@ -1,7 +1,8 @@
 """Save and load fitted models without pickle: a directory with ``model.json`` and ``arrays.npz``.
 
 Written atomically (temporary sibling directory, then rename): a crash never leaves a model that
-loads half-written.  Loading uses ``np.load(allow_pickle=False)`` and checks the format version.
+loads half-written.  Loading uses ``np.load(allow_pickle=False)`` and checks the format version;
+a model that fails the checks of :func:`load_model` raises :class:`ModelFileError`.
 """
 from __future__ import annotations
 
@@ -40,13 +41,67 @@ MODEL_CLASSES: dict = {}
 
 
 def register_model(cls):
-    """Class decorator: let :func:`load_model` rebuild instances of ``cls`` by its name."""
+    """Class decorator: let :func:`load_model` rebuild instances of ``cls`` by its name.
+
+    Parameters
+    ----------
+    cls : type
+        An estimator class (constructible from its ``get_params(deep=False)``).
+
+    Returns
+    -------
+    type
+        ``cls`` itself, now registered under ``cls.__name__``.
+    """
     MODEL_CLASSES[cls.__name__] = cls
     return cls
 
 
 def save_model(est, path, overwrite: bool = False) -> str:
-    """Save a fitted KMeans / MiniBatchKMeans to directory ``path`` (atomic)."""
+    """Save a fitted KMeans / MiniBatchKMeans to directory ``path`` (atomic).
+
+    The directory holds ``model.json`` (format version, class name, constructor parameters,
+    scalar fitted attributes, the per-iteration history and the name, shape and dtype of every
+    saved array, which :func:`load_model` checks) and ``arrays.npz`` (the centers,
+    cluster sizes and an array ``init``); no pickle.  It is written in a temporary sibling
+    directory, then renamed into place, so a crash never leaves a half-written model.  The
+    ``client`` and ``callback`` parameters are not saved (they come back as None), nor is a
+    ``random_state`` that is not an int.
+
+    Parameters
+    ----------
+    est : KMeans or MiniBatchKMeans
+        A fitted estimator.
+    path : str or path-like
+        Directory to write.
+    overwrite : bool, default=False
+        Replace an existing ``path``.
+
+    Returns
+    -------
+    str
+        ``path``.
+
+    Raises
+    ------
+    ValueError
+        If ``est`` is not fitted.
+    kmeans_dist.data.atomic.OutputExistsError
+        If ``path`` exists and ``overwrite`` is False.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> import numpy as np
+    >>> from kmeans_dist import KMeans, load_model, save_model
+    >>> X = np.array([[0., 0.], [0., 1.], [1., 0.], [10., 10.], [10., 11.], [11., 10.]])
+    >>> km = KMeans(n_clusters=2, n_init=1, random_state=0).fit(X)
+    >>> path = save_model(km, os.path.join(tempfile.mkdtemp(), "model"))
+    >>> sorted(os.listdir(path))
+    ['arrays.npz', 'model.json']
+    >>> bool(np.array_equal(load_model(path).cluster_centers_, km.cluster_centers_))
+    True
+    """
     if not hasattr(est, "cluster_centers_"):
         raise ValueError("Only fitted models can be saved; call fit first.")
     params = est.get_params(deep=False)
@@ -168,6 +223,19 @@ def load_model(path):
         If a file is unreadable or truncated, the JSON does not match the arrays (names, shapes, dtypes),
         the centers are not finite or not of shape ``(n_clusters, n_features_in_)``, the class is not an
         estimator of this package, or a parameter is invalid.  The message names the file.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> import numpy as np
+    >>> from kmeans_dist import KMeans, load_model, save_model
+    >>> X = np.array([[0., 0.], [0., 1.], [1., 0.], [10., 10.], [10., 11.], [11., 10.]])
+    >>> km = KMeans(n_clusters=2, n_init=1, random_state=0).fit(X)
+    >>> model = load_model(save_model(km, os.path.join(tempfile.mkdtemp(), "model")))
+    >>> type(model).__name__, model.n_clusters
+    ('KMeans', 2)
+    >>> bool((model.predict(X) == km.predict(X)).all())
+    True
     """
     path = Path(path)
     mj, az = path / "model.json", path / "arrays.npz"
