@@ -30,6 +30,28 @@ BLOCK_BYTES = 8 * 2**20
 
 
 def resolve_block_rows(n: int, d: int, itemsize: int, block_rows="auto") -> int:
+    """Rows per canonical block of an ``(n, d)`` array.
+
+    Parameters
+    ----------
+    n, d : int
+        Shape of the array.
+    itemsize : int
+        Bytes per element.
+    block_rows : "auto" or int, default="auto"
+        ``"auto"``: about 8 MiB per block (at least 1024 rows); an int is used as is.
+
+    Returns
+    -------
+    int
+        Between 1 and ``n``.
+
+    Examples
+    --------
+    >>> from kmeans_dist.chunked import resolve_block_rows
+    >>> resolve_block_rows(1_000_000, 32, 8), resolve_block_rows(100, 32, 8)
+    (32768, 100)
+    """
     if block_rows in (None, "auto"):
         rows = max(1024, BLOCK_BYTES // max(1, d * itemsize))  # about 8 MiB per block
     else:
@@ -410,10 +432,39 @@ class StreamBlocks(_Blocks):
 
 def make_blocks(X, sample_weight=None, *, block_rows="auto", split_every: int = 8, client=None,
                 persist="auto", worker_memory_fraction: float = 0.5):
-    """Choose a transport for X (validated 2-D dask array, NumPy or CuPy array) and cut it into blocks.
+    """Choose a transport for X and cut it into canonical blocks.
 
-    ``persist``: ``True`` keeps the blocks in worker memory, ``False`` streams them from the source on
-    every pass, ``"auto"`` persists when X takes at most half the cluster's memory.
+    Parameters
+    ----------
+    X : dask array, ndarray or CuPy array of shape (n_samples, n_features)
+        Validated 2-D input (see :func:`kmeans_dist.data.as_dask_array`).
+    sample_weight : array-like of shape (n_samples,) or None, default=None
+        Weight of every row.
+    block_rows : "auto" or int, default="auto"
+        Rows per canonical block (see :func:`resolve_block_rows`).
+    split_every : int, default=8
+        Fan-in of the reduction tree.
+    client : distributed.Client, None or False, default=None
+        None: the active client if any; False: in process.
+    persist : "auto" or bool, default="auto"
+        ``True`` keeps the blocks in worker memory, ``False`` streams them from the source on every pass,
+        ``"auto"`` persists when X takes at most ``worker_memory_fraction`` of the cluster's memory.
+    worker_memory_fraction : float, default=0.5
+        The threshold of ``"auto"``.
+
+    Returns
+    -------
+    LocalBlocks, DaskBlocks or StreamBlocks
+        The blocks, with ``map``, ``map_reduce(fn, combine, *args)`` and ``map_state``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from kmeans_dist.chunked import make_blocks
+    >>> from kmeans_dist.kernels import stats_chunk, combine_stats
+    >>> blocks = make_blocks(np.arange(8.0).reshape(4, 2), block_rows=3, client=False)
+    >>> type(blocks).__name__, blocks.map_reduce(stats_chunk, combine_stats)["n"]
+    ('LocalBlocks', 4)
     """
     blocks = _make_blocks(X, sample_weight, block_rows, split_every, client, persist, worker_memory_fraction)
     if hasattr(X, "chunks") and X.chunks and isinstance(X.chunks[0], tuple):

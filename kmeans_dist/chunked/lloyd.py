@@ -23,6 +23,21 @@ __all__ = ["lloyd", "lloyd_on_blocks", "LloydResult", "data_stats", "final_pass"
 
 @dataclass
 class LloydResult:
+    """The result of :func:`lloyd` / :func:`lloyd_on_blocks`.
+
+    Attributes
+    ----------
+    centers : ndarray of shape (n_clusters, n_features)
+        Final centers.
+    inertia : float
+        Exact inertia of the final centers (direct differences).
+    n_iter : int
+        Lloyd iterations run (resumed ones included).
+    history : list of dict
+        One record per iteration: ``iteration``, ``inertia``, ``center_shift``, ``seconds``.
+    converged : bool
+        Whether the tolerance was reached before ``max_iter``.
+    """
     centers: np.ndarray
     inertia: float
     n_iter: int
@@ -132,11 +147,50 @@ def lloyd_on_blocks(blocks, centers, *, max_iter: int = 300, tol_abs: float = 0.
 def lloyd(X, centers, *, sample_weight=None, max_iter: int = 300, tol: float = 1e-4, client=None, callback=None,
           start_iteration: int = 0, history=None, block_rows="auto", split_every: int = 8, persist="auto",
           algorithm: str = "lloyd") -> LloydResult:
-    """Full Lloyd k-means from given ``centers`` on chunked X (NumPy, dask, xarray or a Zarr path).
+    """Full Lloyd k-means from given ``centers`` on chunked X.
 
-    ``tol`` is relative to the mean feature variance, as in scikit-learn.  ``callback(state)`` is
-    called on the client after each iteration (a dict with iteration, centers, inertia, center_shift,
-    seconds, history); returning True stops early.
+    Parameters
+    ----------
+    X : array-like, dask array, xarray.DataArray or str of shape (n_samples, n_features)
+        NumPy, dask, xarray or a Zarr path/URL.
+    centers : array of shape (n_clusters, n_features)
+        Initial centers.
+    sample_weight : array-like of shape (n_samples,) or None, default=None
+        Weight of every row.
+    max_iter : int, default=300
+        Maximum number of iterations.
+    tol : float, default=1e-4
+        Tolerance on the squared center shift, relative to the mean feature variance (as scikit-learn).
+    client : distributed.Client, None or False, default=None
+        None: the active client if any; False: in process.
+    callback : callable or None, default=None
+        Called on the client after each iteration with a dict (iteration, centers, inertia,
+        center_shift, seconds, history); returning True stops early.
+    start_iteration : int, default=0
+        Iterations already done (resuming from a checkpoint).
+    history : list of dict or None, default=None
+        Their history (resuming).
+    block_rows : "auto" or int, default="auto"
+        Rows per canonical block.
+    split_every : int, default=8
+        Fan-in of the reduction tree.
+    persist : "auto" or bool, default="auto"
+        Keep the blocks in worker memory or stream them.
+    algorithm : {"lloyd", "hamerly"}, default="lloyd"
+        Plain Lloyd or Hamerly's bounded Lloyd (same iterations).
+
+    Returns
+    -------
+    LloydResult
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from kmeans_dist.chunked import lloyd
+    >>> X = np.array([[0.0], [1.0], [10.0], [11.0]])
+    >>> res = lloyd(X, np.array([[0.0], [10.0]]), client=False)
+    >>> res.centers.ravel().tolist(), res.inertia, res.converged
+    ([0.5, 10.5], 1.0, True)
     """
     from .driver import make_blocks
     from ..data import as_dask_array

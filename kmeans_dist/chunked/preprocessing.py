@@ -18,8 +18,36 @@ __all__ = ["moments", "standardize", "standardize_store"]
 def moments(X, *, client=None, split_every: int = 8, block_rows="auto", blocks=None):
     """Mean and (population) variance of every feature in one distributed pass.
 
-    Returns ``{"n", "mean", "var"}`` (float64).  Raises :class:`NonFiniteError` naming the chunk and rows
-    if X holds NaN or infinity.
+    Parameters
+    ----------
+    X : array-like, dask array, xarray.DataArray or str
+        The data (a Zarr path is opened lazily).
+    client : distributed.Client, None or False, default=None
+        None: the active client if any; False: in process.
+    split_every : int, default=8
+        Fan-in of the reduction tree.
+    block_rows : "auto" or int, default="auto"
+        Rows per canonical block.
+    blocks : LocalBlocks, DaskBlocks, StreamBlocks or None, default=None
+        Blocks already made (then ``X`` is not used).
+
+    Returns
+    -------
+    dict
+        ``n``, ``mean`` and ``var`` (float64).
+
+    Raises
+    ------
+    NonFiniteError
+        Naming the chunk and rows if X holds NaN or infinity.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from kmeans_dist.chunked import moments
+    >>> m = moments(np.array([[1.0, 0.0], [3.0, 0.0]]), client=False)
+    >>> m["n"], m["mean"].tolist(), m["var"].tolist()
+    (2, [2.0, 0.0], [1.0, 0.0])
     """
     from .driver import make_blocks
     from ..data import as_dask_array
@@ -42,9 +70,25 @@ def _scale_block(x, mean, scale):
 
 
 def standardize(X, *, mean=None, var=None, client=None, with_mean: bool = True, with_std: bool = True):
-    """Lazily standardized X (dask array): ``(X - mean) / std``; zero-variance features left unscaled.
+    """Lazily standardized X: ``(X - mean) / std``; zero-variance features left unscaled.
 
-    If ``mean``/``var`` are not given they are computed with :func:`moments` (one pass).
+    Parameters
+    ----------
+    X : array-like, dask array, xarray.DataArray or str
+        The data.
+    mean, var : ndarray of shape (n_features,) or None, default=None
+        Moments to use (None: computed with :func:`moments`, one pass).
+    client : distributed.Client, None or False, default=None
+        Where the moments pass runs.
+    with_mean : bool, default=True
+        Subtract the mean.
+    with_std : bool, default=True
+        Divide by the standard deviation.
+
+    Returns
+    -------
+    dask.array.Array
+        Lazy, in X's dtype.
     """
     from ..data import as_dask_array
 
@@ -65,7 +109,25 @@ def standardize(X, *, mean=None, var=None, client=None, with_mean: bool = True, 
 def standardize_store(src_url, dst_url, *, client=None, overwrite: bool = False, chunk_rows=None) -> dict:
     """Write the standardized ``X`` of store ``src_url`` (and its labels) to a new store ``dst_url``.
 
-    The source is never modified; the target is written atomically.  Returns the moments used.
+    The source is never modified; the target is written atomically.
+
+    Parameters
+    ----------
+    src_url : str or os.PathLike
+        Source store.
+    dst_url : str or os.PathLike
+        Target store (never the source).
+    client : distributed.Client, None or False, default=None
+        Where the passes run.
+    overwrite : bool, default=False
+        Replace an existing target.
+    chunk_rows : int or None, default=None
+        Rows per stored chunk of the target (None: the source's).
+
+    Returns
+    -------
+    dict
+        The moments used.
     """
     from ..data import check_output, is_local_path, open_labels, open_store, store_info, write_store
 

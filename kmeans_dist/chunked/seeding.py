@@ -366,11 +366,49 @@ def _block_weight_chunk(X, w, offset):
 def init_centers(X, n_clusters: int, method="k-means||", random_state=None, sample_weight=None, client=None,
                  *, blocks=None, oversampling_factor=None, init_rounds: int = 5, n_local_trials=None,
                  block_rows="auto", split_every: int = 8, dtype=None) -> np.ndarray:
-    """Initial centers for k-means on (chunked) X.
+    """Initial centers for k-means on chunked X.
 
-    ``method`` is one of ``"k-means||"``, ``"k-means++"``, ``"random"``, ``"random-partition"`` or an
-    array of shape (n_clusters, n_features).  ``X`` may be anything :func:`kmeans_dist.data.as_dask_array`
-    accepts, or pass prepared ``blocks``.  Returns a NumPy array in X's dtype.
+    Parameters
+    ----------
+    X : array-like, dask array, xarray.DataArray or str of shape (n_samples, n_features)
+        Anything :func:`kmeans_dist.data.as_dask_array` accepts (ignored when ``blocks`` is given).
+    n_clusters : int
+        Number of centers.
+    method : {"k-means||", "k-means++", "random", "random-partition"} or array, default="k-means||"
+        Seeding method, or the centers themselves of shape (n_clusters, n_features).
+    random_state : int, RandomState, Generator or None, default=None
+        Seed of every draw; the centers do not depend on the chunking or the workers.
+    sample_weight : array-like of shape (n_samples,) or None, default=None
+        Weight of every row.
+    client : distributed.Client, None or False, default=None
+        None: the active client if any; False: in process.
+    blocks : LocalBlocks, DaskBlocks, StreamBlocks or None, default=None
+        Blocks already made.
+    oversampling_factor : float or None, default=None
+        k-means|| candidates per round (None: ``2 * n_clusters``).
+    init_rounds : int, default=5
+        k-means|| rounds.
+    n_local_trials : int or None, default=None
+        k-means++ candidates per center.
+    block_rows : "auto" or int, default="auto"
+        Rows per canonical block.
+    split_every : int, default=8
+        Fan-in of the reduction tree.
+    dtype : dtype or None, default=None
+        Dtype of the result (None: X's).
+
+    Returns
+    -------
+    ndarray of shape (n_clusters, n_features)
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from kmeans_dist.chunked import init_centers
+    >>> X = np.array([[0.0, 0.0], [0.0, 0.1], [9.0, 9.0], [9.0, 9.1]])
+    >>> C = init_centers(X, 2, "k-means++", random_state=0, client=False)
+    >>> sorted(C[:, 0].round().tolist())
+    [0.0, 9.0]
     """
     from .driver import make_blocks
     from ..data import as_dask_array
@@ -399,7 +437,17 @@ def init_centers(X, n_clusters: int, method="k-means||", random_state=None, samp
 
 
 def seed_from(random_state) -> int:
-    """An int seed from None / int / RandomState / Generator (as sklearn's check_random_state)."""
+    """An int seed from None / int / RandomState / Generator (as scikit-learn's ``check_random_state``).
+
+    Parameters
+    ----------
+    random_state : None, int, numpy.random.RandomState or numpy.random.Generator
+        None draws a fresh seed.
+
+    Returns
+    -------
+    int
+    """
     if random_state is None:
         return int(np.random.SeedSequence().generate_state(1)[0])
     if isinstance(random_state, (int, np.integer)):

@@ -20,7 +20,28 @@ __all__ = ["resolve_source", "SOURCE_KINDS", "ingest", "ingest_npy", "ingest_tab
 
 
 def ingest_npy(path, url, *, labels=None, chunk_rows=None, overwrite=False, dtype=None) -> str:
-    """Stream a ``.npy`` file (memory-mapped, chunk by chunk) into a store."""
+    """Stream a ``.npy`` file (memory-mapped) into a store, chunk by chunk.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The ``.npy`` file of shape ``(n_samples, n_features)``.
+    url : str or os.PathLike
+        Target store.
+    labels : array-like, str or None, default=None
+        Labels, or the path of a ``.npy`` file holding them.
+    chunk_rows : int or None, default=None
+        Rows per stored chunk.
+    overwrite : bool, default=False
+        Replace an existing store.
+    dtype : dtype or None, default=None
+        Cast to this dtype.
+
+    Returns
+    -------
+    str
+        The store URL.
+    """
     try:
         arr = np.load(path, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:  # truncated, not .npy, object arrays
@@ -66,10 +87,27 @@ def _numeric_partition(part, cols, dtype, offsets, source, partition_info=None):
 
 def ingest_table(path, url, *, columns=None, label_column=None, chunk_rows=None, overwrite=False,
                  dtype="float64") -> str:
-    """CSV or Parquet (file, glob or directory) through ``dask.dataframe``, partition by partition.
+    """Stream a CSV or Parquet file into a store (numeric columns as X, one optional label column).
 
-    Every cell must be a number: the first missing or non-numeric cell is an error naming its row and
-    column (a short CSV row is a missing cell, never a silent NaN).
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The ``.csv`` or ``.parquet`` file.
+    url : str or os.PathLike
+        Target store.
+    columns : list of str or None, default=None
+        Feature columns (None: every numeric column but the label column).
+    label_column : str or None, default=None
+        Column stored as ``labels``.
+    chunk_rows : int or None, default=None
+        Rows per stored chunk.
+    overwrite : bool, default=False
+        Replace an existing store.
+
+    Returns
+    -------
+    str
+        The store URL.
     """
     import dask.dataframe as dd
 
@@ -118,7 +156,20 @@ def _idx_header(f, path):
 
 
 def iter_idx_chunks(path, rows: int) -> Iterator[np.ndarray]:
-    """Stream an IDX file (gzip or not) ``rows`` items at a time, each flattened to 2-D (or 1-D)."""
+    """Read an IDX file (gzip or not) ``rows`` items at a time.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The IDX file.
+    rows : int
+        Items per chunk.
+
+    Yields
+    ------
+    ndarray
+        Consecutive chunks of the file's items.
+    """
     with _open_maybe_gzip(path) as f:
         dt, dims = _idx_header(f, path)
         item = int(np.prod(dims[1:])) if len(dims) > 1 else 1
@@ -134,7 +185,17 @@ def iter_idx_chunks(path, rows: int) -> Iterator[np.ndarray]:
 
 
 def read_idx(path) -> np.ndarray:
-    """Read a whole IDX file (for small files such as label vectors)."""
+    """Read a whole IDX file (gzip or not) as a NumPy array of its stored shape.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The IDX file.
+
+    Returns
+    -------
+    ndarray
+    """
     with _open_maybe_gzip(path) as f:
         dt, dims = _idx_header(f, path)
         a = np.frombuffer(f.read(), dtype=dt)
@@ -163,7 +224,18 @@ def _find_file(directory: Path, stem: str) -> Path:
 
 
 def find_mnist_dir(default: str | os.PathLike | None = None) -> Path | None:
-    """The MNIST directory: ``$MNIST_DIR``, else ``default``, else ``../shared/data/mnist``; None if absent."""
+    """The folder holding the MNIST IDX files: ``$MNIST_DIR``, else ``default``, else ``../shared/data/mnist``.
+
+    Parameters
+    ----------
+    default : str, os.PathLike or None, default=None
+        A folder to try after ``$MNIST_DIR``.
+
+    Returns
+    -------
+    pathlib.Path or None
+        None when no candidate holds the files.
+    """
     cands = [os.environ.get("MNIST_DIR"), default]
     here = Path(__file__).resolve().parent.parent
     cands += [here.parent / "shared" / "data" / "mnist", Path.cwd().parent / "shared" / "data" / "mnist"]
@@ -182,8 +254,29 @@ def ingest_mnist(directory, url, *, splits=("train", "test"), limit: int | None 
                  dtype="float32") -> str:
     """Stream MNIST IDX files (gzip or not) into a store: X (n, 784) and labels.
 
-    ``splits`` are concatenated in order (train then test gives all 70,000 images); ``limit`` keeps
-    the first rows; ``scale`` multiplies pixel values (e.g. 1/255 for [0, 1]).
+    Parameters
+    ----------
+    directory : str or os.PathLike
+        Folder with the IDX files.
+    url : str or os.PathLike
+        Target store.
+    splits : tuple of str, default=("train", "test")
+        Concatenated in order (train then test gives all 70,000 images).
+    limit : int or None, default=None
+        Keep the first rows.
+    chunk_rows : int, default=10000
+        Rows per stored chunk.
+    scale : float or None, default=None
+        Multiplies pixel values (e.g. 1/255 for [0, 1]).
+    overwrite : bool, default=False
+        Replace an existing store.
+    dtype : str, default="float32"
+        Dtype of X.
+
+    Returns
+    -------
+    str
+        The store URL.
     """
     directory = Path(directory)
     files = [(_find_file(directory, MNIST_FILES[s][0]), _find_file(directory, MNIST_FILES[s][1])) for s in splits]
@@ -234,7 +327,27 @@ def ingest_mnist(directory, url, *, splits=("train", "test"), limit: int | None 
 
 
 def load_mnist(directory=None, *, limit: int | None = None, scale: float | None = None):
-    """MNIST in memory as ``(X float32 (n, 784), y int64)``: all 70,000 images unless ``limit``."""
+    """MNIST in memory as ``(X float32 (n, 784), y int64)``: all 70,000 images unless ``limit``.
+
+    Parameters
+    ----------
+    directory : str, os.PathLike or None, default=None
+        Folder with the IDX files (None: :func:`find_mnist_dir`).
+    limit : int or None, default=None
+        Keep the first rows.
+    scale : float or None, default=None
+        Multiplies pixel values.
+
+    Returns
+    -------
+    X : ndarray of shape (n, 784), float32
+    y : ndarray of shape (n,), int64
+
+    Raises
+    ------
+    DataError
+        When MNIST is not found.
+    """
     directory = find_mnist_dir(directory)
     if directory is None:
         raise DataError("MNIST not found: set MNIST_DIR to a folder with the IDX files")
@@ -295,8 +408,31 @@ def resolve_source(source) -> str:
 
 
 def ingest(source, url, **kw) -> str:
-    """Ingest any supported source into a store: array, ``.npy``, CSV/Parquet, MNIST directory or
-    ``"sklearn-digits"`` (the 8x8 digits set shipped inside scikit-learn)."""
+    """Ingest any supported source into a store.
+
+    Parameters
+    ----------
+    source : array-like, str or os.PathLike
+        An array, a ``.npy`` file, a CSV/Parquet file, an MNIST directory or ``"sklearn-digits"`` (the 8x8
+        digits set shipped inside scikit-learn).
+    url : str or os.PathLike
+        Target store; never the source.
+    **kw
+        Passed to the reader: ``overwrite``, ``chunk_rows``, ``limit``, ``scale``, ``label_column``, ...
+
+    Returns
+    -------
+    str
+        The store URL.
+
+    Examples
+    --------
+    >>> import tempfile, os
+    >>> from kmeans_dist.data import ingest, store_info
+    >>> url = ingest("sklearn-digits", os.path.join(tempfile.mkdtemp(), "digits.zarr"))
+    >>> store_info(url)["shape"]
+    (1797, 64)
+    """
     if isinstance(source, str) and source == "sklearn-digits":
         from sklearn.datasets import load_digits
 

@@ -58,6 +58,17 @@ class DataError(ValueError):
 # --------------------------------------------------------------------------------------------------
 
 def is_local_path(url) -> bool:
+    """Whether ``url`` names a local path (no fsspec protocol other than ``file://``).
+
+    Parameters
+    ----------
+    url : str or os.PathLike
+        A path or URL.
+
+    Returns
+    -------
+    bool
+    """
     s = os.fspath(url)
     return "://" not in s or s.startswith("file://")
 
@@ -68,6 +79,22 @@ def _local(url) -> Path:
 
 
 def rows_per_chunk(n_features: int, itemsize: int, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> int:
+    """Rows per stored chunk so that a chunk takes about ``chunk_bytes``.
+
+    Parameters
+    ----------
+    n_features : int
+        Columns of X.
+    itemsize : int
+        Bytes per element.
+    chunk_bytes : int
+        Target bytes per chunk.
+
+    Returns
+    -------
+    int
+        At least 1.
+    """
     return int(max(1, chunk_bytes // max(1, n_features * itemsize)))
 
 
@@ -90,7 +117,38 @@ def _open_group(url, storage_options=None):
 
 
 def open_store(url, *, array: str = "X", storage_options=None):
-    """Open ``array`` of a Zarr store (path or fsspec URL) as a dask array chunked as stored."""
+    """Open ``array`` of a Zarr store (path or fsspec URL) as a dask array chunked as stored.
+
+    Only metadata is read; every chunk is read (and its checksum verified) when a task needs it.
+
+    Parameters
+    ----------
+    url : str or os.PathLike
+        A local path or an fsspec URL (``s3://...``, ``gs://...``).
+    array : str, default="X"
+        Name of the array in the store's group.
+    storage_options : dict or None, default=None
+        Passed to fsspec.
+
+    Returns
+    -------
+    dask.array.Array
+        Lazy, chunked along samples as stored.
+
+    Raises
+    ------
+    DataError
+        When the store or the array does not exist, or a chunk is missing.
+
+    Examples
+    --------
+    >>> import tempfile, os, numpy as np
+    >>> from kmeans_dist.data import write_store, open_store
+    >>> url = write_store(os.path.join(tempfile.mkdtemp(), "s.zarr"), np.ones((10, 3), np.float32), chunk_rows=4)
+    >>> X = open_store(url)
+    >>> X.shape, X.chunks[0], str(X.dtype)
+    ((10, 3), (4, 4, 2), 'float32')
+    """
     import dask.array as da
 
     g = _open_group(url, storage_options)
@@ -201,7 +259,22 @@ class _CheckedArray:
 
 
 def open_dataarray(url, *, array: str = "X", storage_options=None):
-    """Open a store as an ``xarray.DataArray`` with dims ``(sample, feature)`` (dask-backed)."""
+    """Open a store as an ``xarray.DataArray`` with dims ``(sample, feature)`` (dask-backed).
+
+    Parameters
+    ----------
+    url : str or os.PathLike
+        A local path or an fsspec URL.
+    array : str, default="X"
+        Name of the array in the store's group.
+    storage_options : dict or None, default=None
+        Passed to fsspec.
+
+    Returns
+    -------
+    xarray.DataArray
+        Lazy; the store's attributes in ``attrs``.
+    """
     import xarray as xr
 
     X = open_store(url, array=array, storage_options=storage_options)
@@ -215,7 +288,20 @@ def open_dataarray(url, *, array: str = "X", storage_options=None):
 
 
 def open_labels(url, *, storage_options=None):
-    """The ``labels`` array of a store as a dask array, or None when the store has none."""
+    """The ``labels`` array of a store as a dask array, or None when the store has none.
+
+    Parameters
+    ----------
+    url : str or os.PathLike
+        A local path or an fsspec URL.
+    storage_options : dict or None, default=None
+        Passed to fsspec.
+
+    Returns
+    -------
+    dask.array.Array or None
+        Integer labels of shape ``(n_samples,)``.
+    """
     g = _open_group(url, storage_options)
     z = _open_array(g, url, "labels")
     if z is None:
@@ -228,7 +314,20 @@ def open_labels(url, *, storage_options=None):
 
 
 def store_info(url, storage_options=None) -> dict:
-    """Shape, dtype, chunks and attributes of a store, without reading any chunk."""
+    """Shape, dtype, chunks and attributes of a store, without reading any chunk.
+
+    Parameters
+    ----------
+    url : str or os.PathLike
+        A local path or an fsspec URL.
+    storage_options : dict or None, default=None
+        Passed to fsspec.
+
+    Returns
+    -------
+    dict
+        ``shape``, ``dtype``, ``chunks``, ``has_labels``, ``attrs`` and the other metadata of the store.
+    """
     g = _open_group(url, storage_options)
     z = _open_array(g, url, "X")
     if z is None:
@@ -271,8 +370,36 @@ def _coerce_dask(X, chunks=None):
 def as_dask_array(X, *, chunks=None, name: str = "X", allow_1d: bool = False):
     """Any supported input (NumPy, CuPy, dask, xarray, Zarr path/URL) as a 2-D float dask array.
 
-    Checks shape and dtype from metadata only (no pass over the data): 2-D, at least one sample and
-    one feature, numeric.  Integers and booleans become float64; float32 stays float32.
+    Checks shape and dtype from metadata only (no pass over the data): 2-D, at least one sample and one
+    feature, numeric.  Integers and booleans become float64; float32 stays float32.
+
+    Parameters
+    ----------
+    X : array-like, dask array, xarray.DataArray, str or os.PathLike
+        The input; a string or path is opened with :func:`open_store`.
+    chunks : int, tuple or None, default=None
+        Chunking for in-memory input (None: one chunk).
+    name : str, default="X"
+        The input's name in error messages.
+    allow_1d : bool, default=False
+        Accept a 1-D input as a single feature.
+
+    Returns
+    -------
+    dask.array.Array
+
+    Raises
+    ------
+    DataError
+        When the input is not 2-D, empty, or not numeric.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from kmeans_dist.data import as_dask_array
+    >>> X = as_dask_array(np.arange(6).reshape(3, 2))
+    >>> X.shape, str(X.dtype)
+    ((3, 2), 'float64')
     """
 
     if isinstance(X, (list, tuple)):
@@ -306,7 +433,21 @@ def as_dask_array(X, *, chunks=None, name: str = "X", allow_1d: bool = False):
 
 
 def as_labels_array(y, n_samples: int | None = None, name: str = "labels"):
-    """Labels (NumPy, dask, xarray, or a Zarr store path holding ``labels``) as a 1-D int dask array."""
+    """Labels (NumPy, dask, xarray, or a Zarr store path holding ``labels``) as a 1-D int dask array.
+
+    Parameters
+    ----------
+    y : array-like, dask array, xarray.DataArray, str or os.PathLike
+        The labels.
+    n_samples : int or None, default=None
+        Expected length (checked when given).
+    name : str, default="labels"
+        The input's name in error messages.
+
+    Returns
+    -------
+    dask.array.Array
+    """
 
     if isinstance(y, (str, os.PathLike)):
         y = open_labels(y)
@@ -347,8 +488,42 @@ def write_store(url, X, *, labels=None, chunk_rows: int | None = None, feature_n
                 attrs: dict | None = None, overwrite: bool = False, dtype=None) -> str:
     """Write X (NumPy/dask/xarray) and optional labels to a Zarr v3 store, chunked along samples.
 
-    Dask input is written chunk by chunk on whatever scheduler is active (never gathered).  Local
-    targets are written atomically.  Returns the store URL.
+    Dask input is written chunk by chunk on whatever scheduler is active (never gathered).  Local targets
+    are written atomically (a hidden sibling folder, then one rename); chunks carry zstd checksums and the
+    store a manifest of its chunks.
+
+    Parameters
+    ----------
+    url : str or os.PathLike
+        Target path or fsspec URL; never one of the inputs.
+    X : array-like, dask array or xarray.DataArray of shape (n_samples, n_features)
+        The data.
+    labels : array-like of shape (n_samples,) or None, default=None
+        Optional labels, stored as ``labels``.
+    chunk_rows : int or None, default=None
+        Rows per stored chunk (None: from the input's chunking or about 32 MiB per chunk).
+    feature_names : list of str or None, default=None
+        Stored as the ``feature`` coordinate.
+    attrs : dict or None, default=None
+        Extra attributes of the group.
+    overwrite : bool, default=False
+        Replace an existing store.
+    dtype : dtype or None, default=None
+        Cast X to this dtype (None: keep it).
+
+    Returns
+    -------
+    str
+        The store URL.
+
+    Examples
+    --------
+    >>> import tempfile, os, numpy as np
+    >>> from kmeans_dist.data import write_store, store_info
+    >>> url = write_store(os.path.join(tempfile.mkdtemp(), "s.zarr"), np.zeros((5, 2)), labels=np.arange(5))
+    >>> info = store_info(url)
+    >>> info["shape"], info["has_labels"]
+    ((5, 2), True)
     """
     import dask.array as da
 
@@ -395,7 +570,26 @@ def _write_to(url, write, overwrite: bool) -> str:
 
 def write_stream(url, blocks: Iterable[tuple[np.ndarray, np.ndarray | None]], n: int, d: int, dtype,
                   rows: int, with_labels: bool, feature_names=None, attrs=None, overwrite=False) -> str:
-    """Write an iterator of (X_block, labels_block) of ``rows`` rows each (last may be shorter)."""
+    """Write a store from an iterator of ``(X_block, labels_block)`` pairs, one chunk at a time.
+
+    Parameters
+    ----------
+    url : str or os.PathLike
+        Target path or fsspec URL.
+    blocks : iterable of (ndarray, ndarray or None)
+        Consecutive row blocks and their labels.
+    n : int
+        Total number of rows.
+    d : int
+        Number of features.
+    dtype : dtype
+        Dtype of X.
+
+    Returns
+    -------
+    str
+        The store URL.
+    """
 
     def _write(root):
         _, z, zl = _create_arrays(root, n, d, dtype, rows, with_labels, feature_names, attrs)

@@ -45,18 +45,58 @@ except Exception:  # pragma: no cover - numba is a dependency; kept optional at 
 
 
 def available() -> bool:
+    """Whether the compiled (Numba) kernels can be used in this process.
+
+    Returns
+    -------
+    bool
+        False when Numba is missing or disabled; the array-API path is used then.
+    """
     return numba is not None
 
 
 @jit
 def worse(da, ia, db, ib):  # pragma: no cover - compiled
     # farther is better; at equal distance the lower row index is better
+    """Order of the farthest-rows heap: True when ``(da, ia)`` is a worse candidate than ``(db, ib)``.
+
+    Farther is better; at equal distance the lower row index is better.
+
+    Parameters
+    ----------
+    da, db : float
+        Distances of the two candidates.
+    ia, ib : int
+        Their row indices.
+
+    Returns
+    -------
+    bool
+        Whether the first candidate ranks below the second.
+    """
     return da < db or (da == db and ia > ib)
 
 
 @jit
 def heap_offer(hd, hi, hn, dv, iv):  # pragma: no cover - compiled
-    """Keep the m best (distance, index) pairs in a heap whose root is the worst of them."""
+    """Keep the ``m`` best (distance, index) pairs in a heap whose root is the worst of them.
+
+    Parameters
+    ----------
+    hd, hi : ndarray of shape (m,)
+        The heap's distances and indices, updated in place.
+    hn : int
+        Number of entries in use.
+    dv : float
+        Distance of the offered row.
+    iv : int
+        Its index.
+
+    Returns
+    -------
+    int
+        The new number of entries in use.
+    """
     m = hd.shape[0]
     n = hn[0]
     if n < m:
@@ -136,7 +176,23 @@ def _assign_accumulate(X, P, c_sq, x_sq, w, exact, C, row0, sums, weights, count
 
 
 def scratch(name: str, shape, dtype):
-    """A per-thread buffer reused across calls (grown when too small)."""
+    """A per-thread buffer reused across calls (grown when too small).
+
+    Parameters
+    ----------
+    name : str
+        Name of the buffer.
+    shape : int or tuple of int
+        Shape wanted.
+    dtype : dtype
+        Dtype wanted.
+
+    Returns
+    -------
+    ndarray
+        A buffer of that shape and dtype; its contents are undefined and valid until the next call with
+        the same name in this thread.
+    """
     key = (name, np.dtype(dtype).str, len(shape))
     cache = getattr(_LOCAL, "bufs", None)
     if cache is None:
@@ -152,11 +208,11 @@ _WARM = False
 
 
 def warm_blas():
-    """One small GEMM with a long inner dimension, once per process.
+    """Run one small GEMM with a long inner dimension, once per process.
 
-    Measured on this project's machines (OpenBLAS 0.3.30/0.3.31, Zen): until the process has run a GEMM
-    with an inner dimension of several hundred, the skinny products of the Lloyd kernel (inner dimension
-    = n_features, e.g. 32) run about 1.6x slower, for good.  This costs well under a millisecond.
+    Measured with OpenBLAS 0.3.30/0.3.31 on Zen: until the process has run a GEMM with an inner dimension of
+    several hundred, the skinny products of the Lloyd kernel (inner dimension = n_features, e.g. 32) run
+    about 1.6x slower, for good.  This costs well under a millisecond.
     """
     global _WARM
     if not _WARM:
@@ -167,10 +223,32 @@ def warm_blas():
 def lloyd_block(X, w, centers, x_sq, sub_rows: int, exact_inertia: bool, n_far: int, keep_labels: bool):
     """Assign the rows of ``X`` (NumPy) to ``centers`` and accumulate, in one pass.
 
-    Returns ``(sums (k,d) f64, weights (k,) f64, counts (k,) int64, inertia float, labels int64,
-    dist X.dtype, far (m,) int64)``, ``far`` being the block-local indices of the ``n_far`` rows
-    farthest from their centers, farthest first.  ``labels`` and ``dist`` are per-thread scratch
-    buffers unless ``keep_labels``: valid until the next call in this thread.
+    Parameters
+    ----------
+    X : ndarray of shape (n_rows, n_features)
+        The block.
+    w : ndarray of shape (n_rows,) or None
+        Sample weights (None: all ones).
+    centers : ndarray of shape (n_clusters, n_features)
+        Centers, in ``X``'s dtype.
+    x_sq : ndarray of shape (n_rows,)
+        Squared row norms of ``X``.
+    sub_rows : int
+        Rows per distance GEMM.
+    exact_inertia : bool
+        Compute the inertia by direct differences instead of from the GEMM's distances.
+    n_far : int
+        Number of farthest rows to return.
+    keep_labels : bool
+        Return fresh ``labels`` and ``dist`` arrays instead of per-thread scratch buffers.
+
+    Returns
+    -------
+    tuple
+        ``(sums (k, d) float64, weights (k,) float64, counts (k,) int64, inertia float, labels int64,
+        dist X.dtype, far (m,) int64)``, ``far`` being the block-local indices of the ``n_far`` rows
+        farthest from their centers, farthest first.  ``labels`` and ``dist`` are per-thread scratch
+        buffers unless ``keep_labels``: valid until the next call in this thread.
     """
     warm_blas()
     kern = _assign_accumulate

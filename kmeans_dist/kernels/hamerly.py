@@ -61,15 +61,26 @@ _STATE: dict = {}  # id(X) -> (weakref(X), token, pass index, state dict: see _s
 
 
 def clear_state():
+    """Forget every block's labels and bounds kept in this process (the next bounded pass is a full one)."""
     _STATE.clear()
 
 
 def bound_params(centers, prev_centers) -> dict:
     """What every block needs for a bounded pass with ``centers`` after ``prev_centers`` (client side).
 
-    ``delta`` (k,): how far each center moved (rounded up), ``delta_max``/``delta_arg``/``delta_2nd``: the
-    largest movement, its center and the largest among the others; ``sep`` (k,): distance from each
-    center to its nearest other center (rounded down); ``c_max``: the largest center norm.
+    Parameters
+    ----------
+    centers : ndarray of shape (n_clusters, n_features)
+        Centers of this pass.
+    prev_centers : ndarray of shape (n_clusters, n_features)
+        Centers of the previous pass of the same run.
+
+    Returns
+    -------
+    dict
+        ``delta`` (k,): how far each center moved (rounded up); ``delta_max``, ``delta_arg``, ``delta_2nd``:
+        the largest movement, its center and the largest among the others; ``sep`` (k,): distance from
+        each center to its nearest other center (rounded down); ``c_max``: the largest center norm.
     """
     C = np.asarray(centers, dtype=np.float64)
     k = C.shape[0]
@@ -279,11 +290,30 @@ def _forget(X):
 
 
 def lloyd_block_bounded(X, w, centers, n_far: int, bounds: dict):
-    """A Lloyd pass over one NumPy block with Hamerly's bounds; returns what
-    :func:`kmeans_dist.kernels.fused.lloyd_block` returns (``labels`` is the block's state, ``dist`` a scratch
-    buffer exact only at the far rows: copy what you keep).  ``bounds``: ``token`` (the run), ``pass``
-    (its index in the run) and :func:`bound_params` of the pass.  The rows' squared norms are kept in
-    float64 with the block's state (the bounds and the inertia need them more exactly than the dtype's)."""
+    """A Lloyd pass over one NumPy block with Hamerly's bounds.
+
+    The rows' squared norms are kept in float64 with the block's state (the bounds and the inertia need them
+    more exactly than the dtype's).  A missing or stale state (another run, a skipped pass) means a full pass.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n_rows, n_features)
+        The block; its state is keyed by this object.
+    w : ndarray of shape (n_rows,) or None
+        Sample weights.
+    centers : ndarray of shape (n_clusters, n_features)
+        Centers of this pass.
+    n_far : int
+        Number of farthest rows to return.
+    bounds : dict
+        ``token`` (the run), ``pass`` (its index in the run) and :func:`bound_params` of the pass.
+
+    Returns
+    -------
+    tuple
+        What :func:`kmeans_dist.kernels.fused.lloyd_block` returns; ``labels`` is the block's state and
+        ``dist`` a scratch buffer exact only at the far rows: copy what you keep.
+    """
     warm_blas()
     n, d = X.shape
     k = centers.shape[0]

@@ -21,8 +21,36 @@ def kmeans_plusplus(X, n_clusters: int, rng: np.random.Generator, sample_weight=
                     n_local_trials: int | None = None):
     """Greedy k-means++ (Arthur & Vassilvitskii 2007, with local trials as scikit-learn).
 
-    Returns ``(centers, indices)``.  ``rng`` is a NumPy Generator; random draws happen on the host,
-    distances on the array's device.
+    Random draws happen on the host, distances on the array's device.
+
+    Parameters
+    ----------
+    X : array of shape (n_samples, n_features)
+        NumPy, CuPy or any array-API array.
+    n_clusters : int
+        Number of centers to draw.
+    rng : numpy.random.Generator
+        Source of every random draw.
+    sample_weight : array of shape (n_samples,) or None, default=None
+        Weight of every row.
+    n_local_trials : int or None, default=None
+        Candidates tried per center (None: ``2 + int(log(n_clusters))``, as scikit-learn).
+
+    Returns
+    -------
+    centers : array of shape (n_clusters, n_features)
+        The chosen rows, in ``X``'s namespace.
+    indices : ndarray of shape (n_clusters,)
+        Their row indices.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from kmeans_dist.kernels import kmeans_plusplus
+    >>> X = np.array([[0.0, 0.0], [0.0, 0.1], [9.0, 9.0], [9.0, 9.1]])
+    >>> centers, idx = kmeans_plusplus(X, 2, np.random.default_rng(0))
+    >>> sorted(int(i) // 2 for i in idx)
+    [0, 1]
     """
     xp = get_namespace(X)
     n = X.shape[0]
@@ -87,7 +115,34 @@ def lloyd_inmemory(X, centers, sample_weight=None, *, max_iter: int = 300, tol: 
                    tol_is_absolute: bool = False) -> KMeansResult:
     """Lloyd's algorithm on one in-memory array (any namespace), numerics as scikit-learn's lloyd.
 
-    ``tol`` is relative to the mean feature variance unless ``tol_is_absolute``.
+    Parameters
+    ----------
+    X : array of shape (n_samples, n_features)
+        NumPy, CuPy or any array-API array; CuPy stays on the GPU.
+    centers : array of shape (n_clusters, n_features)
+        Initial centers.
+    sample_weight : array of shape (n_samples,) or None, default=None
+        Weight of every row.
+    max_iter : int, default=300
+        Maximum number of iterations.
+    tol : float, default=1e-4
+        Tolerance on the squared center shift, relative to the mean feature variance.
+    tol_is_absolute : bool, default=False
+        Take ``tol`` as the absolute bound instead.
+
+    Returns
+    -------
+    KMeansResult
+        Final centers, labels, inertia, iterations and history.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from kmeans_dist.kernels import lloyd_inmemory
+    >>> X = np.array([[0.0], [1.0], [10.0], [11.0]])
+    >>> res = lloyd_inmemory(X, np.array([[0.0], [10.0]]))
+    >>> res.centers.ravel().tolist(), float(res.inertia)
+    ([0.5, 10.5], 1.0)
     """
     xp = get_namespace(X, centers)
     if not tol_is_absolute and tol > 0:

@@ -29,20 +29,56 @@ __all__ = ["lloyd_partial", "combine_lloyd_partials", "finalize_centers", "minib
 def lloyd_partial(X, sample_weight, centers, *, offset: int = 0, n_far: int | None = None,
                   exact_inertia: bool = False, return_labels: bool = False,
                   sub_rows: int | None = None, x_sq=None, bounds: dict | None = None) -> dict:
-    """One chunk's share of a Lloyd iteration.
+    """One block's share of a Lloyd iteration.
 
-    Assigns every row of ``X`` to its nearest center and returns a partial (host NumPy arrays):
+    Assigns every row of ``X`` to its nearest center and returns a partial of host NumPy arrays, to be
+    merged by :func:`combine_lloyd_partials` in the fixed tree order.  Never validates its input.
 
-    - ``sum``: (k, d) float64, weighted sum of the rows assigned to each center;
-    - ``weight``: (k,) float64, total sample weight per center; ``count``: (k,) int64 rows per center;
-    - ``inertia``: float64, weighted sum of squared distances to the assigned centers;
-    - ``far_*``: the ``n_far`` rows farthest from their centers (distance, global row index, values,
-      label, weight), used to relocate empty clusters the way scikit-learn does.
+    Parameters
+    ----------
+    X : array of shape (n_rows, n_features)
+        The block (NumPy, CuPy or any array-API array).
+    sample_weight : array of shape (n_rows,) or None
+        Weight of every row (None: all ones).
+    centers : array of shape (n_clusters, n_features)
+        Current centers.
+    offset : int, default=0
+        Global index of the block's first row.
+    n_far : int or None, default=None
+        Number of farthest rows to keep (None: ``n_clusters``).
+    exact_inertia : bool, default=False
+        Compute the inertia by direct differences (as scikit-learn's final inertia).
+    return_labels : bool, default=False
+        Also return the labels of the rows.
+    sub_rows : int or None, default=None
+        Rows per distance GEMM (None: from the sizes).
+    x_sq : array of shape (n_rows,) or None, default=None
+        Precomputed squared row norms.
+    bounds : dict or None, default=None
+        A pass of ``algorithm="hamerly"`` (see :mod:`kmeans_dist.kernels.hamerly`): skips the distances
+        that the bounds kept from the previous pass of the same run prove unneeded; then ``inertia``
+        comes from per-center sums in float64 and the far rows are chosen by exact distance.
 
-    ``offset`` is the global index of the chunk's first row.  ``bounds`` (a pass of
-    ``algorithm="hamerly"``, see :mod:`kmeans_dist.kernels.hamerly`) skips the distances that bounds kept from
-    the previous pass of the same run prove unneeded; then ``inertia`` comes from per-center sums in
-    float64 and the far rows are chosen by exact distance.  Never validates its input.
+    Returns
+    -------
+    dict
+        ``sum`` (k, d) float64: weighted sum of the rows assigned to each center; ``weight`` (k,) float64
+        and ``count`` (k,) int64 per center; ``inertia``: weighted sum of squared distances; ``far_*``:
+        the ``n_far`` rows farthest from their centers (distance, global row index, values, label,
+        weight), used to relocate empty clusters as scikit-learn does; ``labels`` when asked.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from kmeans_dist.kernels import lloyd_partial, combine_lloyd_partials, finalize_centers
+    >>> X = np.array([[0.0], [1.0], [10.0], [11.0]])
+    >>> C = np.array([[0.0], [10.0]])
+    >>> parts = [lloyd_partial(X[:2], None, C), lloyd_partial(X[2:], None, C, offset=2)]
+    >>> part = combine_lloyd_partials(parts)
+    >>> part["count"].tolist(), float(part["inertia"])
+    ([2, 2], 2.0)
+    >>> finalize_centers(part, C)[0].ravel().tolist()
+    [0.5, 10.5]
     """
     xp = get_namespace(X, centers)
     if centers.shape[0] == 1:
@@ -187,6 +223,20 @@ def farthest(xp, dist, m: int):
 
     Uses ``argpartition`` (NumPy and CuPy have it; O(n)) and sorts only the ``m`` winners; falls back
     to a full stable sort for namespaces without it (array-api-strict).
+
+    Parameters
+    ----------
+    xp : module
+        The array namespace of ``dist``.
+    dist : array of shape (n,)
+        Distances.
+    m : int
+        How many to return (at most ``n``).
+
+    Returns
+    -------
+    array of shape (min(m, n),)
+        Indices into ``dist``.
     """
     n = int(dist.shape[0])
     if m <= 0 or n == 0:
@@ -207,7 +257,18 @@ def farthest(xp, dist, m: int):
 
 
 def combine_lloyd_partials(parts: list[dict]) -> dict:
-    """Merge Lloyd partials, in the order given (host NumPy, float64 accumulation)."""
+    """Merge Lloyd partials, in the order given (host NumPy, float64 accumulation).
+
+    Parameters
+    ----------
+    parts : list of dict
+        Partials of :func:`lloyd_partial` (or of earlier combines).
+
+    Returns
+    -------
+    dict
+        One partial of the same form: sums, weights, counts and inertia added, the far rows merged.
+    """
     parts = [p for p in parts if p is not None]
     out = {
         "sum": parts[0]["sum"].copy(),
@@ -235,9 +296,22 @@ def combine_lloyd_partials(parts: list[dict]) -> dict:
 def finalize_centers(part: dict, centers_old: np.ndarray) -> tuple[np.ndarray, int]:
     """New centers from a combined Lloyd partial; empty clusters relocated to far points.
 
-    As scikit-learn's ``_relocate_empty_clusters``: each empty cluster takes the point that is
-    farthest from its center (farthest first), and that point's weight moves from its old cluster.
-    Returns ``(centers_new, n_relocated)`` in ``centers_old``'s dtype.
+    As scikit-learn's ``_relocate_empty_clusters``: each empty cluster takes the point that is farthest
+    from its center (farthest first), and that point's weight moves from its old cluster.
+
+    Parameters
+    ----------
+    part : dict
+        The combined partial of a whole pass.
+    centers_old : ndarray of shape (n_clusters, n_features)
+        The centers the pass assigned to.
+
+    Returns
+    -------
+    centers_new : ndarray of shape (n_clusters, n_features)
+        In ``centers_old``'s dtype.
+    n_relocated : int
+        Number of empty clusters relocated.
     """
     sums = part["sum"].copy()
     weight = part["weight"].copy()
@@ -260,10 +334,23 @@ def finalize_centers(part: dict, centers_old: np.ndarray) -> tuple[np.ndarray, i
 
 
 def minibatch_update(centers, weight_sums, part) -> tuple:
-    """Sculley's update with per-center counts, as scikit-learn's MiniBatchKMeans.
+    """Sculley's update with per-center counts, as scikit-learn's ``MiniBatchKMeans``.
 
-    ``c_new = (c_old * W + sum_batch) / (W + w_batch)`` for every center that received points;
-    ``part`` is the Lloyd partial of the batch (computed with ``centers``).  Host NumPy.
+    ``c_new = (c_old * W + sum_batch) / (W + w_batch)`` for every center that received points.
+
+    Parameters
+    ----------
+    centers : ndarray of shape (n_clusters, n_features)
+        Current centers (host NumPy).
+    weight_sums : ndarray of shape (n_clusters,)
+        Total weight each center has received so far.
+    part : dict
+        The Lloyd partial of the batch, computed with ``centers``.
+
+    Returns
+    -------
+    tuple
+        ``(centers_new, weight_sums_new)``.
     """
     sums, wb = part["sum"], part["weight"]
     W = weight_sums.astype(np.float64)

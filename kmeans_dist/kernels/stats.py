@@ -13,11 +13,27 @@ __all__ = ["NonFiniteError", "stats_chunk", "combine_stats", "check_stats", "fin
 
 
 class NonFiniteError(ValueError):
-    """X contains NaN or infinity."""
+    """``X`` contains NaN or infinity; the message names the chunk and the rows."""
 
 
 def stats_chunk(X, w, offset):
-    """Per-block partial: count, mean, M2 (float64), and the first non-finite value if any."""
+    """Per-block partial of the moments pass: count, mean, M2 (float64), and the first non-finite value if any.
+
+    Parameters
+    ----------
+    X : array of shape (n_rows, n_features)
+        The block.
+    w : array of shape (n_rows,) or None
+        Sample weights; only checked here (negative or non-finite weights are reported, and their sum
+        kept): the moments are unweighted.
+    offset : int
+        Global index of the block's first row.
+
+    Returns
+    -------
+    dict
+        The partial, merged by :func:`combine_stats`.
+    """
     xp = get_namespace(X)
     n = int(X.shape[0])
     finite_rows = xp.all(xp.isfinite(X), axis=1)
@@ -49,7 +65,28 @@ def stats_chunk(X, w, offset):
 
 
 def combine_stats(parts):
-    """Chan et al.'s parallel update of (n, mean, M2), folded in the order given."""
+    """Chan et al.'s parallel update of ``(n, mean, M2)``, folded in the order given.
+
+    Parameters
+    ----------
+    parts : list of dict
+        Partials of :func:`stats_chunk` or of earlier combines.
+
+    Returns
+    -------
+    dict
+        One partial of the same form.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from kmeans_dist.kernels import stats_chunk, combine_stats, finish_stats
+    >>> X = np.array([[1.0], [2.0], [3.0], [4.0]])
+    >>> st = combine_stats([stats_chunk(X[:1], None, 0), stats_chunk(X[1:], None, 1)])
+    >>> m = finish_stats(st)
+    >>> m["n"], m["mean"].tolist(), m["var"].tolist()
+    (4, [2.5], [1.25])
+    """
     parts = [p for p in parts if p is not None]
     out = {"n": parts[0]["n"], "mean": parts[0]["mean"].copy(), "M2": parts[0]["M2"].copy(),
            "w_sum": parts[0].get("w_sum", float(parts[0]["n"])),
@@ -79,7 +116,23 @@ def combine_stats(parts):
 def check_stats(stats, block_rows: int | None = None, name: str = "X", chunks=None):
     """Raise a clear error if the stats pass found NaN or infinity in X, or bad sample weights.
 
-    ``chunks`` (the input's row chunk sizes) makes the message name the input's chunk and its rows.
+    Parameters
+    ----------
+    stats : dict
+        The combined partial of the moments pass.
+    block_rows : int or None, default=None
+        Rows per canonical block (to turn block positions into rows).
+    name : str, default="X"
+        The input's name in the message.
+    chunks : tuple of int or None, default=None
+        The input's row chunk sizes: the message then names the input's chunk and its rows.
+
+    Raises
+    ------
+    NonFiniteError
+        When X holds NaN or infinity.
+    ValueError
+        When the sample weights are negative, non-finite or all zero.
     """
     wb = stats.get("w_bad")
     if wb:
@@ -109,7 +162,19 @@ def check_stats(stats, block_rows: int | None = None, name: str = "X", chunks=No
 
 
 def finish_stats(stats):
-    """Population mean and variance of every feature from combined stats."""
+    """Population mean and variance of every feature from combined stats.
+
+    Parameters
+    ----------
+    stats : dict
+        The combined partial of the moments pass.
+
+    Returns
+    -------
+    dict
+        ``n`` (rows), ``mean`` and ``var`` (population variance; both float64, shape ``(n_features,)``)
+        and ``bad`` (the first non-finite value found, or None).
+    """
     n = stats["n"]
     return {"n": n, "mean": stats["mean"], "var": stats["M2"] / n, "bad": stats["bad"]}
 

@@ -9,9 +9,29 @@ __all__ = ["tree_combine", "tree_depth", "tree_subtrees", "tree_root"]
 def tree_combine(parts: list, combine, split_every: int = 8):
     """Reduce ``parts`` with ``combine`` as a tree, exactly as ``dask.array.reduction`` does.
 
-    Consecutive groups of ``split_every`` partials are combined level by level, so the same
-    partials in the same order always give bit-identical results whether the tree runs on the
-    client or inside a Dask graph.
+    Consecutive groups of ``split_every`` partials are combined level by level, so the same partials in
+    the same order always give bit-identical results whether the tree runs on the client or inside a
+    Dask graph.
+
+    Parameters
+    ----------
+    parts : list
+        Partials, in block order.
+    combine : callable
+        Takes a list of partials, returns one.
+    split_every : int, default=8
+        Fan-in of every node (at least 2).
+
+    Returns
+    -------
+    object
+        The root of the tree.
+
+    Examples
+    --------
+    >>> from kmeans_dist.kernels import tree_combine
+    >>> tree_combine(list("abcde"), lambda p: "(" + "".join(p) + ")", split_every=3)
+    '((abc)(de))'
     """
     n = len(parts)
     s = max(int(split_every), 2)
@@ -21,6 +41,20 @@ def tree_combine(parts: list, combine, split_every: int = 8):
 
 
 def tree_depth(n: int, s: int) -> int:
+    """Number of levels of the reduction tree over ``n`` leaves with fan-in ``s``.
+
+    Parameters
+    ----------
+    n : int
+        Number of leaves (blocks).
+    s : int
+        Fan-in.
+
+    Returns
+    -------
+    int
+        At least 1.
+    """
     depth = 1
     if n > 1:
         depth = int(max(depth, math.ceil(math.log(n, s))))
@@ -30,12 +64,35 @@ def tree_depth(n: int, s: int) -> int:
 def tree_subtrees(nodes: dict, n: int, combine, split_every: int = 8) -> dict:
     """Evaluate every node of :func:`tree_combine`'s tree whose leaves are all known.
 
-    ``nodes`` maps ``(level, j)`` to a value: ``(0, i)`` is the partial of block ``i`` of ``n``,
-    ``(L, j)`` the combine of the ``split_every`` consecutive nodes ``(L-1, j*s) ...`` below it.
-    Returns the maximal evaluated nodes (their children dropped).  A Dask worker applies it to the
-    blocks it holds, so only a few partials travel; the client applies it to the union of what the
-    workers sent and then :func:`tree_root`.  Every node is computed from the same children in the same
-    order as in :func:`tree_combine`, so the result is bit-identical to it.
+    A Dask worker applies it to the blocks it holds, so only a few partials travel; the client applies it
+    to the union of what the workers sent and then :func:`tree_root`.  Every node is computed from the same
+    children in the same order as in :func:`tree_combine`, so the result is bit-identical to it.
+
+    Parameters
+    ----------
+    nodes : dict
+        Maps ``(level, j)`` to a value: ``(0, i)`` is the partial of block ``i`` of ``n``, ``(L, j)`` the
+        combine of the ``split_every`` consecutive nodes ``(L-1, j*s) ...`` below it.
+    n : int
+        Number of blocks of the whole pass.
+    combine : callable
+        Takes a list of partials, returns one.
+    split_every : int, default=8
+        Fan-in of every node.
+
+    Returns
+    -------
+    dict
+        The maximal evaluated nodes (their children dropped).
+
+    Examples
+    --------
+    >>> from kmeans_dist.kernels import tree_combine, tree_root, tree_subtrees
+    >>> join = lambda p: "(" + "".join(p) + ")"
+    >>> worker_a = tree_subtrees({(0, 0): "a", (0, 1): "b"}, 5, join, 2)
+    >>> worker_b = tree_subtrees({(0, 2): "c", (0, 3): "d", (0, 4): "e"}, 5, join, 2)
+    >>> tree_root({**worker_a, **worker_b}, 5, join, 2) == tree_combine(list("abcde"), join, 2)
+    True
     """
     s = max(int(split_every), 2)
     nodes = dict(nodes)
@@ -52,7 +109,24 @@ def tree_subtrees(nodes: dict, n: int, combine, split_every: int = 8) -> dict:
 
 
 def tree_root(nodes: dict, n: int, combine, split_every: int = 8):
-    """Finish :func:`tree_combine` from known nodes (see :func:`tree_subtrees`)."""
+    """Finish :func:`tree_combine` from known nodes (see :func:`tree_subtrees`).
+
+    Parameters
+    ----------
+    nodes : dict
+        Evaluated nodes covering all ``n`` leaves.
+    n : int
+        Number of blocks.
+    combine : callable
+        Takes a list of partials, returns one.
+    split_every : int, default=8
+        Fan-in of every node.
+
+    Returns
+    -------
+    object
+        The root, bit-identical to :func:`tree_combine` over the same leaves.
+    """
     s = max(int(split_every), 2)
     nodes = tree_subtrees(nodes, n, combine, s)
     top = tree_depth(n, s) - 1

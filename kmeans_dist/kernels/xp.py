@@ -13,7 +13,18 @@ __all__ = ["get_namespace", "to_numpy", "gpu_available", "is_numpy_namespace"]
 
 
 def get_namespace(*arrays):
-    """Return the array-API namespace of ``arrays`` (NumPy, CuPy, array-api-strict, ...)."""
+    """Return the array-API namespace of ``arrays`` (NumPy, CuPy, array-api-strict, ...).
+
+    Parameters
+    ----------
+    *arrays : array
+        Arrays of one namespace.
+
+    Returns
+    -------
+    module
+        The namespace (through ``array_api_compat``).
+    """
     import array_api_compat
 
     arrays = [a for a in arrays if a is not None and not isinstance(a, (int, float))]
@@ -21,13 +32,41 @@ def get_namespace(*arrays):
 
 
 def is_numpy_namespace(xp) -> bool:
+    """Whether ``xp`` is NumPy (or its array-API wrapper).
+
+    Parameters
+    ----------
+    xp : module
+        An array namespace.
+
+    Returns
+    -------
+    bool
+    """
     import array_api_compat
 
     return array_api_compat.is_numpy_namespace(xp)
 
 
 def to_numpy(a):
-    """Copy any array (NumPy, CuPy, torch, array-api-strict) to a NumPy array on the host."""
+    """Copy any array (NumPy, CuPy, torch, array-api-strict) to a NumPy array on the host.
+
+    Parameters
+    ----------
+    a : array
+        The array; a NumPy array is returned as is.
+
+    Returns
+    -------
+    ndarray
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from kmeans_dist.kernels import to_numpy
+    >>> to_numpy(np.arange(3)).tolist()
+    [0, 1, 2]
+    """
     if a is None or isinstance(a, np.ndarray):
         return a
     mod = type(a).__module__
@@ -50,7 +89,12 @@ def _strict_to_list(a):
 
 
 def gpu_available() -> bool:
-    """True when a CUDA device is present and CuPy can use it (checked without importing CuPy first)."""
+    """Whether a CUDA device is present and CuPy can use it (checked without importing CuPy first).
+
+    Returns
+    -------
+    bool
+    """
     if not os.path.exists("/dev/nvidia0"):
         return False
     try:
