@@ -84,3 +84,28 @@ def test_no_private_names_imported_across_modules(path):
                 part.startswith("_") and not part.startswith("__") for part in node.module.split(".")):
             bad.append(f"line {node.lineno}: from {node.module} import ... (a private module)")
     assert bad == []
+
+
+RESEARCH_NAMES = ("CT-bal", "CT-graph", "msplit", "CT-fcm", "CT-mse", "CT-reinit1", "AEKM-bal", "DKM-anneal",
+                  "consensus_window", "graph_split", "merge_split", "knn_graph", "size_entropy", "init_candidates",
+                  "select=\"balanced\"", "kmeans_candidates")
+
+
+@pytest.mark.parametrize("path", list(_source_files()), ids=lambda p: str(p.relative_to(ROOT)))
+def test_no_research_variant_names_in_the_product(path):
+    """The research on MNIST lives in research/deep_ct/; the library, pipelines and flows hold the paper's
+    methods only."""
+    text = path.read_text()
+    assert [n for n in RESEARCH_NAMES if n in text] == []
+
+
+def test_product_docs_speak_of_the_project():
+    """README, docs and RESULTS files: no diary (the word "session") and no research variant names."""
+    files = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md")), *sorted((ROOT / "benchmarks").glob("*.md"))]
+    bad = {}
+    for f in files:
+        text = f.read_text()
+        found = [w for w in ("session", *RESEARCH_NAMES) if w in text]
+        if found:
+            bad[str(f.relative_to(ROOT))] = found
+    assert bad == {}
