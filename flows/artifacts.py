@@ -9,7 +9,28 @@ __all__ = ["artifact_key", "LloydProgress", "publish_report", "publish_history"]
 
 
 def artifact_key(*parts) -> str:
-    """A valid artifact key (lowercase letters, digits and dashes)."""
+    """Join ``parts`` into a valid artifact key (lowercase letters, digits and dashes).
+
+    Empty and ``None`` parts are dropped, every other character becomes a dash, runs of dashes
+    collapse to one, and the key is cut to 200 characters.
+
+    Parameters
+    ----------
+    *parts : object
+        The pieces of the key (converted with ``str``).
+
+    Returns
+    -------
+    str
+        The key; ``'artifact'`` when nothing is left.
+
+    Examples
+    --------
+    >>> artifact_key("Lloyd progress", None, "fit_0")
+    'lloyd-progress-fit-0'
+    >>> artifact_key("", "--")
+    'artifact'
+    """
     s = "-".join(str(p) for p in parts if p not in (None, ""))
     return re.sub(r"-+", "-", re.sub(r"[^a-z0-9-]", "-", s.lower())).strip("-")[:200] or "artifact"
 
@@ -17,7 +38,19 @@ def artifact_key(*parts) -> str:
 class LloydProgress:
     """Progress artifact of one fit, updated at most every ``min_interval`` seconds (and at the end).
 
-    Safe to call from a task on a Dask worker; a failing API call never fails the fit.
+    Safe to call from a task on a Dask worker; a failing API call never fails the fit.  Call the
+    instance as ``progress(iteration, max_iter)`` (the ``progress`` callback of
+    :func:`pipelines.stages.fit_lloyd`); the first call creates the artifact, with key
+    ``lloyd-progress-<name>``.
+
+    Parameters
+    ----------
+    name : str
+        Name of the fit.
+    description : str, optional
+        Description of the artifact (default: ``'Lloyd iterations of <name>'``).
+    min_interval : float, default: 0.5
+        Least number of seconds between two updates.
     """
 
     def __init__(self, name: str, description: str | None = None, min_interval: float = 0.5):
@@ -45,10 +78,31 @@ class LloydProgress:
             pass
 
     def done(self, iteration: int):
+        """Set the progress to 100 %, whatever the time since the last update.
+
+        Parameters
+        ----------
+        iteration : int
+            Number of iterations the fit ran.
+        """
         self(iteration, iteration, force=True)
 
 
 def publish_history(history: list[dict], key: str, description: str = "Per-iteration history") -> None:
+    """Publish a fit's history as a Prefect table artifact.
+
+    One row per iteration (the first 2000) with ``iteration``, ``inertia``, ``center_shift`` and
+    ``seconds``; nothing is published for an empty history.
+
+    Parameters
+    ----------
+    history : list of dict
+        Per-iteration entries of a fit (its ``history``).
+    key : str
+        Artifact key (made valid with :func:`artifact_key`).
+    description : str, default: "Per-iteration history"
+        Description of the artifact.
+    """
     from prefect.artifacts import create_table_artifact
 
     rows = []
@@ -62,6 +116,17 @@ def publish_history(history: list[dict], key: str, description: str = "Per-itera
 
 
 def publish_report(markdown: str, key: str, description: str) -> None:
+    """Publish a report as a Prefect markdown artifact.
+
+    Parameters
+    ----------
+    markdown : str
+        The report text.
+    key : str
+        Artifact key (made valid with :func:`artifact_key`).
+    description : str
+        Description of the artifact.
+    """
     from prefect.artifacts import create_markdown_artifact
 
     create_markdown_artifact(markdown, key=artifact_key(key), description=description)

@@ -25,11 +25,56 @@ __all__ = ["choose_k_flow", "choose_k_run"]
 
 @task(name="choose_k_report")
 def choose_k_report_task(out_dir: str, results: list, params: dict, timings: dict) -> dict:
+    """Prefect task of :func:`pipelines.stages.choose_k_report` (not cached).
+
+    Parameters
+    ----------
+    out_dir : str
+        The run folder.
+    results : list of dict
+        One dict of metrics per k.
+    params : dict
+        The run's parameters.
+    timings : dict
+        Seconds per stage.
+
+    Returns
+    -------
+    dict
+        ``markdown``, ``report_path``, ``summary_path``, ``plots`` and ``best``.
+    """
     return stages.choose_k_report(out_dir, results=results, params=params, timings=timings, logger=get_run_logger())
 
 
 @flow(name="choose-k-run", validate_parameters=False)
 def choose_k_run(params: dict, source: str, out_dir: str) -> dict:
+    """Run the stages of one choose-k run, on the flow's (Dask) task runner.
+
+    One seed + Lloyd task chain per k and seed, all submitted at once; the lowest inertia per k is
+    evaluated, the report written, and published with a table of metrics per k as artifacts.
+    ``run.json`` in ``out_dir`` says 'running', then 'completed' once everything is written, or
+    'failed'.
+
+    Parameters
+    ----------
+    params : dict
+        Validated parameters (a dumped :class:`flows.params.ChooseKParams`).
+    source : str
+        The resolved source.
+    out_dir : str
+        The run folder.
+
+    Returns
+    -------
+    dict
+        ``output_dir``, ``report``, ``best`` (suggested k by criterion), ``results`` (metrics per k),
+        ``plots`` and ``timings``.
+
+    Raises
+    ------
+    kmeans_dist.data.DataError
+        If the largest k is larger than the number of samples.
+    """
     from kmeans_dist.data import DataError
 
     logger = get_run_logger()
@@ -101,7 +146,65 @@ def choose_k_flow(
     chunk_rows: Optional[int] = None,
     silhouette_sample: int = 2000,
 ) -> dict:
-    """Fit every k of ``k_min..k_max`` (or ``ks``) in parallel on Dask and recommend one."""
+    """Fit every k of ``k_min..k_max`` (or ``ks``) in parallel on Dask and recommend one.
+
+    Same validation, caching, checkpoints and Dask set-up as ``clustering_flow``: parameters are
+    validated before any work starts, the source and the Dask scheduler are checked before anything
+    is written, and the run folder is ``<output_dir>/<run_name>`` (default
+    ``runs/choose_k/<run_name>``).  ``dask_address`` empty: a LocalCluster of ``n_workers`` processes.
+
+    Parameters
+    ----------
+    source : str, default: "sklearn-digits"
+        Input data: a Zarr store, a .npy/.csv/.parquet file, an MNIST folder, 'mnist' (found through
+        MNIST_DIR) or 'sklearn-digits'.
+    k_min : int, default: 2
+        Smallest k.
+    k_max : int, default: 10
+        Largest k.
+    k_step : int, default: 1
+        Step between two k.
+    ks : list of int, optional
+        The values of k, instead of ``k_min..k_max``.
+    init : str, default: "k-means++"
+        Seeding: 'k-means++', 'k-means||', 'random' or 'random-partition'.
+    standardize : bool, default: False
+        Cluster a standardized copy of the data.
+    n_init : int, default: 1
+        Number of seeds per k; the fit with the lowest inertia is kept.
+    seed : int, default: 0
+        Random seed (seed ``i`` uses ``seed + i``).
+    output_dir : str, optional
+        Base folder of the run folders.
+    dask_address : str, optional
+        ``tcp://host:port`` of a Dask scheduler; empty: start a LocalCluster.
+    n_workers : int, default: 2
+        LocalCluster worker processes.
+    threads_per_worker : int, default: 1
+        Threads per LocalCluster worker.
+    max_iter : int, default: 100
+        Maximum number of Lloyd iterations per fit.
+    tol : float, default: 1e-4
+        Convergence tolerance.
+    limit : int, optional
+        Keep only the first rows of an MNIST source.
+    chunk_rows : int, optional
+        Rows per chunk of the ingested store.
+    silhouette_sample : int, default: 2000
+        Size of the sample the silhouette is estimated on (0: none).
+
+    Returns
+    -------
+    dict
+        The result of :func:`choose_k_run` (``output_dir``, ``report``, ``best``, ``results``, ...).
+
+    Raises
+    ------
+    flows.params.ParameterError
+        If a parameter is invalid, the source does not exist or the Dask scheduler cannot be reached.
+    kmeans_dist.data.DataError
+        If the largest k is larger than the number of samples.
+    """
     quiet_dask_logs()
     values = dict(source=source, k_min=k_min, k_max=k_max, k_step=k_step, ks=ks, init=init, standardize=standardize,
                   n_init=n_init, seed=seed, output_dir=output_dir, dask_address=dask_address, n_workers=n_workers,

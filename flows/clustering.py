@@ -76,10 +76,16 @@ _DASK_RETRY = dict(retries=2, retry_condition_fn=_dask_cancelled)
 
 @contextmanager
 def dask_client():
-    """The cluster's client inside a task on a Dask worker (``prefect_dask.get_dask_client``), else None.
+    """Give the cluster's client inside a task on a Dask worker (``prefect_dask.get_dask_client``), else None.
 
     On a worker the task secedes from the worker's thread pool while it waits on the cluster, so the
-    tasks it submits can use that worker's thread too.
+    tasks it submits can use that worker's thread too; it rejoins the pool when the context exits.
+
+    Yields
+    ------
+    distributed.Client or None
+        The client on a Dask worker; None elsewhere (or without ``distributed``), so the stages use
+        the current scheduler.
     """
     try:
         from distributed import get_worker
@@ -105,17 +111,86 @@ def dask_client():
 
 @task(name="ingest", cache_key_fn=_cache_key("ingest", ("source",)), persist_result=True)
 def ingest_task(source: str, out_dir: str, limit: Optional[int] = None, chunk_rows: Optional[int] = None) -> dict:
+    """Prefect task of :func:`pipelines.stages.ingest`: make ``source`` a Zarr store.
+
+    Cached on the fingerprint of ``source`` and the other parameters (not ``out_dir``); the result
+    persists in ``<out_dir>/.prefect-results`` when built by :func:`stage_tasks`.
+
+    Parameters
+    ----------
+    source : str
+        The (resolved) source: a Zarr store, a ``.npy``/CSV/Parquet file, an MNIST folder or
+        ``'sklearn-digits'``.
+    out_dir : str
+        The run folder.
+    limit : int, optional
+        Keep only the first rows of an MNIST folder.
+    chunk_rows : int, optional
+        Rows per chunk of the written store.
+
+    Returns
+    -------
+    dict
+        The store reference.
+    """
     return stages.ingest(source, out_dir, limit=limit, chunk_rows=chunk_rows, logger=get_run_logger())
 
 
 @task(name="standardize", **_DASK_RETRY, cache_key_fn=_cache_key("standardize", ("store",)), persist_result=True)
 def standardize_task(store: dict, out_dir: str) -> dict:
+    """Prefect task of :func:`pipelines.stages.standardize`: the standardized copy of ``store``.
+
+    Cached on the fingerprint of ``store``; retried (twice at most) only when Dask cancelled one of
+    its futures.
+
+    Parameters
+    ----------
+    store : dict
+        Reference of the input store.
+    out_dir : str
+        The run folder.
+
+    Returns
+    -------
+    dict
+        Reference of the standardized store.
+    """
     with dask_client() as client:
         return stages.standardize(store, out_dir, client=client, logger=get_run_logger())
 
 
 @task(name="seed", **_DASK_RETRY, cache_key_fn=_cache_key("seed", ("store",)), persist_result=True)
 def seed_task(store: dict, out_dir: str, k: int, init: str, random_state: int, name: str) -> dict:
+    """Prefect task of :func:`pipelines.stages.seed`: initial centers saved to ``seeds/<name>.npy``.
+
+    Cached on the fingerprint of ``store`` and the other parameters; retried (twice at most) only
+    when Dask cancelled one of its futures.
+
+    Parameters
+    ----------
+    store : dict
+        Reference of the data store.
+    out_dir : str
+        The run folder.
+    k : int
+        Number of clusters.
+    init : str
+        Seeding method.
+    random_state : int
+        Seed of the seeding.
+    name : str
+        File name of the centers.
+
+    Returns
+    -------
+    dict
+        The seed reference.
+
+    Raises
+    ------
+    kmeans_dist.data.DataError
+        If ``k`` is larger than the number of samples.
+    """
     with dask_client() as client:
         return stages.seed(store, out_dir, k=k, init=init, random_state=random_state, name=name, client=client,
                            logger=get_run_logger())
@@ -125,6 +200,35 @@ def seed_task(store: dict, out_dir: str, k: int, init: str, random_state: int, n
       persist_result=True)
 def fit_lloyd_task(store: dict, init: dict, out_dir: str, max_iter: int, tol: float, name: str,
                    algorithm: str = "lloyd") -> dict:
+    """Prefect task of :func:`pipelines.stages.fit_lloyd`, with a progress artifact.
+
+    Cached on the fingerprints of ``store`` and ``init`` and the other parameters; retried (twice at
+    most) only when Dask cancelled one of its futures.  Lloyd checkpoints every iteration into
+    ``<out_dir>/fits/<name>/``, so a run killed mid-fit resumes there.  Progress is published as a
+    :class:`flows.artifacts.LloydProgress` artifact.
+
+    Parameters
+    ----------
+    store : dict
+        Reference of the data store.
+    init : dict
+        Reference of the initial centers.
+    out_dir : str
+        The run folder.
+    max_iter : int
+        Maximum number of iterations.
+    tol : float
+        Convergence tolerance.
+    name : str
+        Name of the fit.
+    algorithm : {"lloyd", "hamerly"}, default: "lloyd"
+        The iterations (Hamerly's bounds skip most distances).
+
+    Returns
+    -------
+    dict
+        The fit reference.
+    """
     progress = LloydProgress(name)
     with dask_client() as client:
         res = stages.fit_lloyd(store, init, out_dir, max_iter=max_iter, tol=tol, name=name, client=client,
@@ -137,6 +241,35 @@ def fit_lloyd_task(store: dict, init: dict, out_dir: str, max_iter: int, tol: fl
       persist_result=True)
 def fit_minibatch_task(store: dict, init: dict, out_dir: str, batch_size: int, max_iter: int, tol: float,
                        random_state: int, name: str) -> dict:
+    """Prefect task of :func:`pipelines.stages.fit_minibatch`.
+
+    Cached on the fingerprints of ``store`` and ``init`` and the other parameters; retried (twice at
+    most) only when Dask cancelled one of its futures.
+
+    Parameters
+    ----------
+    store : dict
+        Reference of the data store.
+    init : dict
+        Reference of the initial centers.
+    out_dir : str
+        The run folder.
+    batch_size : int
+        Samples per mini-batch.
+    max_iter : int
+        Maximum number of steps.
+    tol : float
+        Convergence tolerance.
+    random_state : int
+        Seed of the batch sampling.
+    name : str
+        Name of the fit.
+
+    Returns
+    -------
+    dict
+        The fit reference.
+    """
     with dask_client() as client:
         return stages.fit_minibatch(store, init, out_dir, batch_size=batch_size, max_iter=max_iter, tol=tol,
                                     random_state=random_state, name=name, client=client, logger=get_run_logger())
@@ -144,6 +277,29 @@ def fit_minibatch_task(store: dict, init: dict, out_dir: str, batch_size: int, m
 
 @task(name="evaluate", **_DASK_RETRY, cache_key_fn=_cache_key("evaluate", ("store", "fit")), persist_result=True)
 def evaluate_task(store: dict, fit: dict, out_dir: str, silhouette_sample: int, random_state: int) -> dict:
+    """Prefect task of :func:`pipelines.stages.evaluate`.
+
+    Cached on the fingerprints of ``store`` and ``fit`` and the other parameters; retried (twice at
+    most) only when Dask cancelled one of its futures.
+
+    Parameters
+    ----------
+    store : dict
+        Reference of the data store.
+    fit : dict
+        The fit reference.
+    out_dir : str
+        The run folder.
+    silhouette_sample : int
+        Size of the silhouette sample.
+    random_state : int
+        Seed of the silhouette sample.
+
+    Returns
+    -------
+    dict
+        The metrics.
+    """
     with dask_client() as client:
         return stages.evaluate(store, fit, out_dir, silhouette_sample=silhouette_sample,
                                random_state=random_state, client=client, logger=get_run_logger())
@@ -151,6 +307,28 @@ def evaluate_task(store: dict, fit: dict, out_dir: str, silhouette_sample: int, 
 
 @task(name="report")
 def report_task(out_dir: str, store: dict, fit: dict, metrics: dict, params: dict, timings: dict) -> dict:
+    """Prefect task of :func:`pipelines.stages.report` (not cached).
+
+    Parameters
+    ----------
+    out_dir : str
+        The run folder.
+    store : dict
+        Reference of the data store.
+    fit : dict
+        The fit reference.
+    metrics : dict
+        The fit's evaluation.
+    params : dict
+        The run's parameters.
+    timings : dict
+        Seconds per stage.
+
+    Returns
+    -------
+    dict
+        ``markdown``, ``report_path``, ``summary_path`` and ``plots``.
+    """
     return stages.report(out_dir, store=store, fit=fit, metrics=metrics, params=params, timings=timings,
                          logger=get_run_logger())
 
@@ -173,7 +351,23 @@ class _Tasks:
 
 
 def stage_tasks(out_dir: str) -> _Tasks:
-    """The stage tasks with their results persisted under ``out_dir``."""
+    """Return the stage tasks with their results persisted under ``out_dir``.
+
+    The cached tasks (``ingest``, ``standardize``, ``seed``, ``fit_lloyd``, ``fit_minibatch``,
+    ``evaluate``) store their results in ``<out_dir>/.prefect-results`` (a ``LocalFileSystem``
+    block saved on the Prefect server); ``report`` is not cached.
+
+    Parameters
+    ----------
+    out_dir : str
+        The run folder (``.prefect-results`` is created in it).
+
+    Returns
+    -------
+    object
+        A namespace with one task per stage as attributes (``ingest``, ``standardize``, ``seed``,
+        ``fit_lloyd``, ``fit_minibatch``, ``evaluate``, ``report``).
+    """
     storage = _result_storage(out_dir)
     t = _Tasks()
     for name, tk in {"ingest": ingest_task, "standardize": standardize_task, "seed": seed_task,
@@ -185,6 +379,25 @@ def stage_tasks(out_dir: str) -> _Tasks:
 
 
 def make_task_runner(dask_address: str | None, n_workers: int = 2, threads_per_worker: int = 1):
+    """Build the ``DaskTaskRunner`` of a run.
+
+    With ``dask_address``: the scheduler there.  Without: a ``LocalCluster`` of ``n_workers``
+    processes whose scheduler and dashboard bind to 127.0.0.1 on free ports.
+
+    Parameters
+    ----------
+    dask_address : str or None
+        ``tcp://host:port`` of a Dask scheduler; None or empty for a local cluster.
+    n_workers : int, default: 2
+        Worker processes of the local cluster.
+    threads_per_worker : int, default: 1
+        Threads per worker of the local cluster.
+
+    Returns
+    -------
+    prefect_dask.DaskTaskRunner
+        The task runner.
+    """
     from prefect_dask import DaskTaskRunner
 
     if dask_address:
@@ -196,12 +409,26 @@ def make_task_runner(dask_address: str | None, n_workers: int = 2, threads_per_w
 
 
 def write_status(out_dir: str, status: str, **extra) -> None:
-    """``run.json``: 'running' while the run goes, 'completed' only once everything is written."""
+    """Write ``run.json``: 'running' while the run goes, 'completed' only once everything is written.
+
+    The file is written atomically (``'failed'`` with the error when the run fails) and holds the
+    status, the UTC time and ``extra``.
+
+    Parameters
+    ----------
+    out_dir : str
+        The run folder.
+    status : str
+        ``'running'``, ``'completed'`` or ``'failed'``.
+    **extra : object
+        More JSON entries (flow name, parameters, report path, error).
+    """
     stages.atomic_write_json(Path(out_dir) / "run.json",
                              {"status": status, "time": datetime.now(timezone.utc).isoformat(), **extra})
 
 
 def quiet_dask_logs():
+    """Set the ``distributed`` loggers (scheduler, worker, nanny, core, http proxy) to WARNING."""
     for name in ("distributed", "distributed.scheduler", "distributed.worker", "distributed.nanny",
                  "distributed.core", "distributed.http.proxy"):
         logging.getLogger(name).setLevel(logging.WARNING)
@@ -212,7 +439,28 @@ def quiet_dask_logs():
 # ------------------------------------------------------------------------------------------------
 
 def ingest_and_standardize(T, p, source: str, out_dir: str, timings: dict) -> dict:
-    """The first stages shared by the clustering and choose-k runs; stage times go into ``timings``."""
+    """Run the first stages shared by the clustering and choose-k runs; stage times go into ``timings``.
+
+    Ingests the source, then standardizes it when ``p.standardize`` is set.
+
+    Parameters
+    ----------
+    T : object
+        The stage tasks (from :func:`stage_tasks`).
+    p : flows.params.ClusteringParams or flows.params.ChooseKParams
+        The validated parameters (``limit``, ``chunk_rows``, ``standardize``).
+    source : str
+        The resolved source.
+    out_dir : str
+        The run folder.
+    timings : dict
+        Seconds per stage, updated in place (``ingest``, ``standardize``).
+
+    Returns
+    -------
+    dict
+        Reference of the store to cluster (the standardized one when asked for).
+    """
     t0 = time.perf_counter()
     store = T.ingest.submit(source, out_dir, p.limit, p.chunk_rows).result()
     timings["ingest"] = time.perf_counter() - t0
@@ -225,7 +473,28 @@ def ingest_and_standardize(T, p, source: str, out_dir: str, timings: dict) -> di
 
 @flow(name="clustering-run", validate_parameters=False)
 def clustering_run(params: dict, source: str, out_dir: str) -> dict:
-    """The stages of one clustering run, on the flow's (Dask) task runner."""
+    """Run the stages of one clustering run, on the flow's (Dask) task runner.
+
+    Seeds and fits ``n_init`` times, keeps the lowest inertia, evaluates it, writes the report and
+    publishes it (and the fit's history) as artifacts.  ``run.json`` in ``out_dir`` says 'running',
+    then 'completed' once everything is written, or 'failed'.
+
+    Parameters
+    ----------
+    params : dict
+        Validated parameters (a dumped :class:`flows.params.ClusteringParams`).
+    source : str
+        The resolved source.
+    out_dir : str
+        The run folder.
+
+    Returns
+    -------
+    dict
+        ``output_dir``, ``report``, ``summary``, ``plots``, ``centers`` (path of the best fit),
+        ``n_iter``, ``ms_per_iteration``, ``inertia``, ``metrics``, ``timings``, ``store`` and
+        ``shape``.
+    """
     logger = get_run_logger()
     p = ClusteringParams(**params)
     Path(out_dir).mkdir(parents=True, exist_ok=True)
@@ -292,11 +561,65 @@ def clustering_flow(
     chunk_rows: Optional[int] = None,
     silhouette_sample: int = 2000,
 ) -> dict:
-    """k-means on Dask: ingest ``source``, optionally standardize, seed ``n_init`` times, fit (Lloyd or
-    mini-batch), keep the lowest inertia, evaluate and report into ``output_dir``.
+    """Run k-means on Dask: ingest, standardize, seed, fit, evaluate and report.
+
+    Ingest ``source``, optionally standardize, seed ``n_init`` times, fit (Lloyd or mini-batch), keep
+    the lowest inertia, evaluate and report into ``output_dir``.
 
     Parameters are validated before any work starts; the source and the Dask scheduler are checked
     before anything is written.  ``dask_address`` empty: a LocalCluster of ``n_workers`` processes.
+    The run folder is ``<output_dir>/<run_name>`` (default ``runs/clustering/<run_name>``, see
+    :func:`flows.params.default_output_dir`); finished stages are cached and Lloyd fits resume from
+    their checkpoints.
+
+    Parameters
+    ----------
+    source : str, default: "sklearn-digits"
+        Input data: a Zarr store, a .npy/.csv/.parquet file, an MNIST folder, 'mnist' (found through
+        MNIST_DIR) or 'sklearn-digits'.
+    k : int, default: 8
+        Number of clusters.
+    init : str, default: "k-means++"
+        Seeding: 'k-means++', 'k-means||', 'random' or 'random-partition'.
+    algorithm : str, default: "lloyd"
+        'lloyd', 'hamerly' (the same iterations, bounds skip most distances) or 'minibatch'.
+    standardize : bool, default: False
+        Cluster a standardized copy of the data.
+    n_init : int, default: 1
+        Number of seeds; the fit with the lowest inertia is kept.
+    seed : int, default: 0
+        Random seed (seed ``i`` uses ``seed + i``).
+    output_dir : str, optional
+        Base folder of the run folders.
+    dask_address : str, optional
+        ``tcp://host:port`` of a Dask scheduler; empty: start a LocalCluster.
+    n_workers : int, default: 2
+        LocalCluster worker processes.
+    threads_per_worker : int, default: 1
+        Threads per LocalCluster worker.
+    max_iter : int, default: 300
+        Maximum number of iterations (steps for mini-batch).
+    tol : float, default: 1e-4
+        Convergence tolerance.
+    batch_size : int, default: 1024
+        Samples per mini-batch.
+    limit : int, optional
+        Keep only the first rows of an MNIST source.
+    chunk_rows : int, optional
+        Rows per chunk of the ingested store.
+    silhouette_sample : int, default: 2000
+        Size of the sample the silhouette is estimated on (0: none).
+
+    Returns
+    -------
+    dict
+        The result of :func:`clustering_run` (``output_dir``, ``report``, ``centers``, ``n_iter``,
+        ``inertia``, ``metrics``, ...).
+
+    Raises
+    ------
+    flows.params.ParameterError
+        If a parameter is invalid, the source does not exist or the Dask scheduler cannot be reached.
     """
     quiet_dask_logs()
     values = dict(source=source, k=k, init=init, algorithm=algorithm, standardize=standardize, n_init=n_init,

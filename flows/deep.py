@@ -73,7 +73,7 @@ def _publish(summary: dict) -> None:
         sc = summary.get("final_scores") or {}
         lines = [f"# Deep clustering: {summary.get('method')}", "", "| metric | value |", "| --- | --- |"]
         lines += [f"| {k.upper()} | {v:.4f} |" for k, v in sc.items()]
-        lines += ["", f"Epochs: {summary.get('epochs')}; checkpoint: `{summary.get('checkpoint')}`", ""]
+        lines += ["", f"Finetuning epochs: {summary.get('epoch')}; checkpoint: `{summary.get('checkpoint')}`", ""]
         lines += [f"- {k}: `{v}`" for k, v in (summary.get("figures") or {}).items()]
         create_markdown_artifact("\n".join(lines), key="deep-clustering-report",
                                  description="Deep k-means scores and figures")
@@ -87,8 +87,7 @@ def deep_clustering_flow(source: str, output_dir: str = "runs/deep", method: str
                          lr: float = 1e-3, seed: int = 0, num_workers: int = 2, use_gpu: Optional[bool] = None,
                          limit: Optional[int] = None, run_name: Optional[str] = None,
                          method_kwargs: Optional[dict] = None, ray_address: Optional[str] = None,
-                         ray_num_cpus: Optional[int] = None, max_failures: int = 1,
-                         fail_at_epoch: Optional[int] = None, ae_init: str = "torch") -> dict:
+                         ray_num_cpus: Optional[int] = None, max_failures: int = 1, ae_init: str = "torch") -> dict:
     """Ingest (if needed) and train ``method`` with Ray Train; returns the stage summary.
 
     ``source``: a Zarr store, an MNIST folder, or anything :func:`kmeans_dist.data.ingest` takes.
@@ -111,8 +110,7 @@ def deep_clustering_flow(source: str, output_dir: str = "runs/deep", method: str
     params = dict(method=method, n_clusters=n_clusters, pretrain_epochs=pretrain_epochs,
                   finetune_epochs=finetune_epochs, batch_size=batch_size, lr=lr, seed=seed,
                   num_workers=num_workers, use_gpu=use_gpu, method_kwargs=method_kwargs, name=run_name,
-                  ray_init_kwargs=ray_kw or None, max_failures=max_failures, fail_at_epoch=fail_at_epoch,
-                  ae_init=ae_init)
+                  ray_init_kwargs=ray_kw or None, max_failures=max_failures, ae_init=ae_init)
     summary = ray_deep_stage(store, os.fspath(out), params)
     _publish(summary)
     return summary

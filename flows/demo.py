@@ -19,6 +19,27 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def main(argv=None):
+    """Command line of ``python -m flows.demo`` (``make demo``).
+
+    Runs ``clustering_flow`` on ``--source`` (default: MNIST if found through ``MNIST_DIR``, else
+    ``sklearn-digits``) with ``--k`` clusters (default 10) on a local Dask cluster of
+    ``--n-workers`` processes (default 2), writing under ``--output-dir`` (default:
+    ``demo-output/clustering-flow`` in the repository), inside
+    :func:`flows.server.local_prefect_server`.  Prints a JSON summary (shape, iterations, time per
+    iteration, inertia, metrics, report and plots) and the report's path.
+
+    Parameters
+    ----------
+    argv : list of str, optional
+        Command-line arguments (default: ``sys.argv[1:]``).
+
+    Raises
+    ------
+    SystemExit
+        If the arguments cannot be parsed (from :mod:`argparse`).
+    ParameterError
+        If the flow's parameter validation fails (see :mod:`flows.params`).
+    """
     ap = argparse.ArgumentParser(prog="python -m flows.demo", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--k", type=int, default=10)

@@ -21,7 +21,10 @@ _ADDRESS = re.compile(r"^(tcp|tls)://(?P<host>\[[0-9a-fA-F:]+\]|[A-Za-z0-9_.\-]+
 
 
 class ParameterError(ValueError):
-    """A flow parameter is invalid, or a resource it names (source, Dask scheduler) is unusable."""
+    """A flow parameter is invalid, or a resource it names (source, Dask scheduler) is unusable.
+
+    Raised before any work starts; the message says what to fix.  A subclass of :class:`ValueError`.
+    """
 
 
 class _Common(BaseModel):
@@ -79,7 +82,28 @@ class _Common(BaseModel):
 
 
 class ClusteringParams(_Common):
-    """Parameters of ``clustering_flow``."""
+    """Parameters of ``clustering_flow``.
+
+    A frozen pydantic model that forbids unknown fields.  Besides the fields shared with
+    :class:`ChooseKParams` (``source``, ``init``, ``standardize``, ``n_init``, ``seed``,
+    ``output_dir``, ``dask_address``, ``n_workers``, ``threads_per_worker``, ``max_iter``, ``tol``,
+    ``limit``, ``chunk_rows``, ``silhouette_sample``), it has ``k`` (number of clusters),
+    ``algorithm`` (``'lloyd'``, ``'hamerly'`` or ``'minibatch'``) and ``batch_size``.  The source
+    is stripped and must not be empty, ``dask_address`` must be ``tcp://HOST:PORT`` or
+    ``tls://HOST:PORT`` (``tcp://`` is added when missing; empty means a local cluster), and ``output_dir`` is made absolute.
+
+    Raises
+    ------
+    pydantic.ValidationError
+        If a field is invalid or unknown (:func:`validate_params` turns it into a
+        :class:`ParameterError`).
+
+    Examples
+    --------
+    >>> p = ClusteringParams(k=3, dask_address="127.0.0.1:8786")
+    >>> p.k, p.algorithm, p.dask_address
+    (3, 'lloyd', 'tcp://127.0.0.1:8786')
+    """
 
     k: int = Field(8, ge=1, le=100_000, description="Number of clusters")
     algorithm: Literal["lloyd", "hamerly", "minibatch"] = Field(
@@ -88,7 +112,22 @@ class ClusteringParams(_Common):
 
 
 class ChooseKParams(_Common):
-    """Parameters of ``choose_k_flow``: every k in ``k_min..k_max`` (step ``k_step``), or ``ks``."""
+    """Parameters of ``choose_k_flow``: every k in ``k_min..k_max`` (step ``k_step``), or ``ks``.
+
+    A frozen pydantic model that forbids unknown fields, with the same shared fields (and checks)
+    as :class:`ClusteringParams`; ``max_iter`` defaults to 100.
+
+    Raises
+    ------
+    pydantic.ValidationError
+        If a field is invalid or unknown, ``ks`` is empty or has a k below 1, or ``k_max`` is smaller
+        than ``k_min``.
+
+    Examples
+    --------
+    >>> ChooseKParams(k_min=2, k_max=6, k_step=2).k_values()
+    [2, 4, 6]
+    """
 
     k_min: int = Field(2, ge=1)
     k_max: int = Field(10, ge=1, le=100_000)
@@ -106,6 +145,18 @@ class ChooseKParams(_Common):
         return self
 
     def k_values(self) -> list[int]:
+        """Return the values of k to fit.
+
+        Returns
+        -------
+        list of int
+            ``ks`` sorted without duplicates when given, else ``k_min..k_max`` in steps of ``k_step``.
+
+        Examples
+        --------
+        >>> ChooseKParams(ks=[5, 3, 5]).k_values()
+        [3, 5]
+        """
         if self.ks is not None:
             return sorted(set(int(k) for k in self.ks))
         return list(range(self.k_min, self.k_max + 1, self.k_step))
@@ -126,7 +177,41 @@ def _format_error(model: type[BaseModel], flow_name: str, exc: ValidationError) 
 
 
 def validate_params(model: type[BaseModel], values: dict, flow_name: str):
-    """Build ``model`` from ``values``; raise :class:`ParameterError` with a readable message."""
+    """Build ``model`` from ``values``; raise :class:`ParameterError` with a readable message.
+
+    Every invalid or unknown parameter is listed in the one message, so a flow can fail before any
+    work starts and say everything to fix at once.
+
+    Parameters
+    ----------
+    model : type of pydantic.BaseModel
+        The parameter model (:class:`ClusteringParams` or :class:`ChooseKParams`).
+    values : dict
+        The flow's parameters, by name.
+    flow_name : str
+        Name of the flow, for the message.
+
+    Returns
+    -------
+    pydantic.BaseModel
+        The validated parameters, an instance of ``model``.
+
+    Raises
+    ------
+    ParameterError
+        If a parameter is invalid or unknown.
+
+    Examples
+    --------
+    >>> validate_params(ClusteringParams, {"k": 3}, "clustering_flow").k
+    3
+    >>> try:
+    ...     validate_params(ClusteringParams, {"k": 0}, "clustering_flow")
+    ... except ParameterError as exc:
+    ...     print(exc)
+    Invalid parameters for clustering_flow; fix these and run again:
+    - k: Input should be greater than or equal to 1 (got 0)
+    """
     try:
         return model(**values)
     except ValidationError as exc:
@@ -134,8 +219,37 @@ def validate_params(model: type[BaseModel], values: dict, flow_name: str):
 
 
 def check_source(source: str) -> str:
-    """Resolve ``source`` (``'mnist'`` -> the MNIST folder) and check that it exists
-    (:func:`kmeans_dist.data.resolve_source`), as a :class:`ParameterError` of the flow."""
+    """Resolve ``source`` and check that it exists.
+
+    ``'mnist'`` resolves to the MNIST folder; the check is :func:`kmeans_dist.data.resolve_source`'s,
+    its failure reported as a :class:`ParameterError` of the flow.
+
+    Parameters
+    ----------
+    source : str
+        A Zarr store, a ``.npy``/``.csv``/``.parquet`` file, an MNIST folder, ``'mnist'`` or
+        ``'sklearn-digits'``.
+
+    Returns
+    -------
+    str
+        The resolved source.
+
+    Raises
+    ------
+    ParameterError
+        If the source does not exist or cannot be used.
+
+    Examples
+    --------
+    >>> check_source("sklearn-digits")
+    'sklearn-digits'
+    >>> try:
+    ...     check_source("/nonexistent/x.npy")
+    ... except ParameterError as exc:
+    ...     print(str(exc).split(";")[0])
+    Source '/nonexistent/x.npy' does not exist
+    """
     from kmeans_dist.data import DataError, resolve_source
 
     try:
@@ -145,7 +259,23 @@ def check_source(source: str) -> str:
 
 
 def check_dask_address(address: str, timeout: float = 5.0) -> None:
-    """Fail fast (before any work) if no Dask scheduler listens at ``address``."""
+    """Fail fast (before any work) if no Dask scheduler listens at ``address``.
+
+    Opens (and closes) one TCP connection to the scheduler's host and port.
+
+    Parameters
+    ----------
+    address : str
+        The scheduler, ``tcp://HOST:PORT`` or ``tls://HOST:PORT`` (as validated by the parameter
+        models).
+    timeout : float, default: 5.0
+        Seconds to wait for the connection.
+
+    Raises
+    ------
+    ParameterError
+        If the scheduler cannot be reached; the message says how to start one.
+    """
     m = _ADDRESS.match(address)
     host, port = m.group("host").strip("[]"), int(m.group("port"))
     try:
@@ -160,11 +290,33 @@ def check_dask_address(address: str, timeout: float = 5.0) -> None:
 
 
 def run_name(params: BaseModel) -> str:
-    """``<source name>-<fingerprint of the parameters>``: the folder of one run's parameters.
+    """Return ``<source name>-<fingerprint of the parameters>``: the folder of one run's parameters.
 
     The fingerprint covers every parameter that changes a result (not the output folder nor where the
     run computes), so a re-run with the same parameters finds its cache and checkpoints, and two runs
-    with different parameters never share a file."""
+    with different parameters never share a file.
+
+    Parameters
+    ----------
+    params : pydantic.BaseModel
+        Validated parameters (:class:`ClusteringParams` or :class:`ChooseKParams`).
+
+    Returns
+    -------
+    str
+        The last part of the source (at most 40 characters of letters, digits, ``_``, ``.`` and
+        ``-``), a dash and 10 hexadecimal characters.
+
+    Examples
+    --------
+    >>> name = run_name(ClusteringParams(source="sklearn-digits", k=10))
+    >>> name.startswith("sklearn-digits-"), len(name)
+    (True, 25)
+    >>> name == run_name(ClusteringParams(source="sklearn-digits", k=10, n_workers=4))
+    True
+    >>> name == run_name(ClusteringParams(source="sklearn-digits", k=11))
+    False
+    """
     import hashlib
     import json
 
@@ -175,17 +327,67 @@ def run_name(params: BaseModel) -> str:
 
 
 def default_output_dir(flow_name: str, params: BaseModel, base: str | os.PathLike = "runs") -> str:
-    """The run folder: ``<output_dir>/<run_name>`` when the user gave ``output_dir``, else
-    ``runs/<flow_name>/<run_name>`` (see :func:`run_name`)."""
+    """Return the run folder.
+
+    ``<output_dir>/<run_name>`` when the user gave ``output_dir``, else
+    ``runs/<flow_name>/<run_name>`` (see :func:`run_name`), as an absolute path.  Nothing is created.
+
+    Parameters
+    ----------
+    flow_name : str
+        Name of the flow's folder under ``base``.
+    params : pydantic.BaseModel
+        Validated parameters; their ``output_dir``, if set, replaces ``base/flow_name``.
+    base : str or os.PathLike, default: "runs"
+        Base folder when ``output_dir`` is not set (relative to the working directory).
+
+    Returns
+    -------
+    str
+        Absolute path of the run folder.
+
+    Examples
+    --------
+    >>> from pathlib import Path
+    >>> p = ClusteringParams(source="sklearn-digits")
+    >>> Path(default_output_dir("clustering", p)).parts[-3:-1]
+    ('runs', 'clustering')
+    >>> Path(default_output_dir("clustering", p)).name == run_name(p)
+    True
+    """
     if getattr(params, "output_dir", None):
         return str((Path(os.path.expanduser(params.output_dir)) / run_name(params)).resolve())
     return str((Path(base) / flow_name / run_name(params)).resolve())
 
 
 def cli_parser(model: type[BaseModel], prog: str, description: str | None = None):
-    """An ``argparse`` parser with one ``--flag`` per field of ``model``: booleans as ``--x/--no-x``,
-    ``list[int]`` fields as ``nargs="+"`` ints, everything else as a string that the flow's own parameter
-    validation coerces (so the CLI and the UI form give the same messages)."""
+    """Build an ``argparse`` parser with one ``--flag`` per field of ``model``.
+
+    Booleans become ``--x/--no-x``, ``list[int]`` fields ``nargs="+"`` ints, everything else a string
+    that the flow's own parameter validation coerces (so the CLI and the UI form give the same
+    messages).  Underscores in field names become dashes; the defaults are the fields' defaults.
+
+    Parameters
+    ----------
+    model : type of pydantic.BaseModel
+        The parameter model.
+    prog : str
+        Program name shown in the usage line.
+    description : str, optional
+        Description shown by ``--help``.
+
+    Returns
+    -------
+    argparse.ArgumentParser
+        The parser.
+
+    Examples
+    --------
+    >>> ap = cli_parser(ClusteringParams, "python -m flows.clustering")
+    >>> args = vars(ap.parse_args(["--k", "5", "--standardize"]))
+    >>> args["k"], args["standardize"], args["source"]
+    ('5', True, 'sklearn-digits')
+    """
     import argparse
     import typing
 
@@ -204,9 +406,37 @@ def cli_parser(model: type[BaseModel], prog: str, description: str | None = None
 
 
 def run_cli(model: type[BaseModel], flow, prog: str, keys, argv=None) -> dict:
-    """``python -m flows.<name>``: parse ``argv`` with :func:`cli_parser`, run ``flow`` against
-    ``PREFECT_API_URL`` (or a local ``prefect server`` started for the run), print ``keys`` of its result
-    as JSON and return the result."""
+    """Run a flow from the command line (``python -m flows.<name>``).
+
+    Parse ``argv`` with :func:`cli_parser`, run ``flow`` against ``PREFECT_API_URL`` (or a local
+    ``prefect server`` started for the run, see :func:`flows.server.local_prefect_server`), print
+    ``keys`` of its result as JSON and return the result.
+
+    Parameters
+    ----------
+    model : type of pydantic.BaseModel
+        The flow's parameter model (one flag per field).
+    flow : prefect.Flow
+        The flow to run; its description is the ``--help`` text.
+    prog : str
+        Program name shown in the usage line.
+    keys : iterable of str
+        Entries of the result to print.
+    argv : list of str, optional
+        Command-line arguments (default: ``sys.argv[1:]``).
+
+    Returns
+    -------
+    dict
+        The flow's result.
+
+    Raises
+    ------
+    SystemExit
+        If the arguments cannot be parsed (from :mod:`argparse`).
+    ParameterError
+        If the flow's parameter validation fails.
+    """
     import json
 
     from flows.server import local_prefect_server

@@ -27,7 +27,21 @@ def _default_source() -> str:
 
 
 def runner_deployments(cron: str = CLUSTERING_CRON):
-    """``RunnerDeployment`` objects for :func:`prefect.serve`."""
+    """Build the ``RunnerDeployment`` objects for :func:`prefect.serve`.
+
+    ``clustering-nightly`` runs ``clustering_flow`` on ``cron``; ``choose-k`` runs ``choose_k_flow``
+    on demand.  Both use MNIST when it is found (``MNIST_DIR``), else scikit-learn's digits.
+
+    Parameters
+    ----------
+    cron : str, default: "0 3 * * *"
+        Schedule of ``clustering-nightly`` (03:00 UTC every night).
+
+    Returns
+    -------
+    list of prefect.deployments.runner.RunnerDeployment
+        The two deployments.
+    """
     from flows.choose_k import choose_k_flow
     from flows.clustering import clustering_flow
 
@@ -41,7 +55,23 @@ def runner_deployments(cron: str = CLUSTERING_CRON):
 
 
 def deploy_to_pool(pool: str = "kmeans-process", cron: str = CLUSTERING_CRON) -> list:
-    """Register both deployments with a process work pool; returns their ids."""
+    """Register both deployments with a process work pool; returns their ids.
+
+    The code is taken from this checkout (nothing is built or pushed); a worker started with
+    ``prefect worker start --pool <pool>`` runs them.
+
+    Parameters
+    ----------
+    pool : str, default: "kmeans-process"
+        Name of the process work pool.
+    cron : str, default: "0 3 * * *"
+        Schedule of ``clustering-nightly`` (03:00 UTC every night).
+
+    Returns
+    -------
+    list
+        The ids of the ``clustering-nightly`` and ``choose-k`` deployments.
+    """
     from prefect import flow
 
     src = _default_source()
@@ -58,6 +88,22 @@ def deploy_to_pool(pool: str = "kmeans-process", cron: str = CLUSTERING_CRON) ->
 
 
 def main(argv=None):
+    """Command line of ``python -m flows.serve``: ``serve`` or ``deploy``.
+
+    ``serve [--cron CRON]`` serves both deployments from this process (see
+    :func:`runner_deployments`); ``deploy [--pool POOL] [--cron CRON]`` registers them with a
+    process work pool (see :func:`deploy_to_pool`) and logs their ids.
+
+    Parameters
+    ----------
+    argv : list of str, optional
+        Command-line arguments (default: ``sys.argv[1:]``).
+
+    Raises
+    ------
+    SystemExit
+        If the arguments cannot be parsed (from :mod:`argparse`).
+    """
     ap = argparse.ArgumentParser(prog="python -m flows.serve", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)

@@ -22,7 +22,29 @@ def _free_port() -> int:
 
 @contextmanager
 def local_prefect_server(timeout: float = 180.0):
-    """Use PREFECT_API_URL if set; else run ``prefect server start`` on a free port until exit."""
+    """Use PREFECT_API_URL if set; else run ``prefect server start`` on a free port until exit.
+
+    The server binds to 127.0.0.1 only, keeps its database in ``PREFECT_HOME`` (default: the
+    repository's ``.prefect`` folder) and logs to ``PREFECT_HOME/demo-server.log``.  While the
+    context is open ``PREFECT_API_URL`` points at it (also for processes started from here, such as
+    Dask workers); on exit the pending logs and events are sent, and the server is stopped
+    (SIGTERM, then SIGKILL after 20 s).
+
+    Parameters
+    ----------
+    timeout : float, default: 180.0
+        Seconds to wait for the server to answer its health check.
+
+    Yields
+    ------
+    str
+        The API URL, e.g. ``http://127.0.0.1:<port>/api``.
+
+    Raises
+    ------
+    RuntimeError
+        If the server exits or does not answer within ``timeout`` seconds.
+    """
     if os.environ.get("PREFECT_API_URL"):
         yield os.environ["PREFECT_API_URL"]
         return

@@ -2,11 +2,12 @@
 
 :func:`run_deep_stage` launches a ``TorchTrainer`` with ``ScalingConfig(num_workers=N, use_gpu=<detected>)``.
 Each worker reads the Zarr store by chunks (:func:`kmeans_dist.data.open_store`), prepares the model
-(``ray.train.torch.prepare_model``, DDP) and its shard of the mini-batches, and reports around the plain
-:func:`kmeans_dist.deep.train.train_epoch`.  Every epoch ends with a checkpoint (model, optimizer,
-centroids, epoch, metrics history) reported with ``ray.train.report``; a restarted worker group (or a
-new run given ``resume_from``/the same ``name``) continues from the latest one via
-``ray.train.get_checkpoint()``.
+(``ray.train.torch.prepare_model``, DDP) and its shard of the mini-batches
+(:class:`kmeans_dist.deep.BatchLoader`), then runs the library's epoch functions, the same as the
+single-process :func:`kmeans_dist.deep.fit_method`, with the same epoch numbering.  Every epoch ends with a
+checkpoint in the library's one format (:func:`kmeans_dist.deep.training_state`) reported with
+``ray.train.report``; a restarted worker group (or a new run given ``resume_from``/the same ``name``)
+continues from the latest one via ``ray.train.get_checkpoint()``.
 
 With several workers the methods' per-batch center updates (DCN) and centroid gradients (DKM) are
 all-reduced, and the per-epoch k-means re-initialisation (CT, DKM+reinit) is computed on the embeddings
@@ -28,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["run_deep_stage", "train_loop_per_worker", "load_store_tensor", "detect_gpu"]
+__all__ = ["run_deep_stage", "train_loop_per_worker", "load_store_tensor", "detect_gpu", "autoencoder_from_config"]
 
 STATE_FILE = "state.pt"
 
@@ -67,32 +68,20 @@ def load_store_tensor(url, scale="auto"):
     return torch.from_numpy(np.ascontiguousarray(Xn)), y
 
 
-class _PaddedShard:
-    """Rank ``r`` of ``w`` takes batches r, r + w, ... of the epoch's permutation, wrapping around so that
-    every rank runs the same number of steps (DDP needs equal step counts)."""
+def autoencoder_from_config(config: dict, input_dim: int):
+    """The stage's autoencoder as ``config`` describes it (the workers build it, the driver rebuilds it).
 
-    def __init__(self, X, batch_size, seed, rank, world):
-        self.X, self.bs, self.seed, self.rank, self.world = X, batch_size, seed, rank, world
-        self.epoch = 0
+    Parameters
+    ----------
+    config : dict
+        The stage's config (``n_clusters``, optional ``hidden`` and ``ae_init``).
+    input_dim : int
+        Number of features.
 
-    def set_epoch(self, e):
-        self.epoch = int(e)
-
-    def __iter__(self):
-        import torch
-
-        n = self.X.shape[0]
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        idx = torch.randperm(n, generator=g)
-        starts = list(range(0, n, self.bs))
-        per = -(-len(starts) // self.world)
-        for j in range(per):
-            s = starts[(self.rank + j * self.world) % len(starts)]
-            yield self.X[idx[s:s + self.bs]]
-
-
-def _autoencoder(config: dict, input_dim: int):
-    """The stage's autoencoder as ``config`` describes it (the workers build it, the driver rebuilds it)."""
+    Returns
+    -------
+    kmeans_dist.deep.Autoencoder
+    """
     from kmeans_dist.deep import Autoencoder
 
     return Autoencoder(input_dim, int(config["n_clusters"]), tuple(config.get("hidden", (500, 500, 2000))),
@@ -100,15 +89,28 @@ def _autoencoder(config: dict, input_dim: int):
 
 
 def train_loop_per_worker(config: dict) -> None:
-    """The Ray Train loop: prepare data and model, then report around ``train_epoch`` every epoch."""
+    """The Ray Train loop: shard the batches, prepare DDP, then run the library's epoch functions.
+
+    The same steps as :func:`kmeans_dist.deep.pretrain` and :func:`kmeans_dist.deep.fit_method`
+    (:func:`~kmeans_dist.deep.pretrain_epoch`, :func:`~kmeans_dist.deep.start_finetune`,
+    :func:`~kmeans_dist.deep.finetune_epoch`, with the same batch permutations), the same epoch numbering and
+    the same checkpoint format (:func:`~kmeans_dist.deep.training_state`), reported with ``ray.train.report``
+    after every step.  Around them this loop only shards, all-reduces and broadcasts.
+    ``config["on_epoch_end"]``, when given, is called on every worker with a copy of each record before its
+    checkpoint is reported (the tests inject a failure there).
+
+    Parameters
+    ----------
+    config : dict
+        Built by :func:`run_deep_stage`.
+    """
     import ray.train
     import torch
     import torch.distributed as dist
     from ray.train.torch import get_device, prepare_model
 
-    from kmeans_dist.deep import embed, make_method, max_membership, train_epoch
-    from kmeans_dist.deep.evaluate import clustering_scores
-    from kmeans_dist.deep.train import kmeans_candidate_scores, size_entropy
+    from kmeans_dist.deep import (BatchLoader, finetune_epoch, make_method, max_membership, pretrain_epoch,
+                                  restore_training_state, start_finetune, training_state)
 
     torch.set_num_threads(int(config.get("threads", 1)))
     ctx = ray.train.get_context()
@@ -116,18 +118,15 @@ def train_loop_per_worker(config: dict) -> None:
     device = get_device()
     seed = int(config["seed"])
     P, F = int(config["pretrain_epochs"]), int(config["finetune_epochs"])
-    k = int(config["n_clusters"])
+    bs, lr = int(config["batch_size"]), float(config.get("lr", 1e-3))
+    on_epoch_end = config.get("on_epoch_end")
 
-    # data: the whole store on every worker (the per-epoch k-means needs all embeddings), batches sharded
+    # the whole store on every worker (the per-epoch k-means needs all embeddings); the batches are sharded
     X, y = load_store_tensor(config["store_url"], config.get("scale", "auto"))
     X = X.to(device)
-    loader = _PaddedShard(X, int(config["batch_size"]), seed, rank, world)
-
     torch.manual_seed(seed)
-    net = _autoencoder(config, X.shape[1]).to(device)
-    method = make_method(config["method"], k, seed=seed, **config.get("method_kwargs", {}))
-    if not method.finetunes:  # AEKM: one "finetuning" epoch that only runs the k-means on the embeddings
-        F = 1
+    net = autoencoder_from_config(config, X.shape[1]).to(device)
+    method = make_method(config["method"], int(config["n_clusters"]), seed=seed, **config.get("method_kwargs", {}))
     distributed = world > 1 and dist.is_available() and dist.is_initialized()
     if distributed:
         method.allreduce = lambda t: dist.all_reduce(t)
@@ -141,119 +140,70 @@ def train_loop_per_worker(config: dict) -> None:
     elif config.get("resume_from"):
         state = torch.load(Path(config["resume_from"]) / STATE_FILE, map_location="cpu", weights_only=False)
     if state is not None:
-        net.load_state_dict(state["model"])
-        method.load_state_dict(state["method"], device=device)
-    start = 0 if state is None else int(state["epoch"])
+        restore_training_state(state, net, method, device=device)
+    phase, done = ("pretrain", 0) if state is None else (state["phase"], int(state["epoch"]))
     history = [] if state is None else list(state["history"])
-    extras = {} if state is None else dict(state.get("extras", {}))
-    resumed_from = None if state is None else start
-
+    extras = {} if state is None else dict(state["extras"])
+    resumed = None if state is None else f"{phase} {done}"
     model = prepare_model(net)
-    lr = float(config.get("lr", 1e-3))
-
-    def make_opt(phase):
-        params = list(model.parameters()) + (method.parameters() if phase == "finetune" else [])
-        return torch.optim.Adam(params, lr=lr)
-
-    phase = "pretrain" if start < P else "finetune"
-    opt = make_opt(phase)
-    if state is not None and state.get("optimizer") is not None and state.get("phase") == phase:
-        opt.load_state_dict(state["optimizer"])
-
     sample = np.sort(np.random.default_rng(seed).choice(X.shape[0], size=min(2000, X.shape[0]), replace=False))
     snap_epochs = set(config.get("snapshot_epochs") or ())
-    fail_at = config.get("fail_at_epoch")
-    fail_marker = config.get("fail_marker")
 
-    def scores(Z):
-        labels = method.predict(Z)
-        sc = {"size_entropy": size_entropy(labels, method.n_clusters)}
-        return labels, (sc if y is None else {**sc, **clustering_scores(y, labels.cpu().numpy())})
-
-    def sum_over_workers(vals):
-        t = torch.tensor(vals, dtype=torch.float64, device=device)
-        if distributed:
+    def finish(rec, opt, method_state):
+        """All-reduce the losses, record, call back, and report the checkpoint (rank 0)."""
+        if distributed and "rec_loss" in rec:
+            t = torch.tensor([rec["rec_loss"] * rec["n_samples"], rec["clu_loss"] * rec["n_samples"],
+                              rec["n_samples"]], dtype=torch.float64, device=device)
             dist.all_reduce(t)
-        return t.tolist()
+            rec.update(rec_loss=float(t[0] / t[2]), clu_loss=float(t[1] / t[2]), n_samples=int(t[2]))
+        if resumed is not None:
+            rec["resumed_from"] = resumed
+        history.append(rec)
+        if on_epoch_end is not None:
+            on_epoch_end(dict(rec))
+        report = {k: v for k, v in rec.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        report["phase_is_finetune"] = int(rec["phase"] == "finetune")
+        if rank == 0:
+            st = training_state(net, opt, method_state, phase=rec["phase"], epoch=rec["epoch"], history=history,
+                                extras=extras)
+            with tempfile.TemporaryDirectory() as tmp:
+                torch.save(st, Path(tmp) / STATE_FILE)
+                ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+        else:
+            ray.train.report(report)
 
-    for ep in range(start + 1, P + F + 1):
-        if fail_at is not None and ep == int(fail_at) and fail_marker and not os.path.exists(fail_marker):
-            # whichever rank gets here first leaves the marker: Ray may stop the group as soon as one rank
-            # raises, before the others reach this line, and the retry must not fail again
-            try:
-                with open(fail_marker, "x") as fh:
-                    fh.write(f"failed at epoch {ep} on rank {rank}\n")
-            except FileExistsError:
-                pass
-            raise RuntimeError(f"injected failure at epoch {ep} (testing resume)")
-        t0 = time.perf_counter()
-        if ep <= P:
-            cur = "pretrain"
-        else:
-            cur = "finetune"
-            if phase == "pretrain" or method.centroids is None:
-                # first finetuning epoch: k-means on the pretrained embeddings, identical on all ranks
-                Z0 = embed(model, X)
-                method.initialize(Z0)
-                if distributed:
-                    dist.broadcast(method.centroids.data, 0)
-                if hasattr(method, "counts") and method.counts is not None and distributed:
-                    dist.broadcast(method.counts, 0)
-                lab0, sc0 = scores(Z0)
-                if rank == 0:
-                    extras["membership_before"] = max_membership(Z0, method.centroids, method.membership())
-                    extras.setdefault("snapshots", {})[P] = (Z0[sample].cpu().numpy(), lab0.cpu().numpy()[sample])
-                cands0 = kmeans_candidate_scores(method, 0, y)
-                history.append({"epoch": P, "phase": "init", **sc0,
-                                **({} if cands0 is None else {"kmeans_candidates": cands0})})
-                opt = make_opt("finetune")
-                phase = "finetune"
-        loader.set_epoch(ep)
-        if cur == "finetune" and not method.finetunes:
-            m = {"rec_loss": float("nan"), "clu_loss": 0.0, "n_samples": 1}
-        else:
-            m = train_epoch(model, opt, loader, method if cur == "finetune" else None, finetune=cur == "finetune")
-        t_train = time.perf_counter() - t0
-        rec_sum, clu_sum, n = sum_over_workers([m["rec_loss"] * m["n_samples"], m["clu_loss"] * m["n_samples"],
-                                                m["n_samples"]])
-        metrics = {"epoch": ep, "phase": cur, "rec_loss": rec_sum / n, "clu_loss": clu_sum / n,
-                   "train_seconds": t_train}
-        if cur == "finetune":
-            Z = embed(model, X)
-            labels = method.end_epoch(Z, ep - P)
-            if ep == P + F and method.finalize() is not None and distributed:
-                dist.broadcast(method.centroids.data, 0)  # the last epoch's output partition: rank 0's choice
-            lab, sc = scores(Z)
-            metrics.update(sc)
-            inertia = method.kmeans_inertia_at(ep - P)  # this epoch's re-initialisation (CT, DKM+reinit)
-            if inertia is not None:
-                metrics["kmeans_inertia"] = inertia
-            cands = kmeans_candidate_scores(method, ep - P, y)  # what the re-initialisation chose among
-            if cands is not None:
-                metrics["kmeans_candidates"] = cands
-            if distributed:  # all workers must hold rank 0's centroids exactly
+    if phase == "pretrain":
+        opt = torch.optim.Adam(model.parameters(), lr=lr)
+        if state is not None and state.get("optimizer") is not None:
+            opt.load_state_dict(state["optimizer"])
+        loader = BatchLoader(X, bs, seed=seed, rank=rank, world_size=world)
+        for ep in range(done + 1, P + 1):
+            finish(pretrain_epoch(model, opt, loader, ep), opt, None)
+        rec, Z, labels = start_finetune(model, X, method, y=y)
+        if distributed:  # the same embeddings give the same k-means on every rank; rank 0's to be exact
+            method.broadcast(method.centroids.data)
+            if getattr(method, "counts", None) is not None:
+                method.broadcast(method.counts)
+        extras["membership_before"] = max_membership(Z, method.centroids, method.membership())
+        extras["snapshots"] = {0: (Z[sample].cpu().numpy(), labels.cpu().numpy()[sample])}
+        finish(rec, None, method)
+        phase, done = "init", 0
+    if method.finetunes and done < F:
+        opt = torch.optim.Adam(list(model.parameters()) + method.parameters(), lr=lr)
+        if phase == "finetune" and state is not None and state.get("optimizer") is not None:
+            opt.load_state_dict(state["optimizer"])
+        loader = BatchLoader(X, bs, seed=seed + 1, rank=rank, world_size=world)
+        for ep in range(done + 1, F + 1):
+            rec, Z, labels = finetune_epoch(model, opt, loader, method, X, ep, y=y)
+            if distributed:  # every worker must hold rank 0's centroids exactly
                 ref = method.centroids.detach().clone()
                 dist.broadcast(ref, 0)
                 div = (ref - method.centroids.detach()).abs().max().reshape(1).to(torch.float64)
                 dist.all_reduce(div, op=dist.ReduceOp.MAX)
-                metrics["centroid_divergence"] = float(div)
-            if rank == 0 and (ep - P) in snap_epochs:
-                extras.setdefault("snapshots", {})[ep] = (Z[sample].cpu().numpy(), lab.cpu().numpy()[sample])
-        metrics["seconds"] = time.perf_counter() - t0
-        if resumed_from is not None:
-            metrics["resumed_from_epoch"] = resumed_from
-        history.append(dict(metrics))
-        report = {k2: v for k2, v in metrics.items() if isinstance(v, (int, float))}
-        report["phase_is_finetune"] = int(cur == "finetune")
-        if rank == 0:
-            with tempfile.TemporaryDirectory() as tmp:
-                torch.save({"model": net.state_dict(), "optimizer": opt.state_dict(), "method": method.state_dict(),
-                            "phase": phase, "epoch": ep, "history": history, "metrics": metrics,
-                            "extras": extras, "config": {k2: v for k2, v in config.items() if k2 != "fail_marker"}},
-                           Path(tmp) / STATE_FILE)
-                ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(tmp))
-        else:
-            ray.train.report(report)
+                rec["centroid_divergence"] = float(div)
+            if ep in snap_epochs:
+                extras.setdefault("snapshots", {})[ep] = (Z[sample].cpu().numpy(), labels.cpu().numpy()[sample])
+            finish(rec, opt, method)
 
 
 def run_deep_stage(store_url, out_dir, *, method: str = "CT", n_clusters: int = 10, pretrain_epochs: int = 50,
@@ -261,14 +211,15 @@ def run_deep_stage(store_url, out_dir, *, method: str = "CT", n_clusters: int = 
                    num_workers: int = 2, use_gpu: bool | None = None, threads_per_worker: int = 1,
                    method_kwargs: dict | None = None, scale="auto", name: str | None = None,
                    resume_from: str | None = None, max_failures: int = 1, snapshot_epochs=None,
-                   fail_at_epoch: int | None = None, ray_init_kwargs: dict | None = None, make_plots: bool = True,
-                   ae_init: str = "torch") -> dict:
+                   ray_init_kwargs: dict | None = None, make_plots: bool = True, ae_init: str = "torch",
+                   on_epoch_end=None) -> dict:
     """Train ``method`` on the store at ``store_url`` with Ray Train; write outputs to ``out_dir``.
 
     Starts a local Ray instance when none is connected (``ray_init_kwargs`` passed to ``ray.init``).
     ``name`` gives the run a fixed name (default: unique); rerunning with the same ``name`` and ``out_dir``,
     or passing ``resume_from`` (a checkpoint directory), continues a killed run from its last checkpoint.
-    ``fail_at_epoch`` injects one worker failure at that epoch (tests of the resume path).
+    ``on_epoch_end(record)``, when given, runs on every worker after every epoch, before its checkpoint is
+    reported (the tests inject a failure with it; Ray pickles it with the config).
     ``ae_init`` is the autoencoder's initial weights (:class:`kmeans_dist.deep.Autoencoder`'s ``init``).
     Returns a summary dict (final metrics, paths of the checkpoint, history and figures).
     """
@@ -281,6 +232,8 @@ def run_deep_stage(store_url, out_dir, *, method: str = "CT", n_clusters: int = 
     out_dir.mkdir(parents=True, exist_ok=True)
     if not ray.is_initialized():
         kw = {"address": os.environ.get("RAY_ADDRESS") or "local", "include_dashboard": False}
+        if kw["address"] == "local":  # a local head listens on 127.0.0.1 only
+            kw["_node_ip_address"] = "127.0.0.1"
         kw.update(ray_init_kwargs or {})
         ray.init(**kw)
     if use_gpu is None:
@@ -293,8 +246,7 @@ def run_deep_stage(store_url, out_dir, *, method: str = "CT", n_clusters: int = 
         "pretrain_epochs": pretrain_epochs, "finetune_epochs": finetune_epochs, "batch_size": batch_size,
         "lr": lr, "seed": seed, "threads": threads_per_worker, "method_kwargs": dict(method_kwargs or {}),
         "ae_init": ae_init,
-        "scale": scale, "snapshot_epochs": list(snapshot_epochs), "fail_at_epoch": fail_at_epoch,
-        "fail_marker": os.fspath(out_dir / f".{name}.failed-once") if fail_at_epoch is not None else None,
+        "scale": scale, "snapshot_epochs": list(snapshot_epochs), "on_epoch_end": on_epoch_end,
         "resume_from": os.fspath(resume_from) if resume_from else None,
     }
     trainer = TorchTrainer(
@@ -321,19 +273,20 @@ def run_deep_stage(store_url, out_dir, *, method: str = "CT", n_clusters: int = 
 
 def _write_outputs(state: dict, config: dict, out_dir: Path, make_plots: bool = True) -> dict:
     """Final embeddings, labels, scores and figures from the last checkpoint (on the driver)."""
-    import torch
 
     from kmeans_dist.deep import embed, make_method, max_membership
     from kmeans_dist.deep.evaluate import clustering_scores, matched_confusion
 
     X, y = load_store_tensor(config["store_url"], config.get("scale", "auto"))
-    net = _autoencoder(config, X.shape[1])
+    net = autoencoder_from_config(config, X.shape[1])
     net.load_state_dict(state["model"])
     method = make_method(config["method"], config["n_clusters"], seed=config["seed"], **config["method_kwargs"])
     method.load_state_dict(state["method"])
     history = state["history"]
     (out_dir / "history.json").write_text(json.dumps(history, indent=1, default=float))
-    summary = {"method": config["method"], "epochs": int(state["epoch"]), "metrics": state["metrics"],
+    last = history[-1] if history else {}
+    summary = {"method": config["method"], "phase": state["phase"], "epoch": int(state["epoch"]),
+               "metrics": {k: v for k, v in last.items() if isinstance(v, (int, float))},
                "model": net.config(), "history": os.fspath(out_dir / "history.json"), "figures": {}}
     if method.centroids is None:  # pretraining only: nothing to cluster with yet
         return summary

@@ -81,11 +81,47 @@ def _is_remote(s: str) -> bool:
 
 
 def fingerprint(ref) -> str:
-    """A content fingerprint of the data a reference points to.
+    """Return a content fingerprint of the data a reference points to.
 
     Local files and folders (Zarr stores, ``.npy``, MNIST folders): a hash over every file's relative
-    path, size and modification time, and over the *content* of small files (Zarr metadata, centers).
+    path, size and modification time, and over the *content* of small files (Zarr metadata, centers;
+    files up to 1 MiB).  Hidden files and folders inside a folder are skipped.
     ``'sklearn-digits'``: the scikit-learn version.  Remote stores: the Zarr metadata.
+    A local path that does not exist gives ``'missing:<path>'``.
+
+    Parameters
+    ----------
+    ref : str, os.PathLike or dict
+        A path, a store URL, ``'sklearn-digits'``, or a stage reference (a dict with a ``'url'`` or a
+        ``'path'`` key).
+
+    Returns
+    -------
+    str
+        The fingerprint: a SHA-256 hex digest for local and remote data,
+        ``'sklearn-digits:<version>'`` or ``'missing:<path>'`` otherwise.
+
+    Raises
+    ------
+    KeyError
+        If ``ref`` is a dict with neither a ``'url'`` nor a ``'path'`` key.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> d = Path(tempfile.mkdtemp())
+    >>> _ = (d / "centers.npy").write_bytes(b"abc")
+    >>> fp = fingerprint(d / "centers.npy")
+    >>> len(fp)
+    64
+    >>> fp == fingerprint({"path": str(d / "centers.npy")})
+    True
+    >>> _ = (d / "centers.npy").write_bytes(b"abd")
+    >>> fp == fingerprint(d / "centers.npy")
+    False
+    >>> fingerprint(d / "absent.npy").startswith("missing:")
+    True
     """
     s = _ref_path(ref)
     if s == "sklearn-digits":
@@ -115,7 +151,41 @@ def fingerprint(ref) -> str:
 
 
 def stage_key(stage: str, inputs: dict[str, Any] | None = None, params: dict[str, Any] | None = None) -> str:
-    """Cache key of a stage: its name and version, the fingerprints of its inputs and its parameters."""
+    """Return the cache key of a stage.
+
+    The key hashes the stage's name and version (:data:`STAGE_VERSION`), the fingerprints
+    (:func:`fingerprint`) of its inputs and its parameters, so a changed input or parameter, or a
+    bumped stage version, gives a new key.
+
+    Parameters
+    ----------
+    stage : str
+        Name of the stage.
+    inputs : dict, optional
+        Input references by name; each is fingerprinted (``None`` values stay ``None``).
+    params : dict, optional
+        The stage's other parameters (JSON-serializable; other values are keyed by ``str``).
+
+    Returns
+    -------
+    str
+        32 hexadecimal characters.
+
+    Raises
+    ------
+    KeyError
+        If an input is a dict with neither a ``'url'`` nor a ``'path'`` key.
+
+    Examples
+    --------
+    >>> key = stage_key("seed", params={"k": 3})
+    >>> len(key)
+    32
+    >>> key == stage_key("seed", params={"k": 3})
+    True
+    >>> key == stage_key("seed", params={"k": 4})
+    False
+    """
     doc = {
         "stage": stage,
         "version": STAGE_VERSION,
@@ -130,6 +200,33 @@ def stage_key(stage: str, inputs: dict[str, Any] | None = None, params: dict[str
 # --------------------------------------------------------------------------------------------------
 
 def save_npz_atomic(path, **arrays) -> str:
+    """Write arrays to an ``.npz`` file atomically.
+
+    The archive is built in memory, then written to a temporary sibling and moved into place with
+    ``os.replace``: a reader sees the previous file or the new one, never a partial file.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Destination file; missing parent folders are created.
+    **arrays : array_like
+        The arrays to store, by name (as for :func:`numpy.savez`).
+
+    Returns
+    -------
+    str
+        The path written.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> import numpy as np
+    >>> from pathlib import Path
+    >>> p = save_npz_atomic(Path(tempfile.mkdtemp()) / "fit.npz", centers=np.zeros((2, 3)))
+    >>> with np.load(p) as z:
+    ...     z["centers"].shape
+    (2, 3)
+    """
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     return atomic_write_bytes(path, buf.getvalue())
@@ -145,6 +242,37 @@ def write_checkpoint(directory, *, key: str, centers, iteration: int, history: l
     """Atomically replace ``directory/checkpoint.npz`` with (centers, iteration, history).
 
     One file, one ``os.replace``: a reader sees the previous checkpoint or this one, never a mix.
+    The metadata (``key``, ``iteration``, ``history`` and ``extra``) is stored as JSON next to the
+    centers.
+
+    Parameters
+    ----------
+    directory : str or os.PathLike
+        Folder of the checkpoint (created if missing).
+    key : str
+        Cache key of the fit; :func:`read_checkpoint` only returns a checkpoint of the same key.
+    centers : array_like
+        Current centers, shape ``(k, n_features)``.
+    iteration : int
+        Number of iterations done.
+    history : list
+        Per-iteration history entries (JSON-serializable dicts).
+    extra : dict, optional
+        More metadata to store (e.g. ``converged``).
+
+    Returns
+    -------
+    str
+        Path of the checkpoint file.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> d = tempfile.mkdtemp()
+    >>> _ = write_checkpoint(d, key="abc", centers=[[0.0, 1.0]], iteration=3, history=[])
+    >>> ckpt = read_checkpoint(d, "abc")
+    >>> ckpt["iteration"], ckpt["centers"].shape
+    (3, (1, 2))
     """
     directory = Path(directory)
     meta = {"key": key, "iteration": int(iteration), "history": history, **(extra or {})}
@@ -154,7 +282,35 @@ def write_checkpoint(directory, *, key: str, centers, iteration: int, history: l
 
 
 def read_checkpoint(directory, key: str | None = None) -> dict | None:
-    """The checkpoint in ``directory`` if there is one (for ``key``, when given), else None."""
+    """Return the checkpoint in ``directory`` if there is one (for ``key``, when given), else None.
+
+    An unreadable checkpoint is logged and ignored (returns None); with atomic writes this should
+    not happen.
+
+    Parameters
+    ----------
+    directory : str or os.PathLike
+        Folder holding ``checkpoint.npz``.
+    key : str, optional
+        Cache key the checkpoint must have been written with; a checkpoint of another key is
+        ignored.
+
+    Returns
+    -------
+    dict or None
+        ``centers`` (a NumPy array) and the stored metadata (``key``, ``iteration``, ``history`` and
+        any extra entries), or None when there is no usable checkpoint.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> d = tempfile.mkdtemp()
+    >>> read_checkpoint(d) is None
+    True
+    >>> _ = write_checkpoint(d, key="abc", centers=[[0.0]], iteration=1, history=[])
+    >>> read_checkpoint(d, key="other") is None
+    True
+    """
     path = Path(directory) / "checkpoint.npz"
     if not path.exists():
         return None
@@ -211,7 +367,34 @@ def ingest(source: str, out_dir, *, limit: int | None = None, chunk_rows: int | 
     """Make ``source`` a Zarr store and return its reference.
 
     A Zarr store is used in place (never copied, never modified); anything else (``.npy``, CSV,
-    Parquet, an MNIST folder, ``'sklearn-digits'``) is streamed into ``out_dir/data/input.zarr``.
+    Parquet, an MNIST folder, ``'sklearn-digits'``) is streamed into ``out_dir/data/input.zarr``
+    (overwritten if present; the source is never the output, nor inside it).
+
+    Parameters
+    ----------
+    source : str
+        A Zarr store (path or fsspec URL), a ``.npy``/CSV/Parquet file, an MNIST folder, ``'mnist'``
+        or ``'sklearn-digits'``.
+    out_dir : str or os.PathLike
+        The run folder.
+    limit : int, optional
+        Keep only the first ``limit`` rows of an MNIST folder.
+    chunk_rows : int, optional
+        Rows per chunk of the written store (default: the library's choice; 10 000 for MNIST).
+    logger : logging.Logger, optional
+        Where to log (default: the ``kmeans_dist.pipelines`` logger).
+
+    Returns
+    -------
+    dict
+        The store reference: ``url``, ``shape``, ``dtype``, ``chunks``, ``has_labels``,
+        ``image_shape``, ``source``, ``fingerprint``, ``copied`` (False for a store used in place)
+        and ``seconds``.
+
+    Raises
+    ------
+    kmeans_dist.data.DataError
+        If ``source`` does not exist or cannot be read, or the output would overwrite the source.
     """
     from kmeans_dist.data import check_output, ingest as _ingest, ingest_mnist, resolve_source
 
@@ -243,7 +426,29 @@ def ingest(source: str, out_dir, *, limit: int | None = None, chunk_rows: int | 
 
 
 def standardize(store: dict, out_dir, *, client=None, logger: logging.Logger | None = None) -> dict:
-    """Write the standardized copy of ``store`` to ``out_dir/data/standardized.zarr``."""
+    """Write the standardized copy of ``store`` to ``out_dir/data/standardized.zarr``.
+
+    Every feature is shifted to mean 0 and scaled to standard deviation 1; the target is
+    overwritten if present.  The means and standard deviations are kept in the store's attributes
+    (:func:`report` uses them to show the centers in the original units).
+
+    Parameters
+    ----------
+    store : dict
+        Reference of the input store (from :func:`ingest`).
+    out_dir : str or os.PathLike
+        The run folder.
+    client : distributed.Client, optional
+        Dask client to compute on (default: the current scheduler).
+    logger : logging.Logger, optional
+        Where to log (default: the ``kmeans_dist.pipelines`` logger).
+
+    Returns
+    -------
+    dict
+        Reference of the standardized store, like :func:`ingest`'s, with ``standardized_from`` (the
+        input store's URL) and the input's ``source`` and ``image_shape``.
+    """
     from kmeans_dist.chunked.preprocessing import standardize_store
 
     log = logger or _log
@@ -260,7 +465,39 @@ def standardize(store: dict, out_dir, *, client=None, logger: logging.Logger | N
 
 def seed(store: dict, out_dir, *, k: int, init: str = "k-means++", random_state: int | None = 0,
          name: str = "seed", client=None, logger: logging.Logger | None = None) -> dict:
-    """Initial centers for ``k`` clusters, saved to ``out_dir/seeds/<name>.npy``."""
+    """Compute initial centers for ``k`` clusters and save them to ``out_dir/seeds/<name>.npy``.
+
+    The file is written atomically.
+
+    Parameters
+    ----------
+    store : dict
+        Reference of the data store (from :func:`ingest` or :func:`standardize`).
+    out_dir : str or os.PathLike
+        The run folder.
+    k : int
+        Number of clusters.
+    init : str, default: "k-means++"
+        Seeding method (``'k-means++'``, ``'k-means||'``, ``'random'``, ``'random-partition'``).
+    random_state : int, optional
+        Seed of the seeding.
+    name : str, default: "seed"
+        File name (without ``.npy``) of the centers.
+    client : distributed.Client, optional
+        Dask client to compute on (default: the current scheduler).
+    logger : logging.Logger, optional
+        Where to log (default: the ``kmeans_dist.pipelines`` logger).
+
+    Returns
+    -------
+    dict
+        The seed reference: ``path``, ``k``, ``init``, ``random_state``, ``name`` and ``seconds``.
+
+    Raises
+    ------
+    kmeans_dist.data.DataError
+        If ``k`` is larger than the number of samples.
+    """
     from kmeans_dist.data import DataError
     from kmeans_dist.chunked.seeding import init_centers
 
@@ -287,15 +524,46 @@ def _lloyd_impl():
 def fit_lloyd(store: dict, init: dict, out_dir, *, max_iter: int = 300, tol: float = 1e-4, name: str = "fit",
               key: str | None = None, client=None, progress: Callable[[int, int], None] | None = None,
               logger: logging.Logger | None = None, algorithm: str = "lloyd") -> dict:
-    """Lloyd iterations from the centers in ``init``, checkpointed after every iteration.
-
-    ``algorithm``: "lloyd" or "hamerly" (the same iterations with bounds, see :class:`kmeans_dist.KMeans`).
+    """Run Lloyd iterations from the centers in ``init``, checkpointed after every iteration.
 
     The checkpoint (centers, iteration, history) lives in ``out_dir/fits/<name>/checkpoint.npz`` and is
     replaced atomically each iteration.  If a checkpoint for the same key (same data, same initial
     centers, same parameters) exists, the fit resumes from it; the result is bit-identical to an
     uninterrupted run because the library's reduction order is fixed.  The final result goes to
     ``fit.npz`` once; a later call with the same key returns it without iterating.
+
+    Parameters
+    ----------
+    store : dict
+        Reference of the data store (from :func:`ingest` or :func:`standardize`).
+    init : dict
+        Reference of the initial centers (from :func:`seed`).
+    out_dir : str or os.PathLike
+        The run folder.
+    max_iter : int, default: 300
+        Maximum number of iterations.
+    tol : float, default: 1e-4
+        Convergence tolerance on the center shift.
+    name : str, default: "fit"
+        Name of the fit: its files go to ``out_dir/fits/<name>/``.
+    key : str, optional
+        Cache key of the fit (default: :func:`stage_key` of the store, the initial centers,
+        ``max_iter``, ``tol`` and, unless "lloyd", ``algorithm``).
+    client : distributed.Client, optional
+        Dask client to compute on (default: the current scheduler).
+    progress : callable, optional
+        Called as ``progress(iteration, max_iter)`` after every iteration.
+    logger : logging.Logger, optional
+        Where to log (default: the ``kmeans_dist.pipelines`` logger).
+    algorithm : {"lloyd", "hamerly"}, default: "lloyd"
+        "lloyd" or "hamerly" (the same iterations with bounds, see :class:`kmeans_dist.KMeans`).
+
+    Returns
+    -------
+    dict
+        The fit reference: ``key``, ``name``, ``path`` (of ``fit.npz``), ``k``, ``n_iter``,
+        ``inertia``, ``converged``, ``history``, ``resumed_from`` (the iteration resumed from, 0 for
+        a fresh fit), ``algorithm`` and ``seconds``.
     """
     log = logger or _log
     t0 = time.perf_counter()
@@ -379,7 +647,29 @@ def _read_fit(path: Path, key: str) -> dict | None:
 
 
 def load_centers(fit: dict) -> np.ndarray:
-    """Final centers of a fit reference."""
+    """Load the final centers of a fit reference.
+
+    Parameters
+    ----------
+    fit : dict
+        A fit reference (from :func:`fit_lloyd` or :func:`fit_minibatch`), or any dict whose
+        ``'path'`` is an ``.npz`` file with a ``centers`` array.
+
+    Returns
+    -------
+    numpy.ndarray
+        The centers, shape ``(k, n_features)``.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> import numpy as np
+    >>> from pathlib import Path
+    >>> p = save_npz_atomic(Path(tempfile.mkdtemp()) / "fit.npz", centers=np.eye(2))
+    >>> load_centers({"path": p})
+    array([[1., 0.],
+           [0., 1.]])
+    """
     with np.load(fit["path"], allow_pickle=False) as z:
         return np.array(z["centers"])
 
@@ -387,7 +677,43 @@ def load_centers(fit: dict) -> np.ndarray:
 def fit_minibatch(store: dict, init: dict, out_dir, *, batch_size: int = 1024, max_iter: int = 100,
                   tol: float = 0.0, random_state: int | None = 0, name: str = "fit", key: str | None = None,
                   client=None, logger: logging.Logger | None = None) -> dict:
-    """Mini-batch k-means from the centers in ``init`` (no checkpoints: each step is cheap)."""
+    """Run mini-batch k-means from the centers in ``init`` (no checkpoints: each step is cheap).
+
+    The result goes to ``out_dir/fits/<name>/fit.npz`` (atomically); a later call with the same key
+    returns it without fitting again.
+
+    Parameters
+    ----------
+    store : dict
+        Reference of the data store (from :func:`ingest` or :func:`standardize`).
+    init : dict
+        Reference of the initial centers (from :func:`seed`).
+    out_dir : str or os.PathLike
+        The run folder.
+    batch_size : int, default: 1024
+        Samples per mini-batch.
+    max_iter : int, default: 100
+        Maximum number of steps.
+    tol : float, default: 0.0
+        Convergence tolerance (0: run ``max_iter`` steps).
+    random_state : int, optional
+        Seed of the batch sampling.
+    name : str, default: "fit"
+        Name of the fit: its files go to ``out_dir/fits/<name>/``.
+    key : str, optional
+        Cache key of the fit (default: :func:`stage_key` of the store, the initial centers and the
+        other parameters).
+    client : distributed.Client, optional
+        Dask client to compute on (default: the current scheduler).
+    logger : logging.Logger, optional
+        Where to log (default: the ``kmeans_dist.pipelines`` logger).
+
+    Returns
+    -------
+    dict
+        The fit reference, with the same entries as :func:`fit_lloyd`'s (``algorithm`` is
+        ``'minibatch'``).
+    """
     from kmeans_dist import MiniBatchKMeans
 
     log = logger or _log
@@ -422,12 +748,41 @@ def fit_minibatch(store: dict, init: dict, out_dir, *, batch_size: int = 1024, m
 
 def evaluate(store: dict, fit: dict, out_dir, *, silhouette_sample: int = 2000, random_state: int = 0,
              client=None, split_every: int = 8, logger: logging.Logger | None = None) -> dict:
-    """Inertia and cluster sizes over all samples; ARI/NMI/accuracy against the store's labels (if any);
+    """Evaluate a fit and write the metrics to ``out_dir/metrics/<name>.json``.
+
+    Inertia and cluster sizes over all samples; ARI/NMI/accuracy against the store's labels (if any);
     Calinski-Harabasz, Davies-Bouldin, and the silhouette estimated on a seeded sample.  Two passes over the
     data (:func:`kmeans_dist.metrics.partition_scores`): sizes, inertia, the partition's centroids, the
     cluster x class table and the sample rows in the first; the distances to the centroids and from the
     sample in the second.  Each pass's chunk partials are summed in a ``split_every``-ary tree on the
-    cluster."""
+    cluster.  The JSON file is written atomically.
+
+    Parameters
+    ----------
+    store : dict
+        Reference of the data store the fit was computed on.
+    fit : dict
+        The fit reference (from :func:`fit_lloyd` or :func:`fit_minibatch`); its ``name`` names the
+        metrics file.
+    out_dir : str or os.PathLike
+        The run folder.
+    silhouette_sample : int, default: 2000
+        Size of the sample the silhouette is estimated on.
+    random_state : int, default: 0
+        Seed of the silhouette sample.
+    client : distributed.Client, optional
+        Dask client to compute on (default: the current scheduler).
+    split_every : int, default: 8
+        Arity of the tree that sums the chunk partials.
+    logger : logging.Logger, optional
+        Where to log (default: the ``kmeans_dist.pipelines`` logger).
+
+    Returns
+    -------
+    dict
+        The scores of :func:`kmeans_dist.metrics.partition_scores` (``inertia``, ``cluster_sizes``,
+        ...), with ``seconds`` and ``path`` (of the JSON file).
+    """
     from kmeans_dist import metrics as M
     from kmeans_dist.data import open_labels
 
@@ -451,7 +806,25 @@ def evaluate(store: dict, fit: dict, out_dir, *, silhouette_sample: int = 2000, 
 # --------------------------------------------------------------------------------------------------
 
 def ms_per_iteration(fit: dict) -> float | None:
-    """Median wall time of the fit's Lloyd iterations, in milliseconds (None without a history)."""
+    """Return the median wall time of the fit's Lloyd iterations, in milliseconds.
+
+    Parameters
+    ----------
+    fit : dict
+        A fit reference; its ``history`` entries may have ``seconds``.
+
+    Returns
+    -------
+    float or None
+        The median in milliseconds, or None without a history (or without timed entries).
+
+    Examples
+    --------
+    >>> ms_per_iteration({"history": [{"seconds": 0.01}, {"seconds": 0.03}, {"seconds": 0.02}]})
+    20.0
+    >>> ms_per_iteration({}) is None
+    True
+    """
     secs = [h["seconds"] for h in (fit.get("history") or []) if h.get("seconds") is not None]
     return float(np.median(secs)) * 1e3 if secs else None
 
@@ -491,7 +864,37 @@ def _fmt(v) -> str:
 
 def report(out_dir, *, store: dict, fit: dict, metrics: dict, params: dict, timings: dict,
            title: str = "k-means clustering", logger: logging.Logger | None = None) -> dict:
-    """Plots and a markdown summary in the run folder; returns their paths and the markdown text."""
+    """Write plots and a markdown summary in the run folder; return their paths and the markdown text.
+
+    Plots go to ``out_dir/plots/`` (inertia per iteration, cluster sizes and, for image data, a grid
+    of the centers in the original units), the summary to ``out_dir/report.md`` and
+    ``out_dir/summary.json`` (both written atomically).
+
+    Parameters
+    ----------
+    out_dir : str or os.PathLike
+        The run folder.
+    store : dict
+        Reference of the data store the fit was computed on.
+    fit : dict
+        The fit reference (from :func:`fit_lloyd` or :func:`fit_minibatch`).
+    metrics : dict
+        The fit's evaluation (from :func:`evaluate`).
+    params : dict
+        The run's parameters (shown in the report and stored in the summary).
+    timings : dict
+        Seconds per stage.
+    title : str, default: "k-means clustering"
+        Title of the report.
+    logger : logging.Logger, optional
+        Where to log (default: the ``kmeans_dist.pipelines`` logger).
+
+    Returns
+    -------
+    dict
+        ``markdown`` (the report text, with absolute links), ``report_path``, ``summary_path`` and
+        ``plots`` (paths by plot name).
+    """
     log = logger or _log
     out = Path(out_dir)
     pdir = out / "plots"
@@ -556,9 +959,32 @@ def report(out_dir, *, store: dict, fit: dict, metrics: dict, params: dict, timi
 
 def choose_k_report(out_dir, *, results: list[dict], params: dict, timings: dict,
                     logger: logging.Logger | None = None) -> dict:
-    """Elbow and silhouette curves over k, a suggested k, and a markdown summary.
+    """Write elbow and silhouette curves over k, a suggested k, and a markdown summary.
 
-    ``results``: one dict per k with ``k``, ``inertia`` and optionally ``silhouette``/``ari``/``nmi``.
+    Plots go to ``out_dir/plots/`` (``elbow.png``, and ``silhouette.png`` when some result has a
+    silhouette), the summary to ``out_dir/report.md`` and ``out_dir/summary.json`` (both written
+    atomically).  The suggested k per criterion comes from :func:`kmeans_dist.selection.assemble`
+    (Kneedle elbow).
+
+    Parameters
+    ----------
+    out_dir : str or os.PathLike
+        The run folder.
+    results : list of dict
+        One dict per k with ``k``, ``inertia`` and optionally ``silhouette``/``ari``/``nmi`` (and
+        ``calinski_harabasz``, ``davies_bouldin``, ``n_iter``, ...).
+    params : dict
+        The run's parameters (stored in the summary).
+    timings : dict
+        Seconds per stage.
+    logger : logging.Logger, optional
+        Where to log (default: the ``kmeans_dist.pipelines`` logger).
+
+    Returns
+    -------
+    dict
+        ``markdown``, ``report_path``, ``summary_path``, ``plots`` (paths by plot name) and ``best``
+        (the suggested k by criterion).
     """
     log = logger or _log
     out = Path(out_dir)

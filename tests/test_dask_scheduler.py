@@ -90,6 +90,9 @@ def test_worker_killed_mid_fit(prefect_harness, external_dask, tmp_path):
     out = tmp_path / "run"
     args = dict(source=src, k=32, init="random", max_iter=60, tol=0.0, output_dir=str(out),
                 dask_address=external_dask, silhouette_sample=0)
+    from flows.params import ClusteringParams, default_output_dir, validate_params
+
+    out = Path(default_output_dir("clustering", validate_params(ClusteringParams, args, "clustering_flow")))
     box = {}
     th = threading.Thread(target=lambda: box.setdefault("state", clustering_flow(**args, return_state=True)))
     th.start()

@@ -23,8 +23,7 @@ def _worker(rank, world, port, X_np, out_dir):
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel as DDP
 
-    from kmeans_dist.deep import Autoencoder, embed, make_method, train_epoch
-    from pipelines.deep import _PaddedShard
+    from kmeans_dist.deep import Autoencoder, BatchLoader, finetune_epoch, make_method, start_finetune
 
     torch.set_num_threads(1)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -38,14 +37,12 @@ def _worker(rank, world, port, X_np, out_dir):
             method = make_method(name, 10, seed=0, n_init=2)
             method.allreduce = lambda t: dist.all_reduce(t)
             method.broadcast = lambda t: dist.broadcast(t, 0)
-            method.initialize(embed(model, X))
+            start_finetune(model, X, method)
             dist.broadcast(method.centroids.data, 0)
             opt = torch.optim.Adam(list(model.parameters()) + method.parameters(), lr=1e-3)
-            loader = _PaddedShard(X, 64, 0, rank, world)
-            for ep in (1, 2):
-                loader.set_epoch(ep)
-                train_epoch(model, opt, loader, method)
-                method.end_epoch(embed(model, X), ep)
+            loader = BatchLoader(X, 64, seed=0, rank=rank, world_size=world)
+            for ep in (1, 2):  # the epoch function of both runners
+                finetune_epoch(model, opt, loader, method, X, ep)
             np.save(os.path.join(out_dir, f"{name}_{rank}.npy"), method.centroids.detach().numpy())
             np.save(os.path.join(out_dir, f"{name}_w{rank}.npy"), net.encoder[0].weight.detach().numpy())
     finally:

@@ -113,7 +113,7 @@ def test_deep_reinit_on_cuda_is_kmeans_of_the_embeddings(cp):
     torch = pytest.importorskip("torch")
     if not torch.cuda.is_available():
         pytest.skip("torch without CUDA")
-    from kmeans_dist.deep.train import reinit_centroids, to_kernel_array
+    from kmeans_dist.deep import reinit_centroids, to_kernel_array
     from kmeans_dist.kernels import kmeans_inmemory
 
     Z = torch.from_numpy(_blobs(n=4000, d=10, k=10, seed=6)[0]).cuda()

@@ -1,36 +1,45 @@
-"""Deep k-means in plain PyTorch: autoencoder, AEKM, DCN, DKM and CT (Roy, ICPR 2024).
+"""Deep k-means in plain PyTorch: the autoencoder, the baselines AEKM, DCN and DKM, and CT (Roy, ICPR 2024).
 
-Never imports Ray or Prefect: the Ray Train stage lives in ``pipelines/deep.py`` and its Prefect flow in
-``flows/deep.py``; ``benchmarks/deep_mnist.py`` runs the paper's MNIST protocol with this package.
+The methods of "An Approach Towards Learning K-means-friendly Deep Latent Representation" (arXiv
+2411.19496), with the authors' defaults: CT (reconstruction + centering loss, the centroids re-initialised by
+k-means on the latent space after every epoch), its two ablations (``CT-noreinit``: CT without
+re-initialisation; ``DKM+reinit``: DKM with it) and its baselines (AEKM, DCN, DKM).  The CT loss is a
+reconstruction of the paper's equations 10-11; see :mod:`kmeans_dist.deep.losses`.
 
-    import torch
-    from kmeans_dist.data import load_mnist
-    from kmeans_dist.deep import Autoencoder, fit_method, make_method, pretrain
+Modules: :mod:`~kmeans_dist.deep.model` (the autoencoder), :mod:`~kmeans_dist.deep.losses`,
+:mod:`~kmeans_dist.deep.latent` (embeddings and the k-means on them), :mod:`~kmeans_dist.deep.methods`,
+:mod:`~kmeans_dist.deep.train` (the epoch functions and the single-process loops),
+:mod:`~kmeans_dist.deep.checkpoint` (the one checkpoint format), :mod:`~kmeans_dist.deep.evaluate` and
+:mod:`~kmeans_dist.deep.plots`.  Never imports Ray or Prefect: the Ray Train stage (``pipelines/deep.py``)
+calls the same epoch functions as :func:`fit_method`.
 
-    X, y = load_mnist(scale=1 / 255)                  # 70,000 x 784 in [0, 1]
-    X = torch.from_numpy(X)
-    model = Autoencoder(784, 10)
-    pretrain(model, X, epochs=50)                      # reconstruction only
-    res = fit_method(model, X, make_method("CT", 10), y=y, epochs=100)
-    res["history"][-1]["acc"], res["labels"]
+Epoch numbering, in every record and checkpoint: pretraining epochs ``1..P`` (``phase="pretrain"``), the
+initial k-means (``phase="init"``, epoch 0), finetuning epochs ``1..F`` (``phase="finetune"``).
 
-Methods (:func:`make_method`): AEKM, DCN, DKM, DKM-anneal, DKM+reinit (ablation), CT, CT-fcm (fuzzy
-c-means memberships), CT-noreinit (ablation), CT-mse (mean-scaled reconstruction), CT-reinit1 (one k-means
-run per re-initialisation), and AEKM-bal / CT-bal (``select="balanced"``: each k-means on the embeddings
-keeps the restart with the most even cluster sizes instead of the lowest inertia).  The CT loss is our reconstruction of the paper's lost
-equations 10-11; see :mod:`kmeans_dist.deep.losses`.
+Examples
+--------
+>>> import torch
+>>> from kmeans_dist.deep import Autoencoder, fit_method, make_method, pretrain
+>>> X = torch.rand(300, 20)
+>>> model = Autoencoder(20, 3, hidden=(16,))
+>>> _ = pretrain(model, X, epochs=2)
+>>> res = fit_method(model, X, make_method("CT", 3, n_init=2), epochs=2)
+>>> [(r["phase"], r["epoch"]) for r in res["history"]]
+[('init', 0), ('finetune', 1), ('finetune', 2)]
 """
 from . import plots
-from .evaluate import cluster_accuracy, clustering_scores
-from .losses import (ct_loss, dcn_loss, dkm_loss, fuzzy_cmeans_membership, get_membership, pairwise_sq_dist,
-                     reconstruction_loss, softmax_membership, student_membership)
-from .model import Autoencoder, unwrap
-from .train import (AEKM, CT, DCN, DKM, METHODS, BatchLoader, Method, embed, fit_method, make_method,
-                    max_membership, nearest_centroid, pretrain, reinit_centroids, train_epoch)
+from .checkpoint import restore_training_state, training_state
+from .evaluate import clustering_scores, confusion, matched_confusion
+from .latent import embed, from_kernel_array, max_membership, nearest_centroid, reinit_centroids, to_kernel_array
+from .losses import ct_loss, dcn_loss, dkm_loss, pairwise_sq_dist, reconstruction_loss, softmax_membership
+from .methods import AEKM, CT, DCN, DKM, METHODS, Method, make_method
+from .model import INITS, Autoencoder, unwrap
+from .train import BatchLoader, finetune_epoch, fit_method, pretrain, pretrain_epoch, start_finetune, train_epoch
 
 __all__ = [
-    "Autoencoder", "unwrap", "AEKM", "CT", "DCN", "DKM", "METHODS", "Method", "BatchLoader", "make_method",
-    "embed", "fit_method", "max_membership", "nearest_centroid", "pretrain", "reinit_centroids", "train_epoch",
-    "ct_loss", "dcn_loss", "dkm_loss", "fuzzy_cmeans_membership", "get_membership", "pairwise_sq_dist",
-    "reconstruction_loss", "softmax_membership", "student_membership", "cluster_accuracy", "clustering_scores",
+    "plots", "Autoencoder", "INITS", "unwrap", "AEKM", "CT", "DCN", "DKM", "METHODS", "Method", "make_method",
+    "BatchLoader", "train_epoch", "pretrain_epoch", "pretrain", "start_finetune", "finetune_epoch", "fit_method",
+    "training_state", "restore_training_state", "embed", "reinit_centroids", "nearest_centroid", "max_membership",
+    "to_kernel_array", "from_kernel_array", "ct_loss", "dcn_loss", "dkm_loss", "pairwise_sq_dist",
+    "reconstruction_loss", "softmax_membership", "clustering_scores", "confusion", "matched_confusion",
 ]

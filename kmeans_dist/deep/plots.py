@@ -9,34 +9,27 @@ from pathlib import Path
 
 import numpy as np
 
+from ..plots import pyplot, save_figure
+
 __all__ = ["plot_losses", "plot_membership_histogram", "plot_embeddings", "plot_confusion", "pca_2d"]
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _save(fig, path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    _plt().close(fig)
-    return path
+    return Path(save_figure(fig, path))
 
 
 def plot_losses(history: list[dict], path, title: str = "") -> Path:
     """Reconstruction and clustering loss per epoch, and ACC/NMI when present."""
-    plt = _plt()
-    h = [e for e in history if e.get("rec_loss") is not None]
+    plt = pyplot()
+    P = max([e["epoch"] for e in history if e.get("phase") == "pretrain"], default=0)
+
+    def x(e):  # one axis: pretraining epochs 1..P, then finetuning epochs P+1..P+F
+        return e["epoch"] + (P if e.get("phase") in ("init", "finetune") else 0)
+
+    h = [e for e in history if e.get("rec_loss") is not None and e["rec_loss"] == e["rec_loss"]]
     has_scores = any("acc" in e for e in history)
     fig, axes = plt.subplots(1, 3 if has_scores else 2, figsize=(13 if has_scores else 9, 3.6))
-    ep = [e["epoch"] for e in h]
+    ep = [x(e) for e in h]
     axes[0].plot(ep, [e["rec_loss"] for e in h], marker=".")
     axes[0].set(xlabel="epoch", ylabel="reconstruction loss", title="reconstruction")
     axes[1].plot(ep, [e.get("clu_loss") or 0.0 for e in h], marker=".", color="C1")
@@ -44,7 +37,7 @@ def plot_losses(history: list[dict], path, title: str = "") -> Path:
     if has_scores:
         s = [e for e in history if "acc" in e]
         for key in ("acc", "nmi", "ari"):
-            axes[2].plot([e["epoch"] for e in s], [e[key] for e in s], marker=".", label=key.upper())
+            axes[2].plot([x(e) for e in s], [e[key] for e in s], marker=".", label=key.upper())
         axes[2].set(xlabel="epoch", ylim=(0, 1), title="scores")
         axes[2].legend()
     if title:
@@ -54,7 +47,7 @@ def plot_losses(history: list[dict], path, title: str = "") -> Path:
 
 def plot_membership_histogram(before, after, path, title: str = "", bins: int = 50) -> Path:
     """Histogram of each point's highest membership before and after finetuning (Figure 3)."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.6))
     ax.hist(np.asarray(before), bins=bins, range=(0, 1), alpha=0.6, label="before finetuning")
     ax.hist(np.asarray(after), bins=bins, range=(0, 1), alpha=0.6, label="after finetuning")
@@ -75,7 +68,7 @@ def pca_2d(Z: np.ndarray) -> np.ndarray:
 
 def plot_embeddings(snapshots: dict, path, title: str = "") -> Path:
     """One panel per epoch: PCA of the seeded sample's embeddings coloured by cluster."""
-    plt = _plt()
+    plt = pyplot()
     eps = sorted(snapshots)
     fig, axes = plt.subplots(1, max(len(eps), 1), figsize=(3.4 * max(len(eps), 1), 3.4), squeeze=False)
     for ax, ep in zip(axes[0], eps):
@@ -92,7 +85,7 @@ def plot_confusion(y_true, y_pred, path, title: str = "") -> Path:
     """Confusion matrix (classes x clusters, clusters in Hungarian-matched order)."""
     from .evaluate import matched_confusion
 
-    plt = _plt()
+    plt = pyplot()
     M = matched_confusion(y_true, y_pred)
     fig, ax = plt.subplots(figsize=(5.2, 4.6))
     im = ax.imshow(M, cmap="Blues")
