@@ -354,3 +354,13 @@ def test_feature_names_are_kept_and_checked():
     with pytest.raises(ValueError, match="feature names should match"):
         km2.predict(da_.assign_coords(feature=["x", "y"]))
     assert not hasattr(KMeans(3, random_state=0).fit(X), "feature_names_in_")
+
+
+def test_a_store_of_strings_is_named(tmp_path):
+    import zarr
+
+    g = zarr.open_group(str(tmp_path / "s.zarr"), mode="w", zarr_format=3)
+    z = g.create_array("X", shape=(4, 2), chunks=(2, 2), dtype=np.dtypes.StringDType())
+    z[:] = np.array([["a", "b"], ["c", "d"]] * 2, dtype=np.dtypes.StringDType())
+    with pytest.raises(DataError, match=r"s\.zarr.*holds StringDType\(\) values; k-means needs numbers"):
+        KMeans(2).fit(str(tmp_path / "s.zarr"))

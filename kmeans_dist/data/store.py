@@ -158,6 +158,9 @@ def open_store(url, *, array: str = "X", storage_options=None):
                         f"(it holds: {sorted(g.keys()) or 'nothing'}); is it an empty store?")
     if any(s == 0 for s in z.shape):
         raise DataError(f"Zarr store {os.fspath(url)!r}: array {array!r} is empty (shape {z.shape})")
+    if np.dtype(z.dtype).kind not in "biuf":
+        raise DataError(f"Zarr store {os.fspath(url)!r}: array {array!r} holds {z.dtype} values; k-means needs "
+                        "numbers (bool, int or float): convert the column(s) before ingesting")
     check_integrity(g, z, url, array)
     return da.from_array(_CheckedArray(z, os.fspath(url), array), chunks=z.chunks, asarray=True,
                          name=f"zarr-{array}-" + _token(url, z), meta=np.empty((0,) * z.ndim, dtype=z.dtype))
