@@ -232,7 +232,7 @@ def run_deep_stage(store_url, out_dir, *, method: str = "CT", n_clusters: int = 
     out_dir.mkdir(parents=True, exist_ok=True)
     if not ray.is_initialized():
         kw = {"address": os.environ.get("RAY_ADDRESS") or "local", "include_dashboard": False}
-        if kw["address"] == "local":  # a local head listens on 127.0.0.1 only
+        if kw["address"] == "local":  # advertise loopback (gcs_server, raylet and the agent still bind all interfaces)
             kw["_node_ip_address"] = "127.0.0.1"
         kw.update(ray_init_kwargs or {})
         ray.init(**kw)
