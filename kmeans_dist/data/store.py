@@ -370,6 +370,14 @@ def _coerce_dask(X, chunks=None):
     return da.from_array(arr, chunks=chunks)
 
 
+def _is_sparse(X) -> bool:
+    try:
+        import scipy.sparse as sp
+    except ImportError:  # pragma: no cover
+        return False
+    return sp.issparse(X)
+
+
 def as_dask_array(X, *, chunks=None, name: str = "X", allow_1d: bool = False):
     """Any supported input (NumPy, CuPy, dask, xarray, Zarr path/URL) as a 2-D float dask array.
 
@@ -407,9 +415,19 @@ def as_dask_array(X, *, chunks=None, name: str = "X", allow_1d: bool = False):
 
     if isinstance(X, (list, tuple)):
         X = np.asarray(X)
-    if isinstance(X, np.ndarray) and X.dtype.kind in "OUSV":
-        raise TypeError(f"{name} must have a numeric dtype, got dtype {X.dtype} "
-                        f"({'object' if X.dtype.kind == 'O' else 'string/bytes'}); convert it first.")
+    if _is_sparse(X):
+        raise TypeError(f"Sparse input ({type(X).__name__}) is not supported for {name}; pass a dense array "
+                        "(X.toarray()) or a dask array of dense chunks.")
+    if isinstance(X, np.ndarray) and X.dtype.kind == "O":  # numbers held as objects are numbers (as scikit-learn)
+        try:
+            if any(v is None for v in X.ravel()):  # numpy would read None as NaN
+                raise TypeError("None is not a number")
+            X = np.asarray(X, dtype=np.float64)
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(f"{name} must have a numeric dtype: its object values cannot be read as numbers "
+                            f"({exc}).") from None
+    if isinstance(X, np.ndarray) and X.dtype.kind in "USV":
+        raise TypeError(f"{name} must have a numeric dtype, got dtype {X.dtype} (string/bytes); convert it first.")
     Xd = _coerce_dask(X, chunks)
     if Xd.dtype.kind in "OUSVMm":
         raise TypeError(f"{name} must have a numeric dtype, got dtype {Xd.dtype}.")
@@ -429,7 +447,8 @@ def as_dask_array(X, *, chunks=None, name: str = "X", allow_1d: bool = False):
     elif Xd.dtype.kind == "f" and Xd.dtype.itemsize < 4:
         Xd = Xd.astype(np.float32)
     elif Xd.dtype.kind == "c":
-        raise TypeError(f"{name} must be real-valued, got complex dtype {Xd.dtype}.")
+        raise ValueError(f"Complex data not supported: {name} has dtype {Xd.dtype}; pass its real part or "
+                         "modulus.")
     if Xd.ndim == 2 and Xd.numblocks[1] != 1:
         Xd = Xd.rechunk({1: -1})
     return Xd
