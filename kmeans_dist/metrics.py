@@ -9,7 +9,7 @@ How the work is laid out:
 
 - each chunk of rows produces a small *partial* (a dict of host NumPy arrays: per-cluster counts,
   sums, squared-error sums, ...), and partials are merged by a tree reduction
-  (:func:`_tree_reduce`, ``split_every`` partials per node), so no task ever holds more than one
+  (:func:`kmeans_dist.chunked.driver.delayed_tree`, ``split_every`` partials per node), so no task ever holds more than one
   chunk of X plus a few partials;
 - metrics without labels need at most two passes over X: one for per-cluster counts and sums (the
   centroids), one for the distances to the centroids (inertia, Calinski-Harabasz and
@@ -141,14 +141,6 @@ def _blocks(a):
     return row_blocks(a, int(a.chunks[0][0]) if a.shape[0] else 1)
 
 
-def _tree_reduce(parts: list, combine, split_every: int = SPLIT_EVERY):
-    return delayed_tree(parts, combine, split_every)
-
-
-def _compute(*objs):
-    return compute(*objs)
-
-
 def _offsets(chunks) -> list[int]:
     return [0] + list(np.cumsum(chunks)[:-1].astype(int))
 
@@ -176,7 +168,7 @@ def _label_counts(y):
     from dask import delayed
 
     parts = [delayed(_unique_chunk, pure=True)(b) for b in _blocks(y)]
-    (res,) = _compute(_tree_reduce(parts, _unique_combine))
+    (res,) = compute(delayed_tree(parts, _unique_combine))
     return res["values"], res["counts"]
 
 
@@ -259,7 +251,7 @@ def _centroids(enc: _Encoded):
 
     parts = [delayed(_sums_chunk, pure=True)(x, c, enc.k)
              for x, c in zip(_blocks(enc.X), _blocks(enc.codes))]
-    (res,) = _compute(_tree_reduce(parts, _sum_dicts))
+    (res,) = compute(delayed_tree(parts, _sum_dicts))
     return res["sum"], res["count"]
 
 
@@ -269,7 +261,7 @@ def _within(enc: _Encoded, centers):
     C = delayed(np.asarray(centers, dtype=np.float64), pure=True)
     parts = [delayed(_within_chunk, pure=True)(x, c, C, enc.k)
              for x, c in zip(_blocks(enc.X), _blocks(enc.codes))]
-    (res,) = _compute(_tree_reduce(parts, _sum_dicts))
+    (res,) = compute(delayed_tree(parts, _sum_dicts))
     return res["sse"], res["dist"]
 
 
@@ -399,7 +391,7 @@ def inertia(X, labels=None, centers=None) -> float:
             raise ValueError(f"centers must have shape (k, {Xd.shape[1]}), got {C.shape}")
         Cd = delayed(C, pure=True)
         parts = [delayed(_nearest_chunk, pure=True)(x, Cd) for x in _blocks(Xd)]
-        (res,) = _compute(_tree_reduce(parts, _sum_dicts))
+        (res,) = compute(delayed_tree(parts, _sum_dicts))
         return float(res["sse"][0])
     if centers is None:
         enc = _prepare(X, labels, check_labels=False)
@@ -667,7 +659,7 @@ def _silhouette_blocks(enc: _Encoded, precision: str = "auto", split_every: int 
     counts = delayed(np.asarray(enc.counts, dtype=np.float64), pure=True)
     out = []
     for i in range(m):
-        S = _tree_reduce(contrib[i], _add_arrays, split_every)
+        S = delayed_tree(contrib[i], _add_arrays, split_every)
         out.append((delayed(_sil_from_sums, pure=True)(S, cb[i], counts), enc.X.chunks[0][i]))
     return out
 
@@ -795,7 +787,7 @@ def silhouette_score(X, labels, *, metric: str = "euclidean", sample_size: int |
         return {"sum": np.array([np.sum(s)])}
 
     parts = [delayed(_part, pure=True)(b) for b, _ in blocks]
-    (res,) = _compute(_tree_reduce(parts, _sum_dicts))
+    (res,) = compute(delayed_tree(parts, _sum_dicts))
     return float(res["sum"][0] / enc.n)
 
 
@@ -857,7 +849,7 @@ def silhouette_per_cluster(X, labels, *, precision: str = "auto"):
 
     cb = _blocks(enc.codes)
     parts = [delayed(_part, pure=True)(b, c) for (b, _), c in zip(blocks, cb)]
-    (res,) = _compute(_tree_reduce(parts, _comb))
+    (res,) = compute(delayed_tree(parts, _comb))
     return xr.Dataset(
         {"size": ("cluster", enc.counts), "silhouette": ("cluster", res["sum"] / enc.counts),
          "silhouette_min": ("cluster", res["min"]), "silhouette_max": ("cluster", res["max"])},
@@ -988,13 +980,13 @@ def silhouette_estimate(X, labels, *, n_sampled: int = 2000, random_state=0,
     m = int(min(n_sampled, n))
     rng = np.random.default_rng(random_state)
     idx = np.sort(rng.choice(n, size=m, replace=False))
-    sample, scodes = _compute(enc.X[idx], enc.codes[idx])
+    sample, scodes = compute(enc.X[idx], enc.codes[idx])
     S_d = delayed(np.asarray(sample), pure=True)
     I_d = delayed(idx, pure=True)
     offs = _offsets(enc.X.chunks[0])
     parts = [delayed(_sample_sums_chunk, pure=True)(x, c, o, S_d, I_d, enc.k, precision)
              for x, c, o in zip(_blocks(enc.X), _blocks(enc.codes), offs)]
-    (res,) = _compute(_tree_reduce(parts, _sum_dicts))
+    (res,) = compute(delayed_tree(parts, _sum_dicts))
     vals = _sil_from_sums(res["sum"], scodes, enc.counts.astype(np.float64))
     mean, se = float(vals.mean()), _sample_std_error(vals, n)
     z = float(norm.ppf(0.5 + confidence / 2))
@@ -1091,7 +1083,7 @@ def contingency_matrix(labels_true, labels_pred) -> Contingency:
         return labels_true
     yt, yp = _labels_pair(labels_true, labels_pred)
     parts = [delayed(_cont_chunk, pure=True)(a, b) for a, b in zip(_blocks(yt), _blocks(yp))]
-    (res,) = _compute(_tree_reduce(parts, _cont_combine))
+    (res,) = compute(delayed_tree(parts, _cont_combine))
     table = np.zeros((len(res["classes"]), len(res["clusters"])), dtype=np.int64)
     table[res["ti"], res["pi"]] = res["count"]
     return Contingency(table, res["classes"], res["clusters"])

@@ -50,6 +50,9 @@ def test_cli_never_overwrites_its_input_or_an_existing_output(tmp_path):
     r = _cli(tmp_path, "predict", "m", "v.zarr", "--out", "v.zarr", "--overwrite", "--workers", "0")
     assert r.returncode == 2 and "is the input" in r.stderr
     assert data.open_store(tmp_path / "v.zarr").shape == (600, 2)
+    (tmp_path / "afile").write_text("not a folder")  # a blocked output path, whoever runs the test
+    r = _cli(tmp_path, "fit", "v.zarr", "--k", "3", "--out", "afile/m", "--workers", "0")
+    assert r.returncode == 2 and "cannot be written" in r.stderr and "Traceback" not in r.stderr
     (tmp_path / "ro").mkdir()
     os.chmod(tmp_path / "ro", 0o500)
     try:
