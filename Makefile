@@ -13,7 +13,7 @@ export RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S ?= 180
 export CUPY_CACHE_DIR ?= $(CURDIR)/.cupy-cache
 export MPLBACKEND ?= Agg
 
-.PHONY: venv demo test bench bench-deep clean
+.PHONY: venv demo test rehearse bench bench-deep clean
 
 venv: $(STAMP)
 
@@ -30,6 +30,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest tests -q
+
+# the deployment rehearsal alone (as root; tests/test_deploy.py::test_rehearsal runs it in `make test`)
+rehearse: $(STAMP)
+	PY=$(CURDIR)/$(PY) bash deploy/rehearse.sh
 
 bench: $(STAMP)
 	$(PY) -m pip install -q -e '.[bench]'

@@ -275,6 +275,44 @@ def fit_minibatch_task(store: dict, init: dict, out_dir: str, batch_size: int, m
                                     random_state=random_state, name=name, client=client, logger=get_run_logger())
 
 
+@task(name="fit_family", **_DASK_RETRY, cache_key_fn=_cache_key("fit_family", ("store", "init")),
+      persist_result=True)
+def fit_family_task(store: dict, init: dict, out_dir: str, algorithm: str, max_iter: int, tol: float,
+                    random_state: int, name: str) -> dict:
+    """Prefect task of :func:`pipelines.stages.fit_family` (bisecting, spherical, k-medians, k-medoids, Elkan).
+
+    Cached on the fingerprints of ``store`` and ``init`` and the other parameters; retried (twice at
+    most) only when Dask cancelled one of its futures.
+
+    Parameters
+    ----------
+    store : dict
+        Reference of the data store.
+    init : dict
+        Reference of the initial centers.
+    out_dir : str
+        The run folder.
+    algorithm : str
+        The member of the family.
+    max_iter : int
+        Maximum number of iterations.
+    tol : float
+        Convergence tolerance.
+    random_state : int
+        Seed of the estimator's own random choices.
+    name : str
+        Name of the fit.
+
+    Returns
+    -------
+    dict
+        The fit reference.
+    """
+    with dask_client() as client:
+        return stages.fit_family(store, init, out_dir, algorithm=algorithm, max_iter=max_iter, tol=tol,
+                                 random_state=random_state, name=name, client=client, logger=get_run_logger())
+
+
 @task(name="evaluate", **_DASK_RETRY, cache_key_fn=_cache_key("evaluate", ("store", "fit")), persist_result=True)
 def evaluate_task(store: dict, fit: dict, out_dir: str, silhouette_sample: int, random_state: int) -> dict:
     """Prefect task of :func:`pipelines.stages.evaluate`.
@@ -366,12 +404,12 @@ def stage_tasks(out_dir: str) -> _Tasks:
     -------
     object
         A namespace with one task per stage as attributes (``ingest``, ``standardize``, ``seed``,
-        ``fit_lloyd``, ``fit_minibatch``, ``evaluate``, ``report``).
+        ``fit_lloyd``, ``fit_minibatch``, ``fit_family``, ``evaluate``, ``report``).
     """
     storage = _result_storage(out_dir)
     t = _Tasks()
     for name, tk in {"ingest": ingest_task, "standardize": standardize_task, "seed": seed_task,
-                     "fit_lloyd": fit_lloyd_task, "fit_minibatch": fit_minibatch_task,
+                     "fit_lloyd": fit_lloyd_task, "fit_minibatch": fit_minibatch_task, "fit_family": fit_family_task,
                      "evaluate": evaluate_task}.items():
         setattr(t, name, tk.with_options(result_storage=storage))
     t.report = report_task
@@ -511,8 +549,11 @@ def clustering_run(params: dict, source: str, out_dir: str) -> dict:
         if p.algorithm in ("lloyd", "hamerly"):
             fits = [T.fit_lloyd.submit(store, s, out_dir, p.max_iter, p.tol, f"fit-{i}", p.algorithm)
                     for i, s in enumerate(seeds)]
-        else:
+        elif p.algorithm == "minibatch":
             fits = [T.fit_minibatch.submit(store, s, out_dir, p.batch_size, p.max_iter, p.tol, p.seed + i, f"fit-{i}")
+                    for i, s in enumerate(seeds)]
+        else:
+            fits = [T.fit_family.submit(store, s, out_dir, p.algorithm, p.max_iter, p.tol, p.seed + i, f"fit-{i}")
                     for i, s in enumerate(seeds)]
         results = [f.result() for f in fits]
         timings["seed + fit"] = time.perf_counter() - t0

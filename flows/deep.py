@@ -3,7 +3,8 @@
 Two tasks: ``prepare_store`` (use a Zarr store as is, or ingest an MNIST folder / any source the project
 ingests into ``<output_dir>/data.zarr`` with pixels scaled to [0, 1]), then ``ray_deep_stage``, which runs
 the Ray Train stage of :mod:`pipelines.deep` as a Ray job from inside the task (connecting to
-``ray_address``/``$RAY_ADDRESS`` when given, else starting a local Ray).  The task returns the stage's
+``ray_address``/``$RAY_ADDRESS`` when given, else starting a local Ray whose servers all listen on 127.0.0.1,
+:func:`pipelines.ray_local.init_local_ray`).  The task returns the stage's
 summary (final ACC/NMI/ARI, checkpoint and figure paths); a markdown artifact shows the scores.
 
 A killed run resumes from its last checkpoint when the flow is run again with the same ``run_name`` and
@@ -87,11 +88,15 @@ def deep_clustering_flow(source: str, output_dir: str = "runs/deep", method: str
                          lr: float = 1e-3, seed: int = 0, num_workers: int = 2, use_gpu: Optional[bool] = None,
                          limit: Optional[int] = None, run_name: Optional[str] = None,
                          method_kwargs: Optional[dict] = None, ray_address: Optional[str] = None,
-                         ray_num_cpus: Optional[int] = None, max_failures: int = 1, ae_init: str = "torch") -> dict:
+                         ray_num_cpus: Optional[int] = None, max_failures: int = 1, ae_init: str = "torch",
+                         pretrain_min_steps: Optional[int] = None, finetune_min_steps: Optional[int] = None) -> dict:
     """Ingest (if needed) and train ``method`` with Ray Train; returns the stage summary.
 
     ``source``: a Zarr store, an MNIST folder, or anything :func:`kmeans_dist.data.ingest` takes.
     ``ae_init``: the autoencoder's initial weights, ``"torch"`` (PyTorch's default) or ``"glorot"``.
+    ``batch_size`` is the global batch; each phase runs ``max(epochs, ceil(min_steps / steps_per_epoch))``
+    epochs, ``*_min_steps`` defaulting to the paper's MNIST step counts (13,700 and 27,400; 0: the epochs as
+    given), see :func:`pipelines.deep.run_deep_stage`.
     """
     if method not in _methods():
         raise ValueError(f"method must be one of {_methods()}, got {method!r}")
@@ -110,7 +115,8 @@ def deep_clustering_flow(source: str, output_dir: str = "runs/deep", method: str
     params = dict(method=method, n_clusters=n_clusters, pretrain_epochs=pretrain_epochs,
                   finetune_epochs=finetune_epochs, batch_size=batch_size, lr=lr, seed=seed,
                   num_workers=num_workers, use_gpu=use_gpu, method_kwargs=method_kwargs, name=run_name,
-                  ray_init_kwargs=ray_kw or None, max_failures=max_failures, ae_init=ae_init)
+                  ray_init_kwargs=ray_kw or None, max_failures=max_failures, ae_init=ae_init,
+                  pretrain_min_steps=pretrain_min_steps, finetune_min_steps=finetune_min_steps)
     summary = ray_deep_stage(store, os.fspath(out), params)
     _publish(summary)
     return summary

@@ -106,8 +106,10 @@ class ClusteringParams(_Common):
     """
 
     k: int = Field(8, ge=1, le=100_000, description="Number of clusters")
-    algorithm: Literal["lloyd", "hamerly", "minibatch"] = Field(
-        "lloyd", description="lloyd; hamerly (the same iterations, bounds skip most distances); minibatch")
+    algorithm: Literal["lloyd", "hamerly", "elkan", "minibatch", "bisecting", "spherical", "kmedians",
+                       "kmedoids"] = Field(
+        "lloyd", description="lloyd; hamerly, elkan (the same iterations, bounds skip most distances); "
+                             "minibatch; bisecting; spherical (cosine); kmedians (L1); kmedoids (centers are rows)")
     batch_size: int = Field(1024, ge=1)
 
 

@@ -77,9 +77,9 @@ def deploy_to_pool(pool: str = "kmeans-process", cron: str = CLUSTERING_CRON) ->
     src = _default_source()
     ids = []
     for entry, name, kw in [
-        ("flows/clustering.py:clustering_flow", "clustering-nightly",
+        ("flows.clustering:clustering_flow", "clustering-nightly",
          {"cron": cron, "parameters": {**CLUSTERING_PARAMS, "source": src}, "tags": ["kmeans", "scheduled"]}),
-        ("flows/choose_k.py:choose_k_flow", "choose-k",
+        ("flows.choose_k:choose_k_flow", "choose-k",
          {"parameters": {**CHOOSE_K_PARAMS, "source": src}, "tags": ["kmeans", "on-demand"]}),
     ]:
         fl = flow.from_source(source=str(REPO), entrypoint=entry)

@@ -11,8 +11,29 @@ Layers, from the bottom up (each imports only from the layers below it):
 - :mod:`kmeans_dist.deep`: deep k-means in plain PyTorch;
 - :mod:`kmeans_dist.cli`: the ``kmeans-dist`` command.
 """
-from .chunked import standardize
-from .estimators import KMeans, MiniBatchKMeans, load_model, save_model
+import importlib
 
 __version__ = "0.1.0"
-__all__ = ["KMeans", "MiniBatchKMeans", "load_model", "save_model", "standardize", "__version__"]
+
+# The public names, imported on first use: a Dask worker or Ray actor that unpickles a kernel of
+# kmeans_dist.kernels or kmeans_dist.chunked then loads only that layer (not scikit-learn, the estimators
+# and their dependencies), which keeps its memory small.
+_EXPORTS = {
+    "KMeans": "estimators", "MiniBatchKMeans": "estimators", "BisectingKMeans": "estimators",
+    "SphericalKMeans": "estimators", "KMedians": "estimators", "KMedoids": "estimators",
+    "AnomalyScoresMixin": "estimators", "load_model": "estimators", "save_model": "estimators",
+    "standardize": "chunked",
+}
+__all__ = list(_EXPORTS) + ["__version__"]
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

@@ -18,6 +18,14 @@ from contextlib import contextmanager
 def _client(args):
     from distributed import Client, LocalCluster
 
+    engine = getattr(args, "engine", "auto")
+    if engine in ("ray", "local") or (engine == "auto" and getattr(args, "ray_address", None)):
+        if engine != "local":  # the k-means passes run in Ray actors; no Dask cluster is started
+            from .chunked.ray_engine import connect
+
+            connect(args.ray_address, log_to_driver=False)
+        yield None
+        return
     if getattr(args, "scheduler", None):
         c = Client(args.scheduler, timeout="20s")
         try:
@@ -81,8 +89,8 @@ def cmd_fit(args):
 
     ``--out`` is checked before any compute (never the input, never an existing output unless
     ``--overwrite``).  The store is opened lazily, optionally standardized, and fitted with
-    :class:`kmeans_dist.KMeans` (``lloyd`` or ``hamerly``) or
-    :class:`kmeans_dist.MiniBatchKMeans` (``minibatch``) on a ``--scheduler``, on
+    the estimator of the family that ``--algorithm`` names (:func:`kmeans_dist.estimators.make_estimator`) on a
+    ``--scheduler``, on
     ``--workers`` local worker processes, or in-process.  The summary holds ``k``, ``n_iter``,
     ``inertia``, ``seconds``, ``model`` and, except for mini-batch, ``seconds_per_iteration``.
 
@@ -99,8 +107,8 @@ def cmd_fit(args):
         If ``--out`` is refused or a parameter is invalid (:func:`main` prints it and exits
         with status 2).
     """
-    from . import KMeans, MiniBatchKMeans
     from .chunked.preprocessing import standardize
+    from .estimators import make_estimator
     from .data import check_output, open_store
 
     if args.out:  # before any compute: never the input, never an existing output unless --overwrite
@@ -110,12 +118,11 @@ def cmd_fit(args):
         if args.standardize:
             X = standardize(X, client=client)
         common = dict(n_clusters=args.k, init=args.init, max_iter=args.max_iter, tol=args.tol,
-                      random_state=args.seed, client=client, verbose=1)
-        if args.algorithm == "minibatch":
-            est = MiniBatchKMeans(batch_size=args.batch_size, polish_iter=args.polish_iter, **common)
-        else:
-            est = KMeans(n_init=args.n_init if args.n_init == "auto" else int(args.n_init), algorithm=args.algorithm,
-                         **common)
+                      random_state=args.seed, client=client, verbose=1,
+                      engine=getattr(args, "engine", "auto"))
+        n_init = args.n_init if args.n_init == "auto" else int(args.n_init)
+        est = make_estimator(args.algorithm, args.k, batch_size=args.batch_size, polish_iter=args.polish_iter,
+                             n_init=n_init, **{k: v for k, v in common.items() if k != "n_clusters"})
         est.fit(X)
         if args.out:
             est.save(args.out, overwrite=args.overwrite)
@@ -223,13 +230,21 @@ def main(argv=None):
     def cluster_args(p):
         p.add_argument("--scheduler", help="address of a running Dask scheduler (tcp://host:port)")
         p.add_argument("--workers", type=int, default=2, help="local worker processes if no --scheduler (0: in-process)")
+        p.add_argument("--engine", choices=["auto", "dask", "ray", "local"], default="auto",
+                       help="where the blocks live: Dask workers, Ray actors, or this process (auto: Dask, "
+                            "else Ray when --ray-address is given)")
+        p.add_argument("--ray-address", help="Ray cluster to connect to with --engine ray (ray://host:10001, "
+                                             "host:6379 or auto; default: RAY_ADDRESS, else a local Ray)")
 
     p = sub.add_parser("fit", help="fit k-means on a store and save the model")
     p.add_argument("store")
     p.add_argument("--k", type=int, required=True)
     p.add_argument("--init", default="k-means||")
-    p.add_argument("--algorithm", choices=["lloyd", "hamerly", "minibatch"], default="lloyd",
-                   help="hamerly: Lloyd's iterations with bounds that skip most distances (many clusters)")
+    p.add_argument("--algorithm", choices=["lloyd", "hamerly", "elkan", "minibatch", "bisecting", "spherical",
+                                           "kmedians", "kmedoids"], default="lloyd",
+                   help="lloyd, hamerly, elkan: KMeans (the same iterations; bounds skip distances with many "
+                        "clusters); minibatch: MiniBatchKMeans; bisecting, spherical (cosine), kmedians (L1), "
+                        "kmedoids (centers are rows)")
     p.add_argument("--n-init", default="auto")
     p.add_argument("--max-iter", type=int, default=300)
     p.add_argument("--tol", type=float, default=1e-4)

@@ -1613,7 +1613,7 @@ def _partition_chunk2(x, _w, offset, centers, centroids, remap, sample, sample_i
 
 def partition_scores(X, centers, labels_true=None, *, silhouette_sample: int = 2000, random_state=0,
                      split_every: int = SPLIT_EVERY, precision: str = "auto", client=None,
-                     persist="auto") -> dict:
+                     persist="auto", engine: str = "auto") -> dict:
     """Every score of the partition of ``X`` by nearest ``centers``, in two passes over ``X``.
 
     Both passes run through the block driver (:func:`kmeans_dist.chunked.driver.make_blocks`: canonical
@@ -1651,6 +1651,8 @@ def partition_scores(X, centers, labels_true=None, *, silhouette_sample: int = 2
         As :func:`~kmeans_dist.chunked.driver.make_blocks` (``"auto"`` reads X once and keeps its
         blocks in memory when they fit; ``False`` streams X from its source on each of the two
         passes).
+    engine : {"auto", "dask", "ray", "local"}, default="auto"
+        As :func:`~kmeans_dist.chunked.driver.make_blocks` (``"ray"``: the blocks in Ray actors).
 
     Returns
     -------
@@ -1692,7 +1694,7 @@ def partition_scores(X, centers, labels_true=None, *, silhouette_sample: int = 2
     idx = (np.sort(np.random.default_rng(random_state).choice(n, size=m, replace=False)) if m
            else np.zeros(0, dtype=np.int64))
     # the labels travel in the blocks' per-row slot; two passes, so the blocks are kept when they fit
-    blocks = make_blocks(Xd, y, split_every=split_every, client=client, persist=persist)
+    blocks = make_blocks(Xd, y, split_every=split_every, client=client, persist=persist, engine=engine)
     try:
         p1 = blocks.map_reduce(_partition_chunk, _partition_combine, C, idx)
         counts = p1["count"]

@@ -1,18 +1,34 @@
 """Ray stage of deep k-means: the autoencoder methods of :mod:`kmeans_dist.deep` trained with Ray Train.
 
 :func:`run_deep_stage` launches a ``TorchTrainer`` with ``ScalingConfig(num_workers=N, use_gpu=<detected>)``.
-Each worker reads the Zarr store by chunks (:func:`kmeans_dist.data.open_store`), prepares the model
-(``ray.train.torch.prepare_model``, DDP) and its shard of the mini-batches
-(:class:`kmeans_dist.deep.BatchLoader`), then runs the library's epoch functions, the same as the
-single-process :func:`kmeans_dist.deep.fit_method`, with the same epoch numbering.  Every epoch ends with a
+Worker ``r`` of ``N`` reads only its shard of the Zarr store: rows ``r n / N .. (r + 1) n / N``, i.e. the
+chunks that overlap them (:func:`read_shard`); the labels (one integer a row) are read whole.  It prepares the
+model (``ray.train.torch.prepare_model``, DDP) and runs the library's epoch functions, the same as the
+single-process :func:`kmeans_dist.deep.fit_method`, with the same epoch numbering.
+
+``batch_size`` is the *global* batch: every epoch draws one permutation of all ``n`` rows (the permutation of
+the single-process run), and each worker trains on the rows of each global batch that lie in its shard,
+its loss scaled by its share (:class:`kmeans_dist.deep.ShardLoader`), so that DDP's average gradient is the
+gradient of the global batch's mean.  N workers take the same optimizer steps as one, and one epoch on N
+workers equals one epoch on one up to floating-point reduction order.
+
+The training budget is ``max(epochs, ceil(min_steps / steps_per_epoch))`` epochs per phase
+(:func:`kmeans_dist.deep.epochs_for_steps`), by default at least the paper's epochs (50 + 100) and at least the
+paper's number of MNIST optimizer steps (13,700 + 27,400 at batch 256), so that a small store is not
+under-trained.  Every epoch ends with a
 checkpoint in the library's one format (:func:`kmeans_dist.deep.training_state`) reported with
 ``ray.train.report``; a restarted worker group (or a new run given ``resume_from``/the same ``name``)
 continues from the latest one via ``ray.train.get_checkpoint()``.
 
 With several workers the methods' per-batch center updates (DCN) and centroid gradients (DKM) are
-all-reduced, and the per-epoch k-means re-initialisation (CT, DKM+reinit) is computed on the embeddings
-of the *full* data set on every worker and then broadcast from rank 0, so all workers hold identical
-centroids.
+all-reduced.  The embeddings are computed shard by shard, in parallel, after every epoch; the per-epoch
+k-means (the initial one, and CT's and DKM+reinit's re-initialisation) then runs on the embeddings of the
+whole data set: the shards' embeddings (``n x n_clusters`` float32) are all-gathered (padded to equal sizes)
+and every worker runs the same seeded k-means (:func:`kmeans_dist.kernels.kmeans_inmemory`) on the same
+array, so all workers hold identical centroids (checked after every epoch: ``centroid_divergence``).  The
+gather is allowed only up to ``gather_limit_bytes`` (default :data:`GATHER_LIMIT_BYTES`, 256 MiB:
+6.7 million rows at 10 clusters); above it the stage refuses to start with a ``ValueError`` before any
+training, rather than exhaust a worker's memory.
 
 Outputs (under ``out_dir``): ``history.json``, ``summary.json``, ``labels.npy`` and the figures users look
 at: loss curves, the highest-membership histogram before/after finetuning (the paper's Figure 3), PCA
@@ -29,9 +45,68 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["run_deep_stage", "train_loop_per_worker", "load_store_tensor", "detect_gpu", "autoencoder_from_config"]
+__all__ = ["run_deep_stage", "train_loop_per_worker", "load_store_tensor", "read_shard", "shard_bounds",
+           "resolve_budget", "check_gather_size", "detect_gpu", "autoencoder_from_config", "GATHER_LIMIT_BYTES"]
 
 STATE_FILE = "state.pt"
+
+#: Largest all-gathered embedding array (n_samples x n_clusters float32) the stage allows: 256 MiB.
+GATHER_LIMIT_BYTES = 256 * 2**20
+
+
+def shard_bounds(n_samples: int, rank: int, world_size: int) -> tuple[int, int]:
+    """Rows ``[lo, hi)`` of worker ``rank``'s shard: ``n r / N .. n (r + 1) / N`` (sizes differ by at most one)."""
+    return n_samples * rank // world_size, n_samples * (rank + 1) // world_size
+
+
+def read_shard(url, rank: int = 0, world_size: int = 1):
+    """Rows of worker ``rank``'s shard of the store's ``X``, read chunk by chunk (only the chunks that overlap
+    them), as float32 NumPy.
+
+    Returns
+    -------
+    X : numpy.ndarray of shape (hi - lo, n_features)
+    lo : int
+        Index of the shard's first row.
+    n_total : int
+        Rows of the store.
+    chunks : tuple of int
+        ``(first, last + 1)``: the row chunks that were read.
+    """
+    from kmeans_dist.data import open_store
+
+    X = open_store(url)
+    n = int(X.shape[0])
+    lo, hi = shard_bounds(n, rank, world_size)
+    edges = np.concatenate([[0], np.cumsum(X.chunks[0])])
+    c0 = int(np.searchsorted(edges, lo, side="right") - 1)
+    c1 = int(np.searchsorted(edges, hi, side="left")) if hi > lo else c0
+    parts = [np.asarray(X.blocks[i, 0].compute(scheduler="synchronous"), dtype=np.float32)
+             for i in range(c0, c1)]
+    Xn = np.concatenate(parts) if len(parts) > 1 else (parts[0] if parts else np.zeros((0, X.shape[1]), np.float32))
+    Xn = np.ascontiguousarray(Xn[lo - int(edges[c0]):hi - int(edges[c0])])
+    return Xn, lo, n, (c0, c1)
+
+
+def resolve_budget(n_samples: int, batch_size: int, pretrain_epochs: int, finetune_epochs: int,
+                   pretrain_min_steps: int, finetune_min_steps: int) -> tuple[int, int]:
+    """The epochs each phase runs: :func:`kmeans_dist.deep.epochs_for_steps` for both phases."""
+    from kmeans_dist.deep import epochs_for_steps
+
+    return (epochs_for_steps(n_samples, batch_size, pretrain_epochs, pretrain_min_steps),
+            epochs_for_steps(n_samples, batch_size, finetune_epochs, finetune_min_steps))
+
+
+def check_gather_size(n_samples: int, latent_dim: int, world_size: int, limit: int = GATHER_LIMIT_BYTES) -> int:
+    """Bytes of the all-gathered embeddings; a ``ValueError`` when several workers would gather more than
+    ``limit``."""
+    nbytes = int(n_samples) * int(latent_dim) * 4
+    if world_size > 1 and nbytes > limit:
+        raise ValueError(f"the per-epoch k-means gathers the embeddings of all {n_samples} rows "
+                         f"({nbytes / 2**20:.0f} MiB of float32), more than gather_limit_bytes="
+                         f"{limit} ({limit / 2**20:.0f} MiB); raise gather_limit_bytes if every worker has "
+                         f"that much memory to spare, or train on a subsample")
+    return nbytes
 
 
 def detect_gpu() -> bool:
@@ -51,12 +126,9 @@ def load_store_tensor(url, scale="auto"):
     """
     import torch
 
-    from kmeans_dist.data import open_labels, open_store
+    from kmeans_dist.data import open_labels
 
-    X = open_store(url)
-    parts = [np.asarray(X.blocks[i, 0].compute(scheduler="synchronous"), dtype=np.float32)
-             for i in range(X.numblocks[0])]
-    Xn = np.concatenate(parts) if len(parts) > 1 else parts[0]
+    Xn = read_shard(url)[0]
     if scale == "auto":
         mx = float(Xn.max()) if Xn.size else 1.0
         if mx > 1.0:
@@ -89,13 +161,13 @@ def autoencoder_from_config(config: dict, input_dim: int):
 
 
 def train_loop_per_worker(config: dict) -> None:
-    """The Ray Train loop: shard the batches, prepare DDP, then run the library's epoch functions.
+    """The Ray Train loop: read this worker's shard, prepare DDP, then run the library's epoch functions.
 
     The same steps as :func:`kmeans_dist.deep.pretrain` and :func:`kmeans_dist.deep.fit_method`
     (:func:`~kmeans_dist.deep.pretrain_epoch`, :func:`~kmeans_dist.deep.start_finetune`,
     :func:`~kmeans_dist.deep.finetune_epoch`, with the same batch permutations), the same epoch numbering and
     the same checkpoint format (:func:`~kmeans_dist.deep.training_state`), reported with ``ray.train.report``
-    after every step.  Around them this loop only shards, all-reduces and broadcasts.
+    after every step.  Around them this loop only reads its shard, gathers the embeddings and all-reduces.
     ``config["on_epoch_end"]``, when given, is called on every worker with a copy of each record before its
     checkpoint is reported (the tests inject a failure there).
 
@@ -109,7 +181,8 @@ def train_loop_per_worker(config: dict) -> None:
     import torch.distributed as dist
     from ray.train.torch import get_device, prepare_model
 
-    from kmeans_dist.deep import (BatchLoader, finetune_epoch, make_method, max_membership, pretrain_epoch,
+    from kmeans_dist.data import open_labels
+    from kmeans_dist.deep import (ShardLoader, embed, finetune_epoch, make_method, max_membership, pretrain_epoch,
                                   restore_training_state, start_finetune, training_state)
 
     torch.set_num_threads(int(config.get("threads", 1)))
@@ -121,16 +194,51 @@ def train_loop_per_worker(config: dict) -> None:
     bs, lr = int(config["batch_size"]), float(config.get("lr", 1e-3))
     on_epoch_end = config.get("on_epoch_end")
 
-    # the whole store on every worker (the per-epoch k-means needs all embeddings); the batches are sharded
-    X, y = load_store_tensor(config["store_url"], config.get("scale", "auto"))
-    X = X.to(device)
+    distributed = world > 1 and dist.is_available() and dist.is_initialized()
+
+    # only this worker's shard of the store; "auto" scaling by the maximum over all shards
+    Xn, lo, n_total, chunks = read_shard(config["store_url"], rank, world)
+    scale = config.get("scale", "auto")
+    if scale == "auto":
+        mx = torch.tensor([float(Xn.max()) if Xn.size else 0.0], dtype=torch.float64)
+        if distributed:
+            dist.all_reduce(mx, op=dist.ReduceOp.MAX)
+        if float(mx) > 1.0:
+            Xn /= np.float32(float(mx))
+    elif scale is not None:
+        Xn *= np.float32(scale)
+    X = torch.from_numpy(Xn).to(device)
+    lab = open_labels(config["store_url"])
+    y = None if lab is None else np.asarray(lab.compute(scheduler="synchronous")).astype(np.int64)
     torch.manual_seed(seed)
     net = autoencoder_from_config(config, X.shape[1]).to(device)
     method = make_method(config["method"], int(config["n_clusters"]), seed=seed, **config.get("method_kwargs", {}))
-    distributed = world > 1 and dist.is_available() and dist.is_initialized()
+    counts = [X.shape[0]]
+    shards = [{"rank": rank, "rows": [lo, lo + X.shape[0]], "chunks": list(chunks)}]
     if distributed:
         method.allreduce = lambda t: dist.all_reduce(t)
-        method.broadcast = lambda t: dist.broadcast(t, 0)
+        mine, shards = shards[0], [None] * world
+        dist.all_gather_object(shards, mine)
+        counts = [s["rows"][1] - s["rows"][0] for s in shards]
+
+    def embed_all(m):
+        """Embeddings of this shard, all-gathered (padded to equal sizes) into those of the whole data set."""
+        Zl = embed(m, X)
+        if not distributed:
+            return Zl
+        pad = torch.zeros((max(counts), Zl.shape[1]), dtype=Zl.dtype, device=Zl.device)
+        pad[:Zl.shape[0]] = Zl
+        out = [torch.empty_like(pad) for _ in counts]
+        dist.all_gather(out, pad)
+        return torch.cat([o[:c] for o, c in zip(out, counts)]).contiguous()
+
+    def divergence():
+        """Largest difference between rank 0's centroids and this worker's, maximised over the workers."""
+        ref = method.centroids.detach().clone()
+        dist.broadcast(ref, 0)
+        div = (ref - method.centroids.detach()).abs().max().reshape(1).to(torch.float64)
+        dist.all_reduce(div, op=dist.ReduceOp.MAX)
+        return float(div)
 
     state = None
     ckpt = ray.train.get_checkpoint()
@@ -144,9 +252,10 @@ def train_loop_per_worker(config: dict) -> None:
     phase, done = ("pretrain", 0) if state is None else (state["phase"], int(state["epoch"]))
     history = [] if state is None else list(state["history"])
     extras = {} if state is None else dict(state["extras"])
+    extras["shards"] = shards
     resumed = None if state is None else f"{phase} {done}"
     model = prepare_model(net)
-    sample = np.sort(np.random.default_rng(seed).choice(X.shape[0], size=min(2000, X.shape[0]), replace=False))
+    sample = np.sort(np.random.default_rng(seed).choice(n_total, size=min(2000, n_total), replace=False))
     snap_epochs = set(config.get("snapshot_epochs") or ())
 
     def finish(rec, opt, method_state):
@@ -176,14 +285,12 @@ def train_loop_per_worker(config: dict) -> None:
         opt = torch.optim.Adam(model.parameters(), lr=lr)
         if state is not None and state.get("optimizer") is not None:
             opt.load_state_dict(state["optimizer"])
-        loader = BatchLoader(X, bs, seed=seed, rank=rank, world_size=world)
+        loader = ShardLoader(X, n_total, lo, bs, seed=seed, world_size=world)
         for ep in range(done + 1, P + 1):
             finish(pretrain_epoch(model, opt, loader, ep), opt, None)
-        rec, Z, labels = start_finetune(model, X, method, y=y)
-        if distributed:  # the same embeddings give the same k-means on every rank; rank 0's to be exact
-            method.broadcast(method.centroids.data)
-            if getattr(method, "counts", None) is not None:
-                method.broadcast(method.counts)
+        rec, Z, labels = start_finetune(model, X, method, y=y, embed_fn=embed_all)
+        if distributed:  # the same gathered embeddings and seed give the same k-means on every worker
+            rec["centroid_divergence"] = divergence()
         extras["membership_before"] = max_membership(Z, method.centroids, method.membership())
         extras["snapshots"] = {0: (Z[sample].cpu().numpy(), labels.cpu().numpy()[sample])}
         finish(rec, None, method)
@@ -192,15 +299,11 @@ def train_loop_per_worker(config: dict) -> None:
         opt = torch.optim.Adam(list(model.parameters()) + method.parameters(), lr=lr)
         if phase == "finetune" and state is not None and state.get("optimizer") is not None:
             opt.load_state_dict(state["optimizer"])
-        loader = BatchLoader(X, bs, seed=seed + 1, rank=rank, world_size=world)
+        loader = ShardLoader(X, n_total, lo, bs, seed=seed + 1, world_size=world)
         for ep in range(done + 1, F + 1):
-            rec, Z, labels = finetune_epoch(model, opt, loader, method, X, ep, y=y)
-            if distributed:  # every worker must hold rank 0's centroids exactly
-                ref = method.centroids.detach().clone()
-                dist.broadcast(ref, 0)
-                div = (ref - method.centroids.detach()).abs().max().reshape(1).to(torch.float64)
-                dist.all_reduce(div, op=dist.ReduceOp.MAX)
-                rec["centroid_divergence"] = float(div)
+            rec, Z, labels = finetune_epoch(model, opt, loader, method, X, ep, y=y, embed_fn=embed_all)
+            if distributed:  # every worker must hold the same centroids
+                rec["centroid_divergence"] = divergence()
             if ep in snap_epochs:
                 extras.setdefault("snapshots", {})[ep] = (Z[sample].cpu().numpy(), labels.cpu().numpy()[sample])
             finish(rec, opt, method)
@@ -212,38 +315,59 @@ def run_deep_stage(store_url, out_dir, *, method: str = "CT", n_clusters: int = 
                    method_kwargs: dict | None = None, scale="auto", name: str | None = None,
                    resume_from: str | None = None, max_failures: int = 1, snapshot_epochs=None,
                    ray_init_kwargs: dict | None = None, make_plots: bool = True, ae_init: str = "torch",
-                   on_epoch_end=None) -> dict:
+                   on_epoch_end=None, pretrain_min_steps: int | None = None, finetune_min_steps: int | None = None,
+                   gather_limit_bytes: int = GATHER_LIMIT_BYTES) -> dict:
     """Train ``method`` on the store at ``store_url`` with Ray Train; write outputs to ``out_dir``.
 
-    Starts a local Ray instance when none is connected (``ray_init_kwargs`` passed to ``ray.init``).
+    Starts a local Ray instance when none is connected and ``$RAY_ADDRESS`` is unset
+    (:func:`pipelines.ray_local.init_local_ray`: every server on 127.0.0.1; ``ray_init_kwargs`` passed on).
     ``name`` gives the run a fixed name (default: unique); rerunning with the same ``name`` and ``out_dir``,
     or passing ``resume_from`` (a checkpoint directory), continues a killed run from its last checkpoint.
     ``on_epoch_end(record)``, when given, runs on every worker after every epoch, before its checkpoint is
     reported (the tests inject a failure with it; Ray pickles it with the config).
     ``ae_init`` is the autoencoder's initial weights (:class:`kmeans_dist.deep.Autoencoder`'s ``init``).
-    Returns a summary dict (final metrics, paths of the checkpoint, history and figures).
+
+    ``batch_size`` is the global batch, shared by the ``num_workers`` workers.  Each phase runs
+    ``max(epochs, ceil(min_steps / ceil(n / batch_size)))`` epochs; ``pretrain_min_steps`` and
+    ``finetune_min_steps`` default to the paper's MNIST step counts
+    (:data:`kmeans_dist.deep.PAPER_PRETRAIN_STEPS` = 13,700, :data:`~kmeans_dist.deep.PAPER_FINETUNE_STEPS` =
+    27,400); 0 runs exactly the given epochs.  ``gather_limit_bytes`` bounds the all-gathered embeddings of the
+    per-epoch k-means (:func:`check_gather_size`).
+    Returns a summary dict (final metrics, the epochs run, the workers' shards, paths of the checkpoint,
+    history and figures).
     """
     import ray
     import torch
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    from kmeans_dist.data import open_store
+    from kmeans_dist.deep import PAPER_FINETUNE_STEPS, PAPER_PRETRAIN_STEPS
+    from pipelines.ray_local import init_local_ray, loopback_torch_config, ray_is_loopback
+
+    n_total = int(open_store(store_url).shape[0])  # metadata only
+    check_gather_size(n_total, n_clusters, num_workers, gather_limit_bytes)
+    pmin = PAPER_PRETRAIN_STEPS if pretrain_min_steps is None else int(pretrain_min_steps)
+    fmin = PAPER_FINETUNE_STEPS if finetune_min_steps is None else int(finetune_min_steps)
+    P, F = resolve_budget(n_total, batch_size, pretrain_epochs, finetune_epochs, pmin, fmin)
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     if not ray.is_initialized():
         kw = {"address": os.environ.get("RAY_ADDRESS") or "local", "include_dashboard": False}
-        if kw["address"] == "local":  # advertise loopback (gcs_server, raylet and the agent still bind all interfaces)
-            kw["_node_ip_address"] = "127.0.0.1"
         kw.update(ray_init_kwargs or {})
-        ray.init(**kw)
+        if kw["address"] == "local":  # every Ray server on 127.0.0.1 (pipelines.ray_local)
+            init_local_ray(**kw)
+        else:
+            ray.init(**kw)
     if use_gpu is None:
         use_gpu = detect_gpu()
     name = name or f"deep-{method}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     if snapshot_epochs is None:
-        snapshot_epochs = sorted({1, max(finetune_epochs // 2, 1), finetune_epochs})
+        snapshot_epochs = sorted({1, max(F // 2, 1), F})
     config = {
         "store_url": os.fspath(store_url), "method": method, "n_clusters": n_clusters,
-        "pretrain_epochs": pretrain_epochs, "finetune_epochs": finetune_epochs, "batch_size": batch_size,
+        "pretrain_epochs": P, "finetune_epochs": F, "batch_size": batch_size,
+        "pretrain_min_steps": pmin, "finetune_min_steps": fmin,
         "lr": lr, "seed": seed, "threads": threads_per_worker, "method_kwargs": dict(method_kwargs or {}),
         "ae_init": ae_init,
         "scale": scale, "snapshot_epochs": list(snapshot_epochs), "on_epoch_end": on_epoch_end,
@@ -254,6 +378,8 @@ def run_deep_stage(store_url, out_dir, *, method: str = "CT", n_clusters: int = 
         train_loop_config=config,
         scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=bool(use_gpu),
                                      resources_per_worker=None if use_gpu else {"CPU": 1}),
+        # a single-host instance: the torch.distributed rendezvous store on 127.0.0.1 too
+        torch_config=loopback_torch_config() if ray_is_loopback() else None,
         run_config=RunConfig(name=name, storage_path=os.fspath(out_dir / "ray_results"),
                              checkpoint_config=CheckpointConfig(num_to_keep=2),
                              failure_config=FailureConfig(max_failures=max_failures)),
@@ -266,7 +392,8 @@ def run_deep_stage(store_url, out_dir, *, method: str = "CT", n_clusters: int = 
     summary = _write_outputs(state, config, out_dir, make_plots=make_plots)
     summary.update(name=name, wall_seconds=wall, checkpoint=result.checkpoint.path,
                    storage_path=os.fspath(out_dir / "ray_results" / name), num_workers=num_workers,
-                   use_gpu=bool(use_gpu))
+                   use_gpu=bool(use_gpu), pretrain_epochs=P, finetune_epochs=F, batch_size=batch_size,
+                   n_samples=n_total, shards=state.get("extras", {}).get("shards"))
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     return summary
 

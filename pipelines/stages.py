@@ -742,6 +742,76 @@ def fit_minibatch(store: dict, init: dict, out_dir, *, batch_size: int = 1024, m
     return out
 
 
+def fit_family(store: dict, init: dict, out_dir, *, algorithm: str, max_iter: int = 300, tol: float = 1e-4,
+               random_state: int | None = 0, name: str = "fit", key: str | None = None, client=None,
+               logger: logging.Logger | None = None) -> dict:
+    """Fit another member of the k-means family (``bisecting``, ``spherical``, ``kmedians``, ``kmedoids``,
+    ``elkan``; see :func:`kmeans_dist.estimators.make_estimator`) and save its centers.
+
+    The estimator starts from the centers in ``init`` when it takes initial centers (spherical, k-medians,
+    Elkan), and from its own seeding with ``random_state`` otherwise (bisecting, k-medoids).  The result
+    goes to ``out_dir/fits/<name>/fit.npz`` (atomically) and the fitted model to ``out_dir/fits/<name>/model``;
+    a later call with the same key returns it without fitting again.
+
+    Parameters
+    ----------
+    store : dict
+        Reference of the data store (from :func:`ingest` or :func:`standardize`).
+    init : dict
+        Reference of the initial centers (from :func:`seed`).
+    out_dir : str or os.PathLike
+        The run folder.
+    algorithm : str
+        A name of :data:`kmeans_dist.estimators.ALGORITHMS`.
+    max_iter : int, default: 300
+        Maximum number of iterations.
+    tol : float, default: 1e-4
+        Convergence tolerance, where the estimator has one.
+    random_state : int, optional
+        Seed of the estimator's own random choices.
+    name : str, default: "fit"
+        Name of the fit: its files go to ``out_dir/fits/<name>/``.
+    key : str, optional
+        Cache key of the fit (default: :func:`stage_key` of the store, the initial centers and the
+        other parameters).
+    client : distributed.Client, optional
+        Dask client to compute on (default: the current scheduler).
+    logger : logging.Logger, optional
+        Where to log (default: the ``kmeans_dist.pipelines`` logger).
+
+    Returns
+    -------
+    dict
+        The fit reference, with the same entries as :func:`fit_lloyd`'s.
+    """
+    from kmeans_dist.estimators import make_estimator
+
+    log = logger or _log
+    t0 = time.perf_counter()
+    key = key or stage_key("fit_family", {"store": store, "init": init},
+                           {"algorithm": algorithm, "max_iter": max_iter, "tol": tol, "random_state": random_state})
+    fdir = Path(out_dir) / "fits" / name
+    done = _read_fit(fdir / "fit.npz", key)
+    if done is not None:
+        done["seconds"] = time.perf_counter() - t0
+        return done
+    C0 = np.load(init["path"])
+    est = make_estimator(algorithm, int(C0.shape[0]), init=C0, n_init=1, max_iter=max_iter, tol=tol,
+                         random_state=random_state, client=client)
+    est.fit(_open_X(store))
+    hist = [{k: _scalar(v) for k, v in h.items() if k != "centers"} for h in (getattr(est, "history_", None) or [])]
+    out = {"key": key, "name": name, "n_iter": int(getattr(est, "n_iter_", 0)),
+           "inertia": float(getattr(est, "inertia_", float("nan"))), "converged": True, "history": hist,
+           "resumed_from": 0, "algorithm": algorithm, "k": int(C0.shape[0])}
+    est.save(fdir / "model", overwrite=True)
+    path = save_npz_atomic(fdir / "fit.npz", centers=np.asarray(est.cluster_centers_),
+                           meta=np.array(json.dumps(out, default=json_default)))
+    out["path"] = path
+    out["seconds"] = time.perf_counter() - t0
+    log.info("%s fit %s: %d iterations in %.2f s", algorithm, name, out["n_iter"], out["seconds"])
+    return out
+
+
 # --------------------------------------------------------------------------------------------------
 # evaluation
 # --------------------------------------------------------------------------------------------------

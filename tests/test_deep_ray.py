@@ -76,7 +76,8 @@ def test_flow_runs_ray_train_with_resume(ray_local, prefect_harness, mnist_store
     out = tmp_path / "run"
     summary = deep_clustering_flow(source=mnist_store, output_dir=str(out), method="CT", pretrain_epochs=2,
                                    finetune_epochs=2, num_workers=2, use_gpu=False, seed=0, max_failures=1,
-                                   run_name="deep-test-ct", ae_init="glorot")
+                                   run_name="deep-test-ct", ae_init="glorot", pretrain_min_steps=0,
+                                   finetune_min_steps=0)
     assert marker.exists()
     hist = json.loads((out / "history.json").read_text())
     steps = [("pretrain", 1), ("pretrain", 2), ("init", 0), ("finetune", 1), ("finetune", 2)]
@@ -108,3 +109,105 @@ def test_flow_runs_ray_train_with_resume(ray_local, prefect_harness, mnist_store
     ray_only = {"centroid_divergence", "resumed_from"}
     for mine, theirs in zip(local, hist):
         assert set(mine) == set(theirs) - ray_only
+
+
+# --- the distributed stage: shards, the global batch, the budget rule --------------------------------------
+
+N_SMALL = 512
+
+
+@pytest.fixture(scope="module")
+def small_store(tmp_path_factory):
+    """512 x 20 float32 blobs (4 clusters) in 6 chunks of 100 rows (the last one short)."""
+    from kmeans_dist.data import write_store
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 4, N_SMALL)
+    X = (3 * rng.normal(size=(4, 20))[y] + rng.normal(size=(N_SMALL, 20))).astype(np.float32)
+    url = tmp_path_factory.mktemp("small-store") / "blobs.zarr"
+    write_store(url, X, labels=y, chunk_rows=100)
+    return str(url), X, y
+
+
+def test_read_shard_reads_only_its_chunks(small_store):
+    from pipelines.deep import read_shard, shard_bounds
+
+    url, X, _ = small_store
+    parts = [read_shard(url, r, 2) for r in range(2)]
+    assert [p[1] for p in parts] == [0, 256] and [p[2] for p in parts] == [N_SMALL, N_SMALL]
+    assert [p[3] for p in parts] == [(0, 3), (2, 6)]  # rows 0-255: chunks 0-2; rows 256-511: chunks 2-5
+    np.testing.assert_array_equal(np.concatenate([p[0] for p in parts]), X)
+    assert [shard_bounds(10, r, 3) for r in range(3)] == [(0, 3), (3, 6), (6, 10)]
+
+
+def test_budget_rule_gives_small_stores_the_papers_steps():
+    from kmeans_dist.deep import PAPER_FINETUNE_STEPS, PAPER_PRETRAIN_STEPS
+    from pipelines.deep import resolve_budget
+
+    assert (PAPER_PRETRAIN_STEPS, PAPER_FINETUNE_STEPS) == (13_700, 27_400)
+    for n in (2_000, 5_000, 70_000, 2_000_000):
+        steps = -(-n // 256)
+        P, F = resolve_budget(n, 256, 50, 100, PAPER_PRETRAIN_STEPS, PAPER_FINETUNE_STEPS)
+        assert P >= 50 and F >= 100
+        assert P * steps >= PAPER_PRETRAIN_STEPS and F * steps >= PAPER_FINETUNE_STEPS
+        assert (P - 1) * steps < PAPER_PRETRAIN_STEPS or P == 50
+    assert resolve_budget(2_000, 256, 50, 100, PAPER_PRETRAIN_STEPS, PAPER_FINETUNE_STEPS) == (1713, 3425)
+    assert resolve_budget(70_000, 256, 50, 100, PAPER_PRETRAIN_STEPS, PAPER_FINETUNE_STEPS) == (50, 100)
+    assert resolve_budget(2_000, 256, 3, 0, 0, 0) == (3, 0)
+
+
+def test_gather_limit_is_checked_before_training():
+    from pipelines.deep import GATHER_LIMIT_BYTES, check_gather_size
+
+    assert check_gather_size(6_000_000, 10, 2) == 240_000_000 <= GATHER_LIMIT_BYTES
+    assert check_gather_size(10**8, 10, 1) == 4 * 10**9  # one worker gathers nothing
+    with pytest.raises(ValueError, match="gather_limit_bytes"):
+        check_gather_size(7_000_000, 10, 2)
+
+
+def test_one_epoch_on_two_workers_equals_one_process(ray_local, small_store, tmp_path):
+    """The global batch: one pretraining and one CT finetuning epoch (batch 64 = 8 steps an epoch) through the
+    Ray stage on 2 workers, each reading only its shard, give the network and centroids of the single-process
+    library run (:func:`pretrain` + :func:`fit_method`, the protocol of 1 worker) up to floating-point
+    reduction order.  (Adam divides by the gradients' scale, so rounding differences in near-zero gradients grow:
+    about 1e-5 relative after these 16 steps; one process run with 2 threads instead of 1 already differs by
+    7e-4 after the 8 pretraining steps.)"""
+    import torch
+
+    from kmeans_dist.deep import Autoencoder, fit_method, make_method, pretrain
+    from pipelines.deep import STATE_FILE, run_deep_stage
+
+    url, X, y = small_store
+    s2 = run_deep_stage(url, tmp_path / "w2", method="CT", n_clusters=4, pretrain_epochs=1, finetune_epochs=1,
+                        batch_size=64, seed=0, num_workers=2, use_gpu=False, method_kwargs={"n_init": 2},
+                        scale=None, make_plots=False, ae_init="glorot", pretrain_min_steps=0,
+                        finetune_min_steps=0, max_failures=0)
+    st2 = torch.load(Path(s2["checkpoint"]) / STATE_FILE, map_location="cpu", weights_only=False)
+    assert (s2["pretrain_epochs"], s2["finetune_epochs"]) == (1, 1)
+    assert [h["n_samples"] for h in st2["history"] if "n_samples" in h] == [N_SMALL, N_SMALL]
+    assert [sh["rows"] for sh in s2["shards"]] == [[0, 256], [256, N_SMALL]]
+    assert [sh["chunks"] for sh in s2["shards"]] == [[0, 3], [2, 6]]
+    assert all(h["centroid_divergence"] == 0.0 for h in st2["history"][1:])
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the stage's workers: the thread count alone changes the reduction order
+    try:
+        torch.manual_seed(0)
+        net = Autoencoder(20, 4, init="glorot")
+        Xt = torch.from_numpy(X)
+        h1 = pretrain(net, Xt, epochs=1, batch_size=64, seed=0)
+        method = make_method("CT", 4, seed=0, n_init=2)
+        h1 += fit_method(net, Xt, method, y=y, epochs=1, batch_size=64, seed=0)["history"]
+    finally:
+        torch.set_num_threads(threads)
+    for key, a in net.state_dict().items():
+        b = st2["model"][key]
+        assert float((a - b).norm() / a.norm().clamp_min(1e-12)) < 1e-4, key
+    h2 = st2["history"]
+    assert [(h["phase"], h["epoch"]) for h in h1] == [(h["phase"], h["epoch"]) for h in h2]
+    for a, b in zip(h1, h2):
+        if "rec_loss" in a:
+            assert a["rec_loss"] == pytest.approx(b["rec_loss"], rel=1e-4)
+            assert a["n_samples"] == b["n_samples"] == N_SMALL
+    np.testing.assert_allclose(method.centroids.numpy(), st2["method"]["centroids"].numpy(), rtol=1e-3, atol=1e-4)
+    assert h1[-1]["acc"] == pytest.approx(h2[-1]["acc"])

@@ -156,6 +156,24 @@ def test_flipped_byte_fails_the_checksum(tmp_path):
         KMeans(3, random_state=0).fit(data.open_store(url))
 
 
+@pytest.mark.parametrize("array", ["X", "labels"])
+def test_swapped_chunks_are_refused(tmp_path, array):
+    """Two chunk files of the same shape swapped: each still decodes (its checksum is its own), but the
+    fingerprints in the manifest say they are not the rows written there."""
+    url = data.write_store(tmp_path / "s.zarr", _X(), labels=np.arange(600), chunk_rows=100)
+    base = tmp_path / "s.zarr" / array / "c"
+    a, b = (base / "1" / "0", base / "3" / "0") if array == "X" else (base / "1", base / "3")
+    tmp = a.with_name("swap")
+    a.rename(tmp)
+    b.rename(a)
+    tmp.rename(b)
+    with pytest.raises(DataError, match=r"Chunk [13] \(rows \d+ to \d+\).*holds the rows written as chunk [13]"):
+        if array == "X":
+            KMeans(3, random_state=0, client=False).fit(url)
+        else:
+            data.open_labels(url).compute()
+
+
 # ------------------------------------------------------------------------------------ inputs at every entry
 
 def test_predict_transform_score_refuse_nan_and_inf():

@@ -17,19 +17,28 @@ Three transports share that contract:
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..kernels import tree_combine, tree_root, tree_subtrees
+from ..kernels.tree import auto_block_rows
+from ..kernels.sparse import is_sparse
 
 __all__ = ["make_blocks", "LocalBlocks", "DaskBlocks", "StreamBlocks", "resolve_block_rows", "get_client",
-           "canonical_rows", "row_blocks", "delayed_tree", "compute"]
+           "canonical_rows", "row_blocks", "delayed_tree", "compute", "local_threads", "resolve_engine",
+           "ENGINES"]
 
-BLOCK_BYTES = 8 * 2**20
+# rows per canonical block of sparse data ("auto"): a block's partial holds dense (k, d) sums whatever its
+# rows, so sparse blocks are long; a function of the shape alone, as for dense data
+SPARSE_BLOCK_ROWS = 65536
+# the share of a dense array's bytes that a sparse dask array (whose nnz is unknown before a pass) is
+# assumed to take, for persist="auto"
+SPARSE_BYTES_GUESS = 0.02
 
 
-def resolve_block_rows(n: int, d: int, itemsize: int, block_rows="auto") -> int:
+def resolve_block_rows(n: int, d: int, itemsize: int, block_rows="auto", sparse: bool = False) -> int:
     """Rows per canonical block of an ``(n, d)`` array.
 
     Parameters
@@ -40,6 +49,9 @@ def resolve_block_rows(n: int, d: int, itemsize: int, block_rows="auto") -> int:
         Bytes per element.
     block_rows : "auto" or int, default="auto"
         ``"auto"``: about 8 MiB per block (at least 1024 rows); an int is used as is.
+    sparse : bool, default=False
+        The array is scipy.sparse (or a dask array of sparse chunks): ``"auto"`` gives
+        ``SPARSE_BLOCK_ROWS`` rows.
 
     Returns
     -------
@@ -52,8 +64,10 @@ def resolve_block_rows(n: int, d: int, itemsize: int, block_rows="auto") -> int:
     >>> resolve_block_rows(1_000_000, 32, 8), resolve_block_rows(100, 32, 8)
     (32768, 100)
     """
-    if block_rows in (None, "auto"):
-        rows = max(1024, BLOCK_BYTES // max(1, d * itemsize))  # about 8 MiB per block
+    if block_rows in (None, "auto") and sparse:
+        rows = SPARSE_BLOCK_ROWS
+    elif block_rows in (None, "auto"):
+        rows = auto_block_rows(d, itemsize)  # about 8 MiB per block
     else:
         rows = int(block_rows)
     return int(max(1, min(rows, n)))
@@ -190,6 +204,7 @@ class _Blocks:
         self.sizes = [min(rows, n - o) for o in self.offsets]
         self.n_blocks = len(self.offsets)
         self.source_chunks = None  # the input's own row chunks (a store's chunks), for messages that name them
+        self.sparse = False  # blocks are scipy.sparse CSR matrices
 
     def map_reduce(self, fn, combine, *args, **kwargs):
         """``combine``-tree over ``fn(X_b, w_b, offset_b, *args)`` of all blocks (block order)."""
@@ -202,26 +217,85 @@ class _Blocks:
         pass
 
 
+_THREADS = {"pool": None, "controller": None}
+
+
+def _blas_controller():
+    if _THREADS["controller"] is None:
+        from threadpoolctl import ThreadpoolController
+
+        _THREADS["controller"] = ThreadpoolController()
+    return _THREADS["controller"]
+
+
+def local_threads() -> int:
+    """Threads that :class:`LocalBlocks` runs NumPy blocks on: the BLAS thread count in effect.
+
+    That is the number of usable cores unless the user limited BLAS (``threadpoolctl.threadpool_limits``,
+    ``OMP_NUM_THREADS``, ``OPENBLAS_NUM_THREADS``), as scikit-learn's k-means counts its threads.  While the
+    blocks run in parallel, BLAS runs on one thread inside each of them (a Dask worker's setting).
+
+    Returns
+    -------
+    int
+        At least 1.
+    """
+    import os
+
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        cores = os.cpu_count() or 1
+    blas = [lc.num_threads for lc in _blas_controller().lib_controllers if lc.user_api == "blas"]
+    return max(1, min([cores] + blas))
+
+
+def _pool(n: int):
+    from concurrent.futures import ThreadPoolExecutor
+
+    pool = _THREADS["pool"]
+    if pool is None or pool._max_workers < n:
+        pool = _THREADS["pool"] = ThreadPoolExecutor(max_workers=n, thread_name_prefix="kmeans-dist")
+    return pool
+
+
 class LocalBlocks(_Blocks):
-    """Blocks held in this process (NumPy or CuPy arrays)."""
+    """Blocks held in this process (NumPy or CuPy arrays).
+
+    NumPy blocks run on :func:`local_threads` threads, each block on one thread with BLAS on one thread
+    (the kernels release the GIL); CuPy blocks run one after the other on the device.  Every block's
+    partial is a fixed function of the block and the partials are combined in block order, so the result
+    is the same whatever the number of threads.
+    """
 
     kind = "local"
 
     def __init__(self, X, w, rows: int, split_every: int = 8):
         super().__init__(X.shape[0], X.shape[1], X.dtype, rows, split_every)
+        self.sparse = is_sparse(X)
         self.blocks = [Block(X[o:o + s, ...], None if w is None else w[o:o + s], o, i)
                        for i, (o, s) in enumerate(zip(self.offsets, self.sizes))]
+        self._parallel = isinstance(X, np.ndarray) and self.n_blocks > 1
+
+    def _run(self, calls):
+        """Run the zero-argument ``calls`` (one per block), results in order."""
+        n = local_threads() if self._parallel and len(calls) > 1 else 1
+        if n <= 1:
+            return [c() for c in calls]
+        with _blas_controller().limit(limits=1, user_api="blas"):
+            return list(_pool(n).map(lambda c: c(), calls))
 
     def map(self, fn, *args, **kwargs):
-        return [fn(b.X, b.w, b.offset, *args, **kwargs) for b in self.blocks]
+        return self._run([lambda b=b: fn(b.X, b.w, b.offset, *args, **kwargs) for b in self.blocks])
 
     def map_state(self, fn, states, *args, only=None, **kwargs):
         states = states or [None] * self.n_blocks
         out_states, results = list(states), [None] * self.n_blocks
-        for i, b in enumerate(self.blocks):
-            if only is not None and i not in only:
-                continue
-            st, res = fn(b.X, b.w, b.offset, states[i], *args, **kwargs)
+        idx = [i for i in range(self.n_blocks) if only is None or i in only]
+        blocks = self.blocks
+        outs = self._run([lambda i=i: fn(blocks[i].X, blocks[i].w, blocks[i].offset, states[i], *args, **kwargs)
+                          for i in idx])
+        for i, (st, res) in zip(idx, outs):
             out_states[i], results[i] = st, res
         return out_states, results
 
@@ -247,6 +321,7 @@ class DaskBlocks(_Blocks):
         from dask import delayed
 
         super().__init__(Xd.shape[0], Xd.shape[1], Xd.dtype, rows, split_every)
+        self.sparse = is_sparse(getattr(Xd, "_meta", None))
         self.client = client
         Xr = Xd.rechunk({0: rows, 1: -1})
         xs = Xr.to_delayed().ravel()
@@ -384,20 +459,94 @@ class DaskBlocks(_Blocks):
         self.futures = []
 
 
+def _concat_rows(parts):
+    if len(parts) == 1:
+        return parts[0]
+    if is_sparse(parts[0]):
+        import scipy.sparse as sp
+
+        return sp.vstack(parts, format="csr")
+    from ..kernels.xp import get_namespace
+
+    return get_namespace(parts[0]).concat(list(parts), axis=0)
+
+
+def _group_blocks(xs, ws, g0, idx, offsets, sizes):
+    """The canonical blocks ``idx`` of one group, as views of the group's rows (read once)."""
+    x = _concat_rows(xs)
+    w = None if ws is None else _concat_rows(ws)
+    return [Block(x[offsets[i] - g0:offsets[i] - g0 + sizes[i]],
+                  None if w is None else w[offsets[i] - g0:offsets[i] - g0 + sizes[i]], offsets[i], i) for i in idx]
+
+
+def _stream_reduce(fn, combine, xs, ws, g0, idx, offsets, sizes, n, split_every, args, kwargs):
+    return _apply_group_reduce(fn, combine, _group_blocks(xs, ws, g0, idx, offsets, sizes), n, split_every,
+                               args, kwargs)
+
+
+def _stream_map(fn, xs, ws, g0, idx, offsets, sizes, args, kwargs):
+    return _apply_group(fn, _group_blocks(xs, ws, g0, idx, offsets, sizes), args, kwargs)
+
+
+def _stream_state(fn, xs, ws, g0, idx, offsets, sizes, states, args, kwargs):
+    return [fn(b.X, b.w, b.offset, st, *args, **kwargs)
+            for b, st in zip(_group_blocks(xs, ws, g0, idx, offsets, sizes), states)]
+
+
+def stream_groups(offsets, sizes, chunks) -> list:
+    """Consecutive canonical blocks grouped by the source chunk they start in.
+
+    One task of a streamed pass reads one group's rows: about one source chunk (plus the part of the next
+    one that its last block reaches into), and no rechunk graph.  When the source chunks are whole
+    multiples of the block rows, a group is exactly one chunk.
+
+    Parameters
+    ----------
+    offsets, sizes : list of int
+        First row and number of rows of every canonical block.
+    chunks : tuple of int
+        The source's row chunks.
+
+    Returns
+    -------
+    list of (int, int, list of int)
+        ``(first row, end row, block indices)`` per group, in row order.
+
+    Examples
+    --------
+    >>> from kmeans_dist.chunked.driver import stream_groups
+    >>> stream_groups([0, 4, 8], [4, 4, 2], (6, 4))
+    [(0, 8, [0, 1]), (8, 10, [2])]
+    """
+    import bisect
+
+    bounds = np.cumsum((0,) + tuple(int(c) for c in chunks)).tolist()
+    groups: dict[int, list[int]] = {}
+    for i, o in enumerate(offsets):
+        groups.setdefault(bisect.bisect_right(bounds, o) - 1, []).append(i)
+    return [(offsets[idx[0]], offsets[idx[-1]] + sizes[idx[-1]], idx) for _, idx in sorted(groups.items())]
+
+
 class StreamBlocks(_Blocks):
-    """Blocks read from the source on every pass (data larger than worker memory)."""
+    """Blocks read from the source on every pass (data larger than worker memory).
+
+    A pass is one task per group of blocks (:func:`stream_groups`): the task reads its rows straight from
+    the source's chunks, maps the kernel over its canonical blocks and combines the complete subtrees of the
+    reduction tree; the client finishes the same tree.  No task holds more than about one source chunk, and
+    the result is bit-identical to the in-memory one.
+    """
 
     kind = "stream"
 
     def __init__(self, Xd, wd, rows: int, split_every: int = 8, client=None):
         super().__init__(Xd.shape[0], Xd.shape[1], Xd.dtype, rows, split_every)
-        from dask import delayed
-
+        self.sparse = is_sparse(getattr(Xd, "_meta", None))
         self.client = client
-        xs = row_blocks(Xd, rows)
-        ws = [None] * len(xs) if wd is None else row_blocks(wd, rows)
-        self.blocks = [delayed(_make_block, pure=True)(x, w, o, i)
-                       for i, (x, w, o) in enumerate(zip(xs, ws, self.offsets))]
+        Xd = Xd if Xd.numblocks[1] == 1 else Xd.rechunk({1: -1})
+        self.groups = stream_groups(self.offsets, self.sizes, Xd.chunks[0])
+        self._xs = [list(Xd[g0:g1].to_delayed().ravel()) for g0, g1, _ in self.groups]
+        self._ws = [None] * len(self.groups) if wd is None else \
+            [list(wd[g0:g1].to_delayed().ravel()) for g0, g1, _ in self.groups]
 
     def _compute(self, *objs):
         return compute(*objs, client=self.client if self.client is not None else False)
@@ -405,33 +554,47 @@ class StreamBlocks(_Blocks):
     def map(self, fn, *args, **kwargs):
         from dask import delayed
 
-        tasks = [delayed(_apply, pure=False)(fn, b, args, kwargs) for b in self.blocks]
-        return list(self._compute(*tasks))
+        tasks = [delayed(_stream_map, pure=False)(fn, xs, ws, g0, idx, self.offsets, self.sizes, args, kwargs)
+                 for (g0, _, idx), xs, ws in zip(self.groups, self._xs, self._ws)]
+        return [r for res in self._compute(*tasks) for r in res]
 
     def map_reduce(self, fn, combine, *args, **kwargs):
+        import pickle
+
         from dask import delayed
 
-        tasks = [delayed(_apply, pure=False)(fn, b, args, kwargs) for b in self.blocks]
-        return self._compute(delayed_tree(tasks, combine, self.split_every))[0]
+        tasks = [delayed(_stream_reduce, pure=False)(fn, combine, xs, ws, g0, idx, self.offsets, self.sizes,
+                                                     self.n_blocks, self.split_every, args, kwargs)
+                 for (g0, _, idx), xs, ws in zip(self.groups, self._xs, self._ws)]
+        nodes = {}
+        for blob in self._compute(*tasks):
+            nodes.update(pickle.loads(blob))
+        return tree_root(nodes, self.n_blocks, combine, self.split_every)
 
     def map_state(self, fn, states, *args, only=None, **kwargs):
         from dask import delayed
 
         states = states or [None] * self.n_blocks
-        idx = list(range(self.n_blocks)) if only is None else sorted(only)
-        tasks = [delayed(_apply_state, pure=False)(fn, self.blocks[i], (states[i], None), args, kwargs) for i in idx]
-        out = self._compute(*tasks)
+        want = set(range(self.n_blocks)) if only is None else set(only)
+        tasks, order = [], []
+        for (g0, _, idx), xs, ws in zip(self.groups, self._xs, self._ws):
+            sel = [i for i in idx if i in want]
+            if sel:
+                tasks.append(delayed(_stream_state, pure=False)(fn, xs, ws, g0, sel, self.offsets, self.sizes,
+                                                                [states[i] for i in sel], args, kwargs))
+                order.append(sel)
         new_states, results = list(states), [None] * self.n_blocks
-        for i, (st, res) in zip(idx, out):
-            new_states[i], results[i] = st, res
+        for sel, out in zip(order, self._compute(*tasks)):
+            for i, (st, res) in zip(sel, out):
+                new_states[i], results[i] = st, res
         return new_states, results
 
     def release(self):
-        self.blocks = []
+        self._xs, self._ws = [], []
 
 
 def make_blocks(X, sample_weight=None, *, block_rows="auto", split_every: int = 8, client=None,
-                persist="auto", worker_memory_fraction: float = 0.5):
+                persist="auto", worker_memory_fraction: float = 0.5, engine: str = "auto"):
     """Choose a transport for X and cut it into canonical blocks.
 
     Parameters
@@ -451,10 +614,15 @@ def make_blocks(X, sample_weight=None, *, block_rows="auto", split_every: int = 
         ``"auto"`` persists when X takes at most ``worker_memory_fraction`` of the cluster's memory.
     worker_memory_fraction : float, default=0.5
         The threshold of ``"auto"``.
+    engine : {"auto", "dask", "ray", "local"}, default="auto"
+        ``"auto"``: the given or active Dask client, else a connected Ray cluster (this process a Ray
+        driver), else in process.  ``"dask"`` needs a Dask client; ``"ray"`` holds the blocks in Ray actors
+        (:class:`kmeans_dist.chunked.ray_engine.RayBlocks`, connecting to Ray if needed); ``"local"`` runs
+        in process whatever clients exist.
 
     Returns
     -------
-    LocalBlocks, DaskBlocks or StreamBlocks
+    LocalBlocks, DaskBlocks, StreamBlocks or RayBlocks
         The blocks, with ``map``, ``map_reduce(fn, combine, *args)`` and ``map_state``.
 
     Examples
@@ -466,27 +634,94 @@ def make_blocks(X, sample_weight=None, *, block_rows="auto", split_every: int = 
     >>> type(blocks).__name__, blocks.map_reduce(stats_chunk, combine_stats)["n"]
     ('LocalBlocks', 4)
     """
-    blocks = _make_blocks(X, sample_weight, block_rows, split_every, client, persist, worker_memory_fraction)
+    engine = resolve_engine(engine, client)
+    if engine == "ray":
+        blocks = _make_ray_blocks(X, sample_weight, block_rows, split_every)
+    else:
+        if engine == "local":
+            client = False
+        elif engine == "dask" and get_client(client) is None:
+            raise ValueError("engine='dask' needs a Dask client: pass client=... or start one (distributed.Client); "
+                             "engine='local' runs in process.")
+        blocks = _make_blocks(X, sample_weight, block_rows, split_every, client, persist, worker_memory_fraction)
     if hasattr(X, "chunks") and X.chunks and isinstance(X.chunks[0], tuple):
         blocks.source_chunks = tuple(int(c) for c in X.chunks[0])
     return blocks
+
+
+ENGINES = ("auto", "dask", "ray", "local")
+
+
+def resolve_engine(engine="auto", client=None) -> str:
+    """The engine that ``engine`` means now: ``"dask"``, ``"ray"`` or ``"local"``.
+
+    ``"auto"`` is the given or active Dask client (``client`` not False), else a connected Ray cluster,
+    else in process.  Ray is never imported here: only a Ray that the program has imported and
+    initialized counts.
+
+    Parameters
+    ----------
+    engine : {"auto", "dask", "ray", "local"}, default="auto"
+        The requested engine.
+    client : distributed.Client, None or False, default=None
+        As in :func:`make_blocks`.
+
+    Returns
+    -------
+    str
+
+    Examples
+    --------
+    >>> from kmeans_dist.chunked.driver import resolve_engine
+    >>> resolve_engine("local"), resolve_engine("ray")
+    ('local', 'ray')
+    """
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+    if engine != "auto":
+        return engine
+    if client is not False and get_client(client) is not None:
+        return "dask"
+    if sys.modules.get("ray") is not None:
+        from .ray_engine import ray_connected
+
+        if ray_connected():
+            return "ray"
+    return "local"
+
+
+def _make_ray_blocks(X, sample_weight, block_rows, split_every):
+    from .ray_engine import RayBlocks
+
+    if is_sparse(X) or is_sparse(getattr(X, "_meta", None)):
+        raise TypeError("engine='ray' takes dense data; sparse input runs on engine='dask' or 'local'.")
+    n, d = X.shape
+    rows = resolve_block_rows(n, d, np.dtype(X.dtype).itemsize, block_rows)
+    return RayBlocks(X, sample_weight, rows, split_every)
 
 
 def _make_blocks(X, sample_weight, block_rows, split_every, client, persist, worker_memory_fraction):
     import dask.array as da
 
     n, d = X.shape
-    rows = resolve_block_rows(n, d, np.dtype(X.dtype).itemsize, block_rows)
+    sparse = is_sparse(X) or is_sparse(getattr(X, "_meta", None))
+    rows = resolve_block_rows(n, d, np.dtype(X.dtype).itemsize, block_rows, sparse=sparse)
     client = get_client(client)
+    nbytes = None
     if not isinstance(X, da.Array):
         if client is None:
             return LocalBlocks(X, sample_weight, rows, split_every)
-        X = da.from_array(X, chunks=(rows, d))
+        if sparse:  # chunks stay scipy.sparse (asarray=False), CSR row slices
+            nbytes = int(X.data.nbytes + X.indices.nbytes + X.indptr.nbytes)
+            X = da.from_array(X, chunks=(rows, d), asarray=False, meta=X[:0])
+        else:
+            X = da.from_array(X, chunks=(rows, d))
         if sample_weight is not None:
             sample_weight = da.from_array(sample_weight, chunks=(rows,))
     elif sample_weight is not None and not isinstance(sample_weight, da.Array):
         sample_weight = da.from_array(np.asarray(sample_weight), chunks=(rows,))
-    nbytes = X.nbytes
+    if nbytes is None:
+        nbytes = int(X.nbytes * SPARSE_BYTES_GUESS) if sparse else X.nbytes
     if client is None:
         if persist is True or (persist == "auto" and nbytes <= 2 * 2**30):
             import dask

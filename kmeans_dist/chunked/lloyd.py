@@ -13,9 +13,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..kernels import sparse
 from ..kernels.xp import get_namespace, to_numpy
 from ..kernels import combine_lloyd_partials, finalize_centers, lloyd_partial, minibatch_update, row_norms_sq_cached
 from ..kernels.stats import absolute_tolerance, check_stats, combine_stats, stats_chunk
+from ..kernels.tree import tree_combine
+from ..kernels.elkan import elkan_params, elkan_partial
 
 __all__ = ["lloyd", "lloyd_on_blocks", "LloydResult", "data_stats", "final_pass", "minibatch_on_blocks",
            "minibatch_step"]
@@ -49,12 +52,23 @@ class LloydResult:
 
 
 def _centers_for(X, centers):
+    if sparse.is_sparse(X):  # sparse blocks take dense NumPy centers
+        return np.asarray(centers, dtype=X.dtype)
     xp = get_namespace(X)
     return xp.asarray(np.asarray(centers, dtype=to_numpy(X[:1, ...]).dtype))
 
 
 def _lloyd_chunk(X, w, offset, centers, bounds=None):
     return lloyd_partial(X, w, _centers_for(X, centers), offset=offset, x_sq=row_norms_sq_cached(X), bounds=bounds)
+
+
+def _elkan_chunk(X, w, offset, state, centers, params):
+    return elkan_partial(X, w, _centers_for(X, centers), state, params, offset=offset)
+
+
+def _elkan_stream_chunk(X, w, offset, centers, params):
+    """An Elkan pass over a block that is not kept between passes: no state, every distance computed."""
+    return elkan_partial(X, w, _centers_for(X, centers), None, params, offset=offset)[1]
 
 
 def _final_chunk(X, w, offset, centers, labels=False):
@@ -101,6 +115,11 @@ def lloyd_on_blocks(blocks, centers, *, max_iter: int = 300, tol_abs: float = 0.
     labels and centers are Lloyd's (see there for the one exception, near-ties within rounding), the
     per-iteration inertia comes from per-center sums in float64.
 
+    ``algorithm="elkan"`` runs the same iterations with Elkan's bounds (:mod:`kmeans_dist.kernels.elkan`): one
+    lower bound per center and row, kept as per-block state through ``blocks.map_state`` (next to the blocks:
+    in the list this function holds for local blocks, in worker memory for Dask blocks; streamed blocks run
+    every pass without state).  Labels, centers and history equal Hamerly's bit for bit.
+
     ``start_iteration``/``history`` resume an interrupted run: pass the checkpointed centers, the number
     of iterations already done and their history; the result equals an uninterrupted run bit for bit.
     """
@@ -113,6 +132,8 @@ def lloyd_on_blocks(blocks, centers, *, max_iter: int = 300, tol_abs: float = 0.
     token = uuid.uuid4().hex if bounded else None
     if token is not None:
         from ..kernels.hamerly import bound_params
+    elkan = algorithm == "elkan" and centers.shape[0] >= 2
+    states = None  # Elkan's per-block states, owned here (see LocalBlocks/DaskBlocks.map_state)
     prev = None
     while it < max_iter:
         t0 = time.perf_counter()
@@ -120,7 +141,16 @@ def lloyd_on_blocks(blocks, centers, *, max_iter: int = 300, tol_abs: float = 0.
         if token is not None:
             bounds = {"token": token, "pass": it - int(start_iteration), **bound_params(centers, prev)}
             prev = centers
-        part = blocks.map_reduce(_lloyd_chunk, combine_lloyd_partials, centers, bounds)
+        if elkan:
+            params = elkan_params(centers, prev, it - int(start_iteration))
+            prev = centers
+            if getattr(blocks, "kind", "") == "stream":
+                part = blocks.map_reduce(_elkan_stream_chunk, combine_lloyd_partials, centers, params)
+            else:
+                states, parts = blocks.map_state(_elkan_chunk, states, centers, params)
+                part = tree_combine(parts, combine_lloyd_partials, blocks.split_every)
+        else:
+            part = blocks.map_reduce(_lloyd_chunk, combine_lloyd_partials, centers, bounds)
         new, n_reloc = finalize_centers(part, centers)
         shift = float(((new.astype(np.float64) - centers.astype(np.float64)) ** 2).sum())
         centers = new
@@ -136,6 +166,7 @@ def lloyd_on_blocks(blocks, centers, *, max_iter: int = 300, tol_abs: float = 0.
         if stop:
             converged = True
             break
+    states = None  # the bounds go (on workers, with the last references to their tasks)
     res = LloydResult(centers=centers, inertia=float("nan"), n_iter=it, history=history, converged=converged)
     if final:
         f = final_pass(blocks, centers, labels=final_labels)
@@ -176,8 +207,8 @@ def lloyd(X, centers, *, sample_weight=None, max_iter: int = 300, tol: float = 1
         Fan-in of the reduction tree.
     persist : "auto" or bool, default="auto"
         Keep the blocks in worker memory or stream them.
-    algorithm : {"lloyd", "hamerly"}, default="lloyd"
-        Plain Lloyd or Hamerly's bounded Lloyd (same iterations).
+    algorithm : {"lloyd", "elkan", "hamerly"}, default="lloyd"
+        Plain Lloyd, or Elkan's or Hamerly's bounded Lloyd (same iterations).
 
     Returns
     -------
@@ -226,19 +257,22 @@ def minibatch_step(Xb, wb, centers, weight_sums, rng, *, reassignment_ratio=0.01
         n_re = int(to_re.sum())
         if n_re:
             pick = rng.choice(nb, size=n_re, replace=False)
-            new[to_re] = np.asarray(to_numpy(Xb))[pick]
+            new[to_re] = sparse.take_rows(Xb, pick) if sparse.is_sparse(Xb) else np.asarray(to_numpy(Xb))[pick]
             W[to_re] = np.min(W[~to_re])
     return new, W, part["inertia"], n_re
 
 
 def _fetch_rows_chunk(X, w, offset, state, rows):
-    xp = get_namespace(X)
     r = np.asarray(rows, dtype=np.int64)
     local = r[(r >= offset) & (r < offset + X.shape[0])] - offset
     if local.size == 0:
         return state, None
     order = np.argsort(local, kind="stable")
-    xs = to_numpy(xp.take(X, xp.asarray(local[order]), axis=0))
+    if sparse.is_sparse(X):  # sparse rows stay sparse (CSR)
+        xs = sparse.as_csr(X)[local[order]]
+    else:
+        xp = get_namespace(X)
+        xs = to_numpy(xp.take(X, xp.asarray(local[order]), axis=0))
     ws = None if w is None else np.asarray(to_numpy(w))[local[order]]
     return state, (local[order] + offset, xs, ws)
 
@@ -249,7 +283,13 @@ def fetch_rows(blocks, rows):
     uniq = np.unique(rows)
     _, res = blocks.map_state(_fetch_rows_chunk, None, uniq, only={blocks.block_of(r) for r in uniq})
     idx = np.concatenate([r[0] for r in res if r is not None])
-    xs = np.concatenate([r[1] for r in res if r is not None])
+    got = [r[1] for r in res if r is not None]
+    if sparse.is_sparse(got[0]):
+        import scipy.sparse as sp
+
+        xs = sparse.as_csr(sp.vstack(got, format="csr"))
+    else:
+        xs = np.concatenate(got)
     has_w = any(r is not None and r[2] is not None for r in res)
     ws = np.concatenate([r[2] for r in res if r is not None]) if has_w else None
     pos = np.searchsorted(idx, rows)
@@ -274,7 +314,10 @@ def minibatch_on_blocks(blocks, centers, *, batch_size=1024, max_iter=100, max_s
     W = np.zeros(k)
     ewa, ewa_min, no_improve = None, None, 0
     history = []
-    per_fetch = max(1, int(prefetch_bytes // max(1, b * d * blocks.dtype.itemsize)))
+    row_bytes = d * blocks.dtype.itemsize
+    if getattr(blocks, "sparse", False):  # rows travel as CSR: about 1% of the dense size assumed
+        row_bytes = max(1, row_bytes // 100)
+    per_fetch = max(1, int(prefetch_bytes // max(1, b * row_bytes)))
     step = 0
     since_reassign = 0
     t0 = time.perf_counter()

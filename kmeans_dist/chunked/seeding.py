@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..kernels.xp import get_namespace, to_numpy
+from ..kernels import sparse
+from ..kernels.sparse import block_dtype, block_namespace
+from ..kernels.xp import to_numpy
 from ..kernels import kmeans_plusplus, lloyd_inmemory, row_norms_sq, sq_distances
 
 __all__ = ["init_centers", "kmeans_parallel", "kmeans_plusplus_chunked", "random_init", "random_partition_init",
@@ -26,11 +28,18 @@ def _block_rng(seed: int, step: int, index: int) -> np.random.Generator:
 # ------------------------------------------------------------------------------------------------
 
 def _take_chunk(X, w, offset, rows):
-    xp = get_namespace(X)
     local = [int(r) - offset for r in rows if offset <= r < offset + X.shape[0]]
     if not local:
         return None
-    return to_numpy(xp.take(X, xp.asarray(np.asarray(local, dtype=np.int64)), axis=0))
+    return _take(X, np.asarray(local, dtype=np.int64))
+
+
+def _take(X, idx) -> np.ndarray:
+    """Rows ``idx`` of a block as a host NumPy array (a sparse block densifies only these rows)."""
+    if sparse.is_sparse(X):
+        return sparse.take_rows(X, idx)
+    xp = block_namespace(X)
+    return to_numpy(xp.take(X, xp.asarray(np.asarray(idx, dtype=np.int64)), axis=0))
 
 
 def take_rows(blocks, rows) -> np.ndarray:
@@ -78,9 +87,13 @@ def _weighted_distinct(blocks, k, rng, block_weights):
 
 
 def _partition_chunk(X, w, offset, k, seed, index_of):
-    xp = get_namespace(X)
+    xp = block_namespace(X)
     rng = _block_rng(seed, 0, index_of(offset))
     lab = rng.integers(0, k, size=X.shape[0])
+    if sparse.is_sparse(X):  # sums from the CSR structure; weights per cluster
+        wh = None if w is None else np.asarray(to_numpy(w), dtype=np.float64)
+        weight = np.bincount(lab, weights=wh, minlength=k).astype(np.float64)
+        return {"sum": sparse.cluster_sums(X, lab, k, wh), "weight": weight}
     onehot = xp.asarray((lab[:, None] == np.arange(k)[None, :]).astype(np.float64))
     X64 = xp.astype(X, xp.float64)
     if w is not None:
@@ -124,7 +137,7 @@ def _local_rows(X, w, state, targets):
     if state is None:
         p = np.ones(X.shape[0]) if w is None else np.asarray(to_numpy(w), dtype=np.float64)
     else:
-        p = np.asarray(to_numpy(_weighted(w, state["closest"], get_namespace(X))), dtype=np.float64)
+        p = np.asarray(to_numpy(_weighted(w, state["closest"], block_namespace(X))), dtype=np.float64)
     cum = np.cumsum(p)
     return np.minimum(np.searchsorted(cum, np.asarray(targets), side="right"), X.shape[0] - 1)
 
@@ -165,10 +178,10 @@ def _locate(blocks, states, u, block_pots):
 
 def _update_closest_chunk(X, w, offset, state, centers, base_index):
     """state <- min(state, d(x, centers)); returns the block potential sum(w * closest)."""
-    xp = get_namespace(X)
+    xp = block_namespace(X)
     if state is not None and len(centers) == 0:
         return state, float(to_numpy(xp.sum(_weighted(w, state["closest"], xp))))
-    C = xp.asarray(np.asarray(centers, dtype=to_numpy(X[:1, ...]).dtype))
+    C = xp.asarray(np.asarray(centers, dtype=block_dtype(X)))
     x_sq = row_norms_sq(X) if state is None else state["x_sq"]
     D = xp.astype(sq_distances(X, C, x_sq=x_sq), xp.float64)
     dmin = xp.min(D, axis=1)
@@ -189,8 +202,8 @@ def _update_closest_chunk(X, w, offset, state, centers, base_index):
 
 def _trials_chunk(X, w, offset, state, cands):
     """Potential of each candidate (min(closest, d(x, cand)) summed); keeps per-candidate closests."""
-    xp = get_namespace(X)
-    C = xp.asarray(np.asarray(cands, dtype=to_numpy(X[:1, ...]).dtype))
+    xp = block_namespace(X)
+    C = xp.asarray(np.asarray(cands, dtype=block_dtype(X)))
     D = xp.astype(sq_distances(X, C, x_sq=state["x_sq"]), xp.float64)
     D = xp.minimum(D, state["closest"][:, None])
     if w is not None:
@@ -207,7 +220,7 @@ def _chosen(state, j):
 
 
 def _choose_trial_chunk(X, w, offset, state, j):
-    xp = get_namespace(X)
+    xp = block_namespace(X)
     new = _chosen(state, j)
     return new, float(to_numpy(xp.sum(_weighted(w, new["closest"], xp))))
 
@@ -215,13 +228,13 @@ def _choose_trial_chunk(X, w, offset, state, j):
 def _choose_locate_chunk(X, w, offset, state, best, want, rows_per_block):
     """Keep trial ``best`` (as :func:`_choose_trial_chunk`), then locate this block's targets in ``want``
     in the new distribution w * closest (as :func:`_cumsum_locate_chunk`) and return those rows."""
-    xp = get_namespace(X)
+    xp = block_namespace(X)
     new = _chosen(state, best)
     targets = want.get(offset // rows_per_block)
     if not targets:
         return new, None
     idx = _local_rows(X, w, new, targets)
-    return new, list(to_numpy(xp.take(X, xp.asarray(idx.astype(np.int64)), axis=0)))
+    return new, list(_take(X, idx.astype(np.int64)))
 
 
 def kmeans_plusplus_chunked(blocks, n_clusters, rng, block_weights, n_local_trials=None):
@@ -274,7 +287,7 @@ def _parallel_round_chunk(X, w, offset, state, new_centers, base_index, l, seed,
     satisfies ``u_i < l * w_i * d_i / phi_block``; the block returns that superset (about ``l`` rows in
     expectation) with its ``u_i``, and the client applies the exact test with the global ``phi``.
     """
-    xp = get_namespace(X)
+    xp = block_namespace(X)
     state, phi_b = _update_closest_chunk(X, w, offset, state, new_centers, base_index)
     if l is None:  # final weighting pass: no sampling
         return state, {"phi": phi_b, "rows": None}
@@ -285,7 +298,7 @@ def _parallel_round_chunk(X, w, offset, state, new_centers, base_index, l, seed,
         keep = np.zeros(0, dtype=np.int64)
     else:
         keep = np.flatnonzero(u < l * wd / phi_b)
-    rows = to_numpy(xp.take(X, xp.asarray(keep), axis=0)) if keep.size else np.zeros((0, X.shape[1]), dtype=to_numpy(X[:1, ...]).dtype)
+    rows = _take(X, keep) if keep.size else np.zeros((0, X.shape[1]), dtype=block_dtype(X))
     return state, {"phi": phi_b, "rows": rows, "u": u[keep], "wd": wd[keep], "index": keep + offset}
 
 

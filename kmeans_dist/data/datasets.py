@@ -38,7 +38,6 @@ __all__ = [
 ]
 
 GEN_BLOCK = 65_536
-DEFAULT_CHUNK_ROWS = 100_000
 
 
 # --------------------------------------------------------------------------------------------------
@@ -126,7 +125,9 @@ def _build(kind, params, n_samples, n_features, random_state, chunk_rows, dtype,
     if n < 1:
         raise ValueError(f"n_samples must be >= 1, got {n_samples}")
     seed = _seed(random_state)
-    rows = int(min(chunk_rows or DEFAULT_CHUNK_ROWS, n))
+    from .store import rows_per_chunk
+
+    rows = int(min(chunk_rows or rows_per_chunk(n_features, np.dtype(dtype).itemsize), n))
     chunks = tuple([rows] * (n // rows) + ([n % rows] if n % rows else []))
     A = da.map_blocks(_block, kind, params, seed, n, n_features, dtype, dtype=np.float64,
                       chunks=(chunks, (n_features + 1,)))

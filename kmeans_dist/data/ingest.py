@@ -13,9 +13,9 @@ from typing import Iterator
 
 import numpy as np
 
-from .store import DataError, rows_per_chunk, write_store, write_stream
+from .store import DataError, rows_per_chunk, write_sparse_store, write_store, write_stream
 
-__all__ = ["resolve_source", "SOURCE_KINDS", "ingest", "ingest_npy", "ingest_table", "ingest_mnist", "read_idx", "iter_idx_chunks", "load_mnist",
+__all__ = ["resolve_source", "SOURCE_KINDS", "ingest", "ingest_npy", "ingest_sparse_npz", "ingest_table", "ingest_mnist", "read_idx", "iter_idx_chunks", "load_mnist",
            "find_mnist_dir", "MNIST_FILES"]
 
 
@@ -63,6 +63,40 @@ def ingest_npy(path, url, *, labels=None, chunk_rows=None, overwrite=False, dtyp
 
     return write_stream(url, blocks(), n, d, dt, rows, lab is not None,
                          attrs={"source": os.fspath(path)}, overwrite=overwrite)
+
+
+def ingest_sparse_npz(path, url, *, labels=None, chunk_rows=None, overwrite=False, dtype=None) -> str:
+    """Ingest a scipy.sparse matrix saved with ``scipy.sparse.save_npz`` into a store as a CSR group.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The ``.npz`` file.
+    url : str or os.PathLike
+        Target store.
+    labels : array-like, str or None, default=None
+        Labels, or the path of a ``.npy`` file holding them.
+    chunk_rows : int or None, default=None
+        Rows per stored chunk.
+    overwrite : bool, default=False
+        Replace an existing store.
+    dtype : dtype or None, default=None
+        Cast to this dtype.
+
+    Returns
+    -------
+    str
+        The store URL (see :func:`kmeans_dist.data.write_sparse_store`).
+    """
+    import scipy.sparse as sp
+
+    try:
+        X = sp.load_npz(path)
+    except (ValueError, OSError, KeyError) as exc:
+        raise DataError(f"Cannot read {os.fspath(path)!r} as a scipy.sparse .npz matrix: {exc}") from None
+    lab = np.load(labels) if isinstance(labels, (str, os.PathLike)) else labels
+    return write_sparse_store(url, X, labels=lab, chunk_rows=chunk_rows, overwrite=overwrite, dtype=dtype,
+                              attrs={"source": os.fspath(path)})
 
 
 def _numeric_partition(part, cols, dtype, offsets, source, partition_info=None):
@@ -446,9 +480,11 @@ def ingest(source, url, **kw) -> str:
             return ingest_mnist(p, url, **kw)
         if p.suffix == ".npy":
             return ingest_npy(p, url, **kw)
+        if p.suffix == ".npz":  # a scipy.sparse matrix (scipy.sparse.save_npz): a CSR group
+            return ingest_sparse_npz(p, url, **kw)
         if p.suffix in (".csv", ".parquet", ".pq") or p.is_dir() or "*" in p.name:
             return ingest_table(p, url, **kw)
         resolve_source(p)
-        raise DataError(f"Don't know how to ingest {os.fspath(source)!r} (expected .npy, .csv, .parquet, "
+        raise DataError(f"Don't know how to ingest {os.fspath(source)!r} (expected .npy, .npz, .csv, .parquet, "
                         "an MNIST folder, or 'sklearn-digits')")
     return write_store(url, source, **{k: v for k, v in kw.items() if k in ("labels", "chunk_rows", "feature_names", "attrs", "overwrite", "dtype")})

@@ -219,9 +219,11 @@ class DKM(Method):
         return dkm_loss(z, self._param, self.alpha)
 
     def before_step(self):
-        if self.allreduce is not None and self._param.grad is not None:
+        if self.allreduce is not None:
             import torch.distributed as dist
 
+            if self._param.grad is None:  # an empty share of the batch: still take part in the all-reduce
+                self._param.grad = torch.zeros_like(self._param)
             self.allreduce(self._param.grad)
             self._param.grad /= dist.get_world_size() if dist.is_initialized() else 1
 

@@ -29,7 +29,8 @@ from .losses import reconstruction_loss
 from .methods import Method
 from .model import Autoencoder
 
-__all__ = ["BatchLoader", "train_epoch", "pretrain_epoch", "pretrain", "start_finetune", "finetune_epoch",
+__all__ = ["BatchLoader", "ShardLoader", "epochs_for_steps", "PAPER_PRETRAIN_STEPS", "PAPER_FINETUNE_STEPS",
+           "train_epoch", "pretrain_epoch", "pretrain", "start_finetune", "finetune_epoch",
            "fit_method"]
 
 
@@ -94,6 +95,116 @@ class BatchLoader:
             yield self.X[idx[s:s + self.batch_size]]
 
 
+#: Optimizer steps of the paper's MNIST protocol at batch 256: 50 and 100 epochs of ceil(70,000 / 256) = 274.
+PAPER_PRETRAIN_STEPS = 50 * 274
+PAPER_FINETUNE_STEPS = 100 * 274
+
+
+def epochs_for_steps(n_samples: int, batch_size: int, epochs: int, min_steps: int = 0) -> int:
+    """The training budget rule: ``max(epochs, ceil(min_steps / steps_per_epoch))`` epochs.
+
+    ``steps_per_epoch = ceil(n_samples / batch_size)`` (``batch_size`` is the global batch).  With the paper's
+    epochs (50 pretraining, 100 finetuning) and ``min_steps`` = :data:`PAPER_PRETRAIN_STEPS` /
+    :data:`PAPER_FINETUNE_STEPS` (the optimizer steps of the paper's MNIST protocol), a data set of MNIST's
+    size or larger runs the paper's epochs, and a smaller one runs more epochs until it gets as many
+    optimizer steps as MNIST does.
+
+    Parameters
+    ----------
+    n_samples : int
+        Rows of the data set.
+    batch_size : int
+        The global batch.
+    epochs : int
+        The least number of epochs.
+    min_steps : int, default=0
+        The least number of optimizer steps.
+
+    Returns
+    -------
+    int
+
+    Examples
+    --------
+    >>> epochs_for_steps(70_000, 256, 50, PAPER_PRETRAIN_STEPS), epochs_for_steps(2_000, 256, 50, PAPER_PRETRAIN_STEPS)
+    (50, 1713)
+    """
+    if int(epochs) <= 0:
+        return 0
+    steps = max(math.ceil(int(n_samples) / int(batch_size)), 1)
+    return max(int(epochs), math.ceil(int(min_steps) / steps))
+
+
+class ShardLoader:
+    """Global mini-batches over ``n_total`` rows, of which this process holds the contiguous shard ``X_shard``
+    (rows ``offset .. offset + len(X_shard)``).
+
+    Every epoch draws the same permutation of all ``n_total`` rows as :class:`BatchLoader` (from
+    ``(seed, epoch)``); batch ``j`` is rows ``j * batch_size .. (j + 1) * batch_size`` of it (``batch_size`` is
+    the *global* batch), and this process yields ``(x, scale)``: the rows of the batch that lie in its shard,
+    and ``scale = len(x) * world_size / len(batch)``.  :func:`train_epoch` multiplies the (per-process mean)
+    loss by ``scale``, so that DDP's average of the processes' gradients is the gradient of the global batch's
+    mean, whatever the shares: one epoch on N processes takes the same optimizer steps as on one, up to
+    floating-point reduction order.  Every process yields ``ceil(n_total / batch_size)`` batches, some possibly
+    empty.
+
+    Parameters
+    ----------
+    X_shard : torch.Tensor of shape (n_shard, n_features)
+        This process's rows.
+    n_total : int
+        Rows of the whole data set.
+    offset : int
+        Index of the shard's first row in the data set.
+    batch_size : int, default=256
+        The global batch.
+    shuffle : bool, default=True
+        Draw a new permutation every epoch.
+    seed : int, default=0
+        Seed of the permutations.
+    world_size : int, default=1
+        Number of processes.
+
+    Examples
+    --------
+    >>> import torch
+    >>> X = torch.arange(10.0)[:, None]
+    >>> shards = [ShardLoader(X[:5], 10, 0, 4, world_size=2), ShardLoader(X[5:], 10, 5, 4, world_size=2)]
+    >>> [len(s) for s in shards], sorted(torch.cat([b for s in shards for b, _ in s])[:, 0].int().tolist())
+    ([3, 3], [0, 1, 2, 3, 4, 5, 6, 7, 8, 9])
+    """
+
+    def __init__(self, X_shard: torch.Tensor, n_total: int, offset: int, batch_size: int = 256, *,
+                 shuffle: bool = True, seed: int = 0, world_size: int = 1):
+        self.X = X_shard
+        self.n_total, self.offset = int(n_total), int(offset)
+        self.batch_size = int(batch_size)
+        self.shuffle = shuffle
+        self.seed = int(seed)
+        self.epoch = 0
+        self.world_size = int(world_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Use the permutation of ``epoch``."""
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return math.ceil(self.n_total / self.batch_size)
+
+    def __iter__(self):
+        n = self.n_total
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            idx = torch.randperm(n, generator=g)
+        else:
+            idx = torch.arange(n)
+        lo, hi = self.offset, self.offset + self.X.shape[0]
+        for s in range(0, n, self.batch_size):
+            sel = idx[s:s + self.batch_size]
+            mine = sel[(sel >= lo) & (sel < hi)] - lo
+            yield self.X[mine], float(mine.shape[0] * self.world_size) / float(sel.shape[0])
+
+
 def train_epoch(model, optimizer, loader: Iterable, method: Method | None = None, *, device=None) -> dict:
     """One pass of mini-batch gradient steps over ``loader``.
 
@@ -107,7 +218,9 @@ def train_epoch(model, optimizer, loader: Iterable, method: Method | None = None
     optimizer : torch.optim.Optimizer
         Over the model's (and the method's) parameters.
     loader : iterable of tensors
-        Batches of inputs, or tuples whose first item is the input.
+        Batches of inputs, or tuples whose first item is the input; a ``(x, scale)`` pair with a float
+        ``scale`` (:class:`ShardLoader`) multiplies the batch's loss by ``scale``, and an empty ``x`` takes a
+        zero-gradient step (so that every process makes the same collective calls).
     method : Method or None
         The clustering method being finetuned.
     device : torch.device or None
@@ -122,13 +235,23 @@ def train_epoch(model, optimizer, loader: Iterable, method: Method | None = None
     tot_rec = tot_clu = 0.0
     n_seen = 0
     for batch in loader:
-        x = batch[0] if isinstance(batch, (list, tuple)) else batch
+        scale = None
+        if isinstance(batch, tuple) and len(batch) == 2 and isinstance(batch[1], float):
+            x, scale = batch
+        else:
+            x = batch[0] if isinstance(batch, (list, tuple)) else batch
         if device is not None:
             x = x.to(device, non_blocking=True)
         z, x_hat = model(x)
-        rec = reconstruction_loss(x_hat, x)
-        clu = None if method is None else method.batch_loss(z)
-        loss = rec if clu is None else rec + method.lam * clu
+        if x.shape[0] == 0:  # an empty share of a global batch: zero gradients, the same collective calls
+            rec = clu = None
+            loss = 0.0 * (z.sum() + x_hat.sum())
+        else:
+            rec = reconstruction_loss(x_hat, x)
+            clu = None if method is None else method.batch_loss(z)
+            loss = rec if clu is None else rec + method.lam * clu
+            if scale is not None:
+                loss = loss * scale
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if method is not None:
@@ -137,6 +260,8 @@ def train_epoch(model, optimizer, loader: Iterable, method: Method | None = None
         if method is not None:
             method.after_step(z.detach())
         b = x.shape[0]
+        if b == 0:
+            continue
         n_seen += b
         tot_rec += float(rec.detach()) * b
         tot_clu += (0.0 if clu is None else float(clu.detach())) * b
@@ -229,7 +354,7 @@ def _scores(Z, labels, y) -> dict:
     return {} if y is None else clustering_scores(y, labels.cpu().numpy())
 
 
-def start_finetune(model, X: torch.Tensor, method: Method, *, y=None):
+def start_finetune(model, X: torch.Tensor, method: Method, *, y=None, embed_fn=None):
     """The initial k-means on the pretrained embeddings: the method's centroids, and the ``init`` record.
 
     Parameters
@@ -242,6 +367,9 @@ def start_finetune(model, X: torch.Tensor, method: Method, *, y=None):
         Its centroids are set (:meth:`Method.initialize`).
     y : array-like or None
         Labels, for ACC/NMI/ARI in the record (never used for training).
+    embed_fn : callable or None
+        ``embed_fn(model) -> Z``, the embeddings of the whole data set, instead of ``embed(model, X)`` (the Ray
+        stage: each worker embeds its shard and they are gathered); ``X`` is then unused.
 
     Returns
     -------
@@ -253,7 +381,7 @@ def start_finetune(model, X: torch.Tensor, method: Method, *, y=None):
         The k-means labels.
     """
     t0 = time.perf_counter()
-    Z = embed(model, X)
+    Z = embed(model, X) if embed_fn is None else embed_fn(model)
     labels = method.initialize(Z)
     rec = {"phase": "init", "epoch": 0, "method": method.name, "kmeans_inertia": method.kmeans_inertia,
            "seconds": time.perf_counter() - t0, **_scores(Z, labels, y)}
@@ -261,7 +389,7 @@ def start_finetune(model, X: torch.Tensor, method: Method, *, y=None):
 
 
 def finetune_epoch(model, optimizer, loader, method: Method, X: torch.Tensor, epoch: int, *, y=None,
-                   device=None):
+                   device=None, embed_fn=None):
     """Finetuning epoch ``epoch`` (from 1): gradient steps on reconstruction + clustering loss, the embeddings
     of the whole data set, then the method's epoch-end update (:meth:`Method.end_epoch`: the k-means
     re-initialisation of CT and DKM+reinit).
@@ -278,6 +406,8 @@ def finetune_epoch(model, optimizer, loader, method: Method, X: torch.Tensor, ep
         The finetuning epoch, from 1.
     y : array-like or None
         Labels, for ACC/NMI/ARI in the record.
+    embed_fn : callable or None
+        As :func:`start_finetune`.
 
     Returns
     -------
@@ -295,7 +425,7 @@ def finetune_epoch(model, optimizer, loader, method: Method, X: torch.Tensor, ep
     loader.set_epoch(int(epoch))
     m = train_epoch(model, optimizer, loader, method, device=device)
     t1 = time.perf_counter()
-    Z = embed(model, X)
+    Z = embed(model, X) if embed_fn is None else embed_fn(model)
     labels = method.end_epoch(Z, int(epoch))
     if labels is None:
         labels = method.predict(Z)

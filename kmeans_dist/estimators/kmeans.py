@@ -18,12 +18,15 @@ from sklearn.exceptions import ConvergenceWarning, NotFittedError
 from .validation import (ANY, ARRAY_LIKE, BOOLEAN, CALLABLE, NONE, RANDOM_STATE, Interval, Options,
                           validate_params)
 from ..kernels.xp import get_namespace, to_numpy
+from ..kernels.sparse import block_namespace, is_sparse
 from .persistence import register_model, save_model
+from .anomaly import AnomalyScoresMixin
 from ..kernels import assign_labels, kmeans_plusplus, lloyd_partial, sq_distances
 from ..kernels.stats import absolute_tolerance, raise_if_nonfinite
 from ..chunked.driver import LocalBlocks, get_client, make_blocks
 from ..chunked.lloyd import data_stats, fetch_rows, final_pass, lloyd_on_blocks, minibatch_on_blocks, minibatch_step
 from ..chunked.seeding import SEEDING_METHODS, seed_from, init_centers
+from ..chunked.min_size import enforce_min_cluster_size
 
 __all__ = ["KMeans", "MiniBatchKMeans"]
 
@@ -51,8 +54,16 @@ def _is_device_array(X) -> bool:
 
 def _prepare_X(X, name="X"):
     """(array for the driver, is_lazy): dask for lazy inputs, an in-memory array otherwise."""
-    from ..data import as_dask_array
+    from ..data import as_dask_array, check_sparse
 
+    if is_sparse(X):  # in-memory scipy.sparse stays sparse: canonical CSR, float64/float32
+        return check_sparse(X, name=name), False
+    if isinstance(X, np.ndarray) and X.dtype.kind not in "OUSV":
+        # the same metadata checks on a data-less stand-in: dask.array.from_array would copy and hash X
+        import dask.array as da
+
+        Xd = as_dask_array(da.empty(X.shape, dtype=X.dtype, chunks=-1), name=name)
+        return np.ascontiguousarray(X, dtype=Xd.dtype), False
     Xd = as_dask_array(X, name=name)  # metadata-only checks: ndim, dtype, empty
     if _is_lazy(X):
         return Xd, True
@@ -71,6 +82,8 @@ def _prepare_X(X, name="X"):
 
 def _feature_names(X):
     """Column names of a pandas DataFrame or the ``feature`` coordinate of an xarray DataArray, else None."""
+    if is_sparse(X):  # scipy.sparse has no names (a COO array's ``coords`` are its indices)
+        return None
     cols = getattr(X, "columns", None)
     if cols is not None and hasattr(X, "iloc"):
         names = list(cols)
@@ -107,7 +120,7 @@ def _prepare_weight(sample_weight, n, dtype, lazy):
     return w.astype(dtype)
 
 
-class _BaseKMeans(TransformerMixin, ClusterMixin, BaseEstimator):
+class _BaseKMeans(AnomalyScoresMixin, TransformerMixin, ClusterMixin, BaseEstimator):
     _common_constraints = {
         "n_clusters": [Interval(int, 1, None, "left")],
         "max_iter": [Interval(int, 1, None, "left")],
@@ -117,9 +130,15 @@ class _BaseKMeans(TransformerMixin, ClusterMixin, BaseEstimator):
         "split_every": [Interval(int, 2, None, "left")],
         "persist": [Options(str, ("auto",)), BOOLEAN],
         "client": [ANY],
+        "engine": [Options(str, ("auto", "dask", "ray", "local"))],
         "verbose": [Interval(int, 0, None, "left"), BOOLEAN],
         "callback": [CALLABLE, NONE],
     }
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.sparse = True  # scipy.sparse input (any format, read as CSR) and dask arrays of it
+        return tags
 
     # -------------------------------------------------------------------------------- validation
     def _validate_params(self):
@@ -192,17 +211,26 @@ class _BaseKMeans(TransformerMixin, ClusterMixin, BaseEstimator):
 
     def _blocks(self, Xa, w):
         return make_blocks(Xa, w, block_rows=self.block_rows, split_every=self.split_every, client=self.client,
-                           persist=self.persist)
+                           persist=self.persist, engine=self.engine)
 
     def _progress(self, total, desc):
-        """A rich progress bar when verbose, else a no-op context."""
-        if not self.verbose:
+        """A rich progress bar when ``verbose >= 3``, else a no-op context."""
+        if int(self.verbose) < 3:
             return _NullProgress()
         return _RichProgress(total, desc, self.client)
 
+    def _say(self, msg):
+        """scikit-learn's verbose lines (``1 <= verbose <= 2``; 3 and more show a progress bar instead)."""
+        if 1 <= int(self.verbose) <= 2:
+            print(msg)
+
+    def _init_from_callable(self, init, X, random_state, n_features, dtype):
+        """Centers from a callable ``init(X, n_clusters, random_state=...)``, checked as an init array."""
+        return self._check_init_array(init(X, self.n_clusters, random_state=random_state), n_features, dtype)
+
     # -------------------------------------------------------------------------------- predict & co
     def _centers_like(self, X):
-        xp = get_namespace(X)
+        xp = block_namespace(X)
         C = self.cluster_centers_.astype(X.dtype, copy=False)
         return C if not _is_device_array(X) else xp.asarray(C)
 
@@ -302,7 +330,7 @@ class _BaseKMeans(TransformerMixin, ClusterMixin, BaseEstimator):
             C = self.cluster_centers_.astype(Xa.dtype, copy=False)
             self.labels_ = Xa.map_blocks(_predict_block, C, drop_axis=1, dtype=np.int64)
         elif labels is not None:  # from the final pass, on the host
-            self.labels_ = get_namespace(Xa).asarray(labels)
+            self.labels_ = block_namespace(Xa).asarray(labels)
         else:
             self.labels_, _ = assign_labels(Xa, self._centers_like(Xa))
 
@@ -312,6 +340,10 @@ class _BaseKMeans(TransformerMixin, ClusterMixin, BaseEstimator):
             warnings.warn(f"Number of distinct clusters ({n_distinct}) found smaller than n_clusters "
                           f"({self.n_clusters}). Possibly due to duplicate points in X.", ConvergenceWarning,
                           stacklevel=3)
+
+
+# public names for the other estimators of the family (private names are not imported across modules)
+BaseKMeans, prepare_X, prepare_weight = _BaseKMeans, _prepare_X, _prepare_weight
 
 
 def _block_offset(block_info) -> int:
@@ -325,7 +357,7 @@ def _predict_block(x, C, block_info=None):
 
 
 def _transform_block(x, C, block_info=None):
-    xp = get_namespace(x)
+    xp = block_namespace(x)
     D = xp.sqrt(sq_distances(x, xp.asarray(C)))
     raise_if_nonfinite(x, D, _block_offset(block_info))
     return D
@@ -379,14 +411,18 @@ class KMeans(_BaseKMeans):
     ----------
     n_clusters : int, default=8
         Number of clusters.
-    init : {"k-means||", "k-means++", "random", "random-partition"} or array of shape \
+    init : {"k-means||", "k-means++", "random", "random-partition"}, callable or array of shape \
 (n_clusters, n_features), default="k-means||"
         Seeding.  k-means|| (Bahmani et al. 2012) makes ``init_rounds`` passes over the data; k-means++ is
         scikit-learn's greedy variant with local trials (two round trips per center); "random" draws
-        ``n_clusters`` distinct rows; "random-partition" averages a random partition.
+        ``n_clusters`` distinct rows; "random-partition" averages a random partition.  A callable is called
+        as scikit-learn's, ``init(X, n_clusters, random_state=RandomState)``, once per restart, and returns
+        the centers; it receives X as validated for the driver (an in-memory array for in-memory input, the
+        dask array for lazy input: a store path, a dask array or a dask-backed DataArray), not centered
+        (scikit-learn passes its mean-centered copy), so the centers it returns are in X's coordinates.
     n_init : "auto" or int, default="auto"
         Number of restarts; the one with the lowest inertia is kept.  "auto" is 1 for k-means||,
-        k-means++ and an array, 10 for random and random-partition.
+        k-means++ and an array, 10 for random, random-partition and a callable (as scikit-learn's).
     max_iter : int, default=300
         Maximum number of Lloyd iterations per restart.
     tol : float, default=1e-4
@@ -395,16 +431,38 @@ class KMeans(_BaseKMeans):
     random_state : int, RandomState, Generator or None, default=None
         Seed of every random choice.  With the same seed the result is the same whatever the chunking and
         the number of workers.
+    copy_x : bool, default=True
+        scikit-learn's meaning: whether X may be modified during the fit.  This estimator never modifies X
+        (it does not center the data: distances are accumulated in float64 per block instead), so X is
+        left unchanged for both values and both give the same result; ``False`` saves nothing more, since
+        no copy of C-contiguous float input is ever made.
     oversampling_factor : float or None, default=None
         Candidates drawn per k-means|| round (None: ``2 * n_clusters``).
     init_rounds : int, default=5
         Number of k-means|| rounds.
-    algorithm : {"lloyd", "hamerly"}, default="lloyd"
-        "hamerly" runs the same Lloyd iterations with Hamerly's bounds kept next to the blocks on the
-        workers: once the centers settle, most rows cost a few flops instead of ``n_clusters`` distances.
-        Same labels and centers as "lloyd" except at near-ties within float rounding, which it decides by
-        exact distance (as scikit-learn's "elkan"); 28 bytes per row of worker memory.  Worth it for many
-        clusters; with few, "lloyd" is faster.  CuPy blocks and streamed data run the plain Lloyd pass.
+    algorithm : {"lloyd", "elkan", "hamerly"}, default="lloyd"
+        "elkan" and "hamerly" run the same Lloyd iterations with bounds kept next to the blocks (in worker
+        memory on a cluster) that skip most distance computations once the centers settle.  Both give the
+        same labels and centers as "lloyd" except at near-ties within float rounding, which they decide by
+        exact distance (as scikit-learn's "elkan"); "elkan" and "hamerly" give the same result bit for bit.
+        "elkan" keeps ``n_clusters`` lower bounds per row (``n_clusters * itemsize + 20`` bytes per row of
+        worker memory; streamed data runs it without bounds), "hamerly" one (28 bytes per row; streamed
+        data runs plain Lloyd).  When each wins (``benchmarks/bench_algorithms.py``, in process, same
+        init, fit() wall time relative to "lloyd"): on well separated blobs (100,000 x 32) "hamerly" is
+        about 2x faster than "lloyd" for k = 64 and 256 and "elkan" 1.2-1.4x, while for k = 10 (2
+        iterations) "lloyd" is fastest; on MNIST (70,000 x 784, overlapping clusters) "elkan" is 4-7%
+        faster than "lloyd" for k = 10 to 256 and "hamerly" 1.1-2.5x slower.  The default stays "lloyd"
+        (scikit-learn's default): no bound beats it everywhere, it needs no extra memory, and its labels
+        are the GEMM's exactly.  CuPy blocks run the plain Lloyd pass.
+    min_cluster_size : int or None, default=None
+        Minimum rows per cluster (the small-cluster problem; None: no bound).  After Lloyd converges, while
+        a cluster holds fewer rows, the biggest cluster is split in two by 2-means and the smallest
+        cluster re-seeded in one half, then Lloyd runs again.  If that leaves a cluster too small, the
+        constrained k-means of Bradley, Bennett and Demiriz (a min-cost-flow assignment, solved over the
+        blocks through its dual prices; exactly in memory when duplicate rows tie) makes every cluster meet
+        the bound; ``labels_`` of in-memory input are then that assignment (lazy ``labels_`` and
+        :meth:`predict` stay the nearest center).  See :mod:`kmeans_dist.chunked.min_size`.
+        Needs ``n_samples >= n_clusters * min_cluster_size``.
     block_rows : "auto" or int, default="auto"
         Rows per canonical block.  The floating-point summation order is fixed by the blocks, so for a given
         ``block_rows`` results are bit-identical whatever the input chunking and the number of workers.
@@ -417,8 +475,14 @@ class KMeans(_BaseKMeans):
     client : distributed.Client, None or False, default=None
         None uses the active Dask client if there is one, else runs in process; False always runs in
         process.
+    engine : {"auto", "dask", "ray", "local"}, default="auto"
+        Where the blocks live: "auto" is the Dask client (``client`` or the active one), else a connected
+        Ray cluster, else this process; "ray" holds them in Ray actors (bit-identical results to "dask"
+        and "local"); "local" runs in process.
     verbose : int, default=0
-        Show a progress bar per iteration (and the Dask dashboard link).
+        1 or 2: scikit-learn's messages ("Initialization complete", "Iteration i, inertia x.",
+        "Converged at iteration i: ..."); 3 or more: a progress bar per restart (and the Dask dashboard
+        link) instead.
     callback : callable or None, default=None
         Called after every Lloyd iteration with a dict (``iteration``, ``centers``, ``inertia``,
         ``center_shift``, ``seconds``, ``history``); returning True stops the iterations.
@@ -453,41 +517,47 @@ class KMeans(_BaseKMeans):
     """
 
     _parameter_constraints = {
-        "init": [Options(str, SEEDING_METHODS), ARRAY_LIKE],
+        "init": [Options(str, SEEDING_METHODS), CALLABLE, ARRAY_LIKE],
         "n_init": [Options(str, ("auto",)), Interval(int, 1, None, "left")],
+        "copy_x": [BOOLEAN],
         "oversampling_factor": [Interval(float, 0, None, "neither"), NONE],
         "init_rounds": [Interval(int, 1, None, "left")],
-        "algorithm": [Options(str, ("lloyd", "hamerly"))],
+        "algorithm": [Options(str, ("lloyd", "elkan", "hamerly"))],
+        "min_cluster_size": [Interval(int, 1, None, "left"), NONE],
     }
 
     def __init__(self, n_clusters=8, *, init="k-means||", n_init="auto", max_iter=300, tol=1e-4,
-                 random_state=None, oversampling_factor=None, init_rounds=5, algorithm="lloyd", block_rows="auto",
-                 split_every=8, persist="auto", client=None, verbose=0, callback=None):
+                 random_state=None, copy_x=True, oversampling_factor=None, init_rounds=5, algorithm="lloyd",
+                 min_cluster_size=None, block_rows="auto", split_every=8, persist="auto", client=None, verbose=0,
+                 callback=None, engine="auto"):
         self.n_clusters = n_clusters
         self.init = init
         self.n_init = n_init
         self.max_iter = max_iter
         self.tol = tol
         self.random_state = random_state
+        self.copy_x = copy_x
         self.oversampling_factor = oversampling_factor
         self.init_rounds = init_rounds
         self.algorithm = algorithm
+        self.min_cluster_size = min_cluster_size
         self.block_rows = block_rows
         self.split_every = split_every
         self.persist = persist
         self.client = client
+        self.engine = engine
         self.verbose = verbose
         self.callback = callback
 
     def _resolve_n_init(self):
         if self.n_init != "auto":
             n = int(self.n_init)
-            if not isinstance(self.init, str) and n != 1:
+            if not isinstance(self.init, str) and not callable(self.init) and n != 1:
                 warnings.warn("Explicit initial center position passed: performing only one init in "
                               f"{type(self).__name__} instead of n_init={n}.", RuntimeWarning, stacklevel=3)
                 n = 1
             return n
-        if isinstance(self.init, str) and self.init in ("random", "random-partition"):
+        if callable(self.init) or (isinstance(self.init, str) and self.init in ("random", "random-partition")):
             return 10
         return 1
 
@@ -515,12 +585,15 @@ class KMeans(_BaseKMeans):
         n, d = Xa.shape
         self._check_n_clusters(n)
         init = self.init
-        if not isinstance(init, str):
+        if not isinstance(init, str) and not callable(init):
             init = self._check_init_array(init, d, Xa.dtype)
         w = _prepare_weight(sample_weight, n, Xa.dtype, lazy)
         self._n_init = self._resolve_n_init()
         seed = seed_from(self.random_state)
         seeds = np.random.default_rng(seed).integers(0, 2**31 - 1, size=self._n_init)
+        if self.min_cluster_size is not None and n < self.n_clusters * self.min_cluster_size:
+            raise ValueError(f"n_samples={n} should be >= n_clusters * min_cluster_size="
+                             f"{self.n_clusters * self.min_cluster_size}.")
         t_start = time.perf_counter()
         blocks = self._blocks(Xa, w)
         try:
@@ -529,13 +602,25 @@ class KMeans(_BaseKMeans):
             best = None
             for s in seeds:
                 t0 = time.perf_counter()
-                C0 = init_centers(None, self.n_clusters, init, random_state=int(s), sample_weight=w,
-                                  blocks=blocks, oversampling_factor=self.oversampling_factor,
-                                  init_rounds=self.init_rounds, dtype=Xa.dtype)
+                if callable(init):  # the input as given (a dask array for lazy input), not centered
+                    C0 = self._init_from_callable(init, Xa, np.random.RandomState(int(s)), d, Xa.dtype)
+                else:
+                    C0 = init_centers(None, self.n_clusters, init, random_state=int(s), sample_weight=w,
+                                      blocks=blocks, oversampling_factor=self.oversampling_factor,
+                                      init_rounds=self.init_rounds, dtype=Xa.dtype)
                 t_seed = time.perf_counter() - t0
+                self._say("Initialization complete")
                 with self._progress(self.max_iter, f"k-means k={self.n_clusters}") as bar:
                     def cb(state, _bar=bar):
                         _bar.update(state)
+                        i = state["iteration"] - 1  # scikit-learn counts from 0
+                        self._say(f"Iteration {i}, inertia {state['inertia']}.")
+                        if state["converged"]:
+                            if state["center_shift"] == 0:  # the labels did not change
+                                self._say(f"Converged at iteration {i}: strict convergence.")
+                            else:
+                                self._say(f"Converged at iteration {i}: center shift {state['center_shift']} "
+                                          f"within tolerance {self._tol}.")
                         return self.callback(state) if self.callback is not None else None
 
                     # in-memory input: labels_ come from the final pass (lazy input gets lazy labels)
@@ -544,6 +629,11 @@ class KMeans(_BaseKMeans):
                 res.seeding_seconds = t_seed
                 if best is None or res.inertia < best.inertia:
                     best = res
+            if self.min_cluster_size is not None:  # the small-cluster rule, see kmeans_dist.chunked.min_size
+                seeding = best.seeding_seconds
+                best = enforce_min_cluster_size(blocks, best, self.min_cluster_size, max_iter=self.max_iter,
+                                                tol_abs=self._tol, final_labels=not lazy, algorithm=self.algorithm)
+                best.seeding_seconds = seeding
         finally:
             blocks.release()
         self.cluster_centers_ = best.centers
@@ -572,15 +662,17 @@ class MiniBatchKMeans(_BaseKMeans):
     ----------
     n_clusters : int, default=8
         Number of clusters.
-    init : {"k-means++", "k-means||", "random", "random-partition"} or array of shape \
+    init : {"k-means++", "k-means||", "random", "random-partition"}, callable or array of shape \
 (n_clusters, n_features), default="k-means++"
-        Seeding, run on a random sample of ``init_size`` rows (as scikit-learn's), ``n_init`` times.
+        Seeding, run on a random sample of ``init_size`` rows (as scikit-learn's), ``n_init`` times.  A
+        callable is called as ``init(sample, n_clusters, random_state=RandomState)`` on that sample (an
+        in-memory array) and returns the centers.
     max_iter : int, default=100
         Maximum number of passes' worth of steps (``max_iter * n_samples / batch_size`` steps).
     batch_size : int, default=1024
         Rows per mini-batch.
     verbose : int, default=0
-        Show a progress bar.
+        1 or 2: scikit-learn's messages (per init, per step); 3 or more: a progress bar instead.
     compute_labels : bool, default=True
         Compute ``labels_`` and ``inertia_`` over the whole data after fitting.
     random_state : int, RandomState, Generator or None, default=None
@@ -611,6 +703,10 @@ class MiniBatchKMeans(_BaseKMeans):
     client : distributed.Client, None or False, default=None
         None uses the active Dask client if there is one, else runs in process; False always runs in
         process.
+    engine : {"auto", "dask", "ray", "local"}, default="auto"
+        Where the blocks live: "auto" is the Dask client (``client`` or the active one), else a connected
+        Ray cluster, else this process; "ray" holds them in Ray actors (bit-identical results to "dask"
+        and "local"); "local" runs in process.
     callback : callable or None, default=None
         Called after every step with a dict of the step's state; returning True stops.
 
@@ -642,7 +738,7 @@ class MiniBatchKMeans(_BaseKMeans):
     """
 
     _parameter_constraints = {
-        "init": [Options(str, SEEDING_METHODS), ARRAY_LIKE],
+        "init": [Options(str, SEEDING_METHODS), CALLABLE, ARRAY_LIKE],
         "n_init": [Options(str, ("auto",)), Interval(int, 1, None, "left")],
         "batch_size": [Interval(int, 1, None, "left")],
         "compute_labels": [BOOLEAN],
@@ -655,7 +751,7 @@ class MiniBatchKMeans(_BaseKMeans):
     def __init__(self, n_clusters=8, *, init="k-means++", max_iter=100, batch_size=1024, verbose=0,
                  compute_labels=True, random_state=None, tol=0.0, max_no_improvement=10, init_size=None,
                  n_init="auto", reassignment_ratio=0.01, polish_iter=0, block_rows="auto", split_every=8,
-                 persist="auto", client=None, callback=None):
+                 persist="auto", client=None, callback=None, engine="auto"):
         self.n_clusters = n_clusters
         self.init = init
         self.max_iter = max_iter
@@ -673,6 +769,7 @@ class MiniBatchKMeans(_BaseKMeans):
         self.split_every = split_every
         self.persist = persist
         self.client = client
+        self.engine = engine
         self.callback = callback
 
     def _resolve(self, n):
@@ -681,30 +778,48 @@ class MiniBatchKMeans(_BaseKMeans):
         if init_size < self.n_clusters:
             init_size = 3 * self.n_clusters
         self._init_size = min(init_size, n)
+        explicit = not isinstance(self.init, str) and not callable(self.init)
         if self.n_init == "auto":
-            self._n_init = 1 if (not isinstance(self.init, str) or self.init in ("k-means++", "k-means||")) else 3
+            self._n_init = 1 if (explicit or self.init in ("k-means++", "k-means||")) else 3
         else:
-            self._n_init = 1 if not isinstance(self.init, str) else int(self.n_init)
+            self._n_init = int(self.n_init)
+            if explicit and self._n_init != 1:
+                warnings.warn("Explicit initial center position passed: performing only one init in "
+                              f"{type(self).__name__} instead of n_init={self._n_init}.", RuntimeWarning,
+                              stacklevel=3)
+                self._n_init = 1
 
     def _init_on_sample(self, blocks, init, rng, seed):
         """Seed on a random subset of ``init_size`` rows (as scikit-learn); best of n_init on it."""
-        if not isinstance(init, str):
+        if not isinstance(init, str) and not callable(init):
             return init
         idx = rng.choice(blocks.n_samples, size=self._init_size, replace=False)
         S, _ = fetch_rows(blocks, np.sort(idx))
         best, best_in = None, np.inf
-        for _ in range(self._n_init):
-            if init == "k-means||":  # on the sample too, as every other init (init_size and n_init apply)
+        for i in range(self._n_init):
+            self._say(f"Init {i + 1}/{self._n_init} with method {init}")
+            if callable(init):  # on the sample, as scikit-learn's
+                C = self._init_from_callable(init, S, np.random.RandomState(int(rng.integers(2**31 - 1))),
+                                             S.shape[1], S.dtype)
+            elif init == "k-means||":  # on the sample too, as every other init (init_size and n_init apply)
+                C = init_centers(None, self.n_clusters, init, random_state=int(rng.integers(2**31 - 1)),
+                                 blocks=LocalBlocks(S, None, S.shape[0]), dtype=S.dtype)
+            elif init == "k-means++" and is_sparse(S):  # the chunked k-means++ takes sparse blocks
                 C = init_centers(None, self.n_clusters, init, random_state=int(rng.integers(2**31 - 1)),
                                  blocks=LocalBlocks(S, None, S.shape[0]), dtype=S.dtype)
             elif init == "k-means++":
                 C, _ = kmeans_plusplus(S, self.n_clusters, rng)
             elif init == "random":
                 C = S[rng.choice(S.shape[0], size=self.n_clusters, replace=False)]
+                C = C.toarray() if is_sparse(C) else C
+            elif is_sparse(S):  # random-partition on the sample, sums from the CSR structure
+                C = init_centers(None, self.n_clusters, init, random_state=int(rng.integers(2**31 - 1)),
+                                 blocks=LocalBlocks(S, None, S.shape[0]), dtype=S.dtype)
             else:  # random-partition on the sample
                 lab = rng.integers(0, self.n_clusters, size=S.shape[0])
                 C = np.stack([S[lab == j].mean(axis=0) if np.any(lab == j) else S[j] for j in range(self.n_clusters)])
             inertia = lloyd_partial(S, None, C.astype(S.dtype), n_far=0)["inertia"]
+            self._say(f"Inertia for init {i + 1}/{self._n_init}: {inertia}")
             if inertia < best_in:
                 best, best_in = C, inertia
         return np.asarray(best, dtype=blocks.dtype)
@@ -730,7 +845,9 @@ class MiniBatchKMeans(_BaseKMeans):
         n, d = Xa.shape
         self._check_n_clusters(n)
         self._resolve(n)
-        init = self.init if isinstance(self.init, str) else self._check_init_array(self.init, d, Xa.dtype)
+        init = self.init
+        if not isinstance(init, str) and not callable(init):
+            init = self._check_init_array(init, d, Xa.dtype)
         w = _prepare_weight(sample_weight, n, Xa.dtype, lazy)
         seed = seed_from(self.random_state)
         rng = self._rng = np.random.default_rng(seed)  # partial_fit after fit goes on with the same stream
@@ -745,6 +862,8 @@ class MiniBatchKMeans(_BaseKMeans):
             with self._progress(n_steps, f"mini-batch k={self.n_clusters}") as bar:
                 def cb(state):
                     bar.update(state)
+                    self._say(f"Minibatch step {state['iteration']}/{n_steps}: mean batch inertia: "
+                              f"{state['inertia']}, ewa inertia: {state['ewa_inertia']}")
                     return self.callback(state) if self.callback is not None else None
 
                 C, W, steps, hist, conv = minibatch_on_blocks(
@@ -795,7 +914,8 @@ class MiniBatchKMeans(_BaseKMeans):
         Xa, lazy = _prepare_X(X)
         self._set_feature_names(X)
         if lazy:
-            Xa = np.asarray(Xa.compute())
+            Xa = Xa.compute()
+            Xa = Xa if is_sparse(Xa) else np.asarray(Xa)
         n, d = Xa.shape
         w = _prepare_weight(sample_weight, n, Xa.dtype, False)
         raise_if_nonfinite(Xa, Xa)  # before any state changes: a bad batch leaves the estimator as it was
@@ -804,8 +924,10 @@ class MiniBatchKMeans(_BaseKMeans):
             self._set_feature_names(X)
             self._resolve(n)
             self._rng = np.random.default_rng(seed_from(self.random_state))
-            init = self.init if isinstance(self.init, str) else self._check_init_array(self.init, d, Xa.dtype)
-            if isinstance(init, str):
+            init = self.init
+            if not isinstance(init, str) and not callable(init):
+                init = self._check_init_array(init, d, Xa.dtype)
+            else:
                 self._init_size = min(self._init_size, n)
                 init = self._init_on_sample(LocalBlocks(Xa, None, n), init, self._rng, seed_from(self.random_state))
             self.cluster_centers_ = np.asarray(init, dtype=Xa.dtype)

@@ -68,6 +68,10 @@ def save_model(est, path, overwrite: bool = False) -> str:
     ``client`` and ``callback`` parameters are not saved (they come back as None), nor is a
     ``random_state`` that is not an int.
 
+    A class may list more fitted arrays in ``_saved_arrays`` and scalars in ``_saved_scalars``, and
+    check them on load with a static ``_check_saved(params, attrs, arrays)`` that returns a message
+    (the problem) or None.
+
     Parameters
     ----------
     est : KMeans or MiniBatchKMeans
@@ -107,20 +111,22 @@ def save_model(est, path, overwrite: bool = False) -> str:
     params = est.get_params(deep=False)
     arrays = {}
     for k in ("client", "callback"):
-        params[k] = None
+        if k in params:
+            params[k] = None
     if not isinstance(params.get("init"), str):
         arrays["param_init"] = np.asarray(params["init"])
         params["init"] = {"__array__": "param_init"}
     if params.get("random_state") is not None and not isinstance(params["random_state"], (int, np.integer)):
         params["random_state"] = None
-    for a in _ARRAY_ATTRS:
+    for a in _ARRAY_ATTRS + tuple(getattr(type(est), "_saved_arrays", ())):
         if getattr(est, a, None) is not None:
             arrays[a] = np.asarray(getattr(est, a))
     meta = {
         "format": FORMAT,
         "class": type(est).__name__,
         "params": {k: _jsonable(v) for k, v in params.items()},
-        "attrs": {a: _jsonable(getattr(est, a)) for a in _SCALAR_ATTRS if hasattr(est, a)},
+        "attrs": {a: _jsonable(getattr(est, a)) for a in _SCALAR_ATTRS + tuple(getattr(type(est), "_saved_scalars", ()))
+                  if hasattr(est, a)},
         "history": [{k: _jsonable(v) for k, v in h.items()} for h in getattr(est, "history_", [])],
         "arrays": {k: {"shape": list(v.shape), "dtype": v.dtype.str} for k, v in arrays.items()},
     }
@@ -154,7 +160,7 @@ def _read_meta(path: Path) -> dict:
             _fail(mj, f"{key!r} is missing or not a {kind.__name__}")
     if meta["class"] not in MODEL_CLASSES:
         _fail(mj, f"class {meta['class']!r} is not one of {sorted(MODEL_CLASSES)}")
-    unknown = set(meta["attrs"]) - set(_SCALAR_ATTRS)
+    unknown = set(meta["attrs"]) - set(_SCALAR_ATTRS) - set(getattr(MODEL_CLASSES[meta["class"]], "_saved_scalars", ()))
     if unknown:
         _fail(mj, f"unknown attributes {sorted(unknown)}")
     return meta
@@ -167,7 +173,7 @@ def _read_arrays(path: Path, meta: dict) -> dict:
             arrays = {k: z[k] for k in z.files}
     except Exception as exc:  # BadZipFile, truncated members, pickled objects, ...
         _fail(az, f"{type(exc).__name__}: {exc}")
-    allowed = set(_ARRAY_ATTRS) | {"param_init"}
+    allowed = set(_ARRAY_ATTRS) | {"param_init"} | set(getattr(MODEL_CLASSES[meta["class"]], "_saved_arrays", ()))
     if set(arrays) - allowed:
         _fail(az, f"unexpected arrays {sorted(set(arrays) - allowed)} (allowed: {sorted(allowed)})")
     schema = meta.get("arrays")
@@ -195,6 +201,11 @@ def _check_model(path: Path, meta: dict, arrays: dict) -> None:
         a = arrays.get(name)
         if a is not None and (a.shape != (k,) or a.dtype.kind not in "iuf" or not np.isfinite(a).all()):
             _fail(path, f"{name} is {a.dtype} {a.shape}, expected {k} finite numbers")
+    check = getattr(MODEL_CLASSES.get(meta["class"]), "_check_saved", None)
+    if check is not None:  # a class's own checks of its extra arrays; returns a message or None
+        what = check(params, attrs, arrays)
+        if what:
+            _fail(path, what)
     init = params.get("init")
     if isinstance(init, dict):
         a = arrays.get(init.get("__array__"))

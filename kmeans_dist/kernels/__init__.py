@@ -9,6 +9,8 @@ Modules, from the bottom up:
 
 - :mod:`~kmeans_dist.kernels.xp`: the array namespace of the inputs (CuPy imported lazily);
 - :mod:`~kmeans_dist.kernels.distances`: row norms, squared distances, nearest centers;
+- :mod:`~kmeans_dist.kernels.sparse`: the same for scipy.sparse CSR blocks (sparse-dense products, sums from
+  the CSR structure), dispatched to by the dense kernels;
 - :mod:`~kmeans_dist.kernels.tree`: the fixed reduction tree;
 - :mod:`~kmeans_dist.kernels.stats`: per-block moments and finiteness;
 - :mod:`~kmeans_dist.kernels.fused`, :mod:`~kmeans_dist.kernels.hamerly`: compiled (Numba) Lloyd blocks,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import weakref
 
+from . import sparse
 from .xp import get_namespace
 
 __all__ = ["SUB_ROWS", "SUB_BYTES", "FUSED_SUB_BYTES", "row_norms_sq", "row_norms_sq_cached", "sq_distances",
@@ -63,6 +64,8 @@ def row_norms_sq(X):
     >>> row_norms_sq(np.array([[3.0, 4.0], [1.0, 0.0]])).tolist()
     [25.0, 1.0]
     """
+    if sparse.is_sparse(X):
+        return sparse.row_norms_sq(X)
     xp = get_namespace(X)
     vecdot = getattr(xp, "vecdot", None)
     if vecdot is not None:
@@ -128,6 +131,8 @@ def sq_distances(X, C, x_sq=None, c_sq=None):
     >>> sq_distances(np.array([[0.0, 0.0], [1.0, 1.0]]), np.array([[1.0, 0.0]])).tolist()
     [[1.0], [1.0]]
     """
+    if sparse.is_sparse(X):
+        return sparse.sq_distances(X, C, x_sq=x_sq, c_sq=c_sq)
     xp = get_namespace(X, C)
     if x_sq is None:
         x_sq = row_norms_sq(X)
@@ -195,6 +200,8 @@ def assign_labels(X, C, c_sq=None, sub_rows: int = SUB_ROWS):
     >>> labels.tolist(), d2.tolist()
     ([1, 0], [1.0, 2.0])
     """
+    if sparse.is_sparse(X):
+        return sparse.assign_labels(X, C, c_sq=c_sq)
     xp = get_namespace(X, C)
     if c_sq is None:
         c_sq = row_norms_sq(C)
@@ -232,6 +239,8 @@ def exact_sq_dist_to(X, C, labels):
     array of shape (n_samples,)
         Squared distance of every row to its center.
     """
+    if sparse.is_sparse(X):
+        return sparse.exact_sq_dist_to(X, C, labels)
     xp = get_namespace(X, C)
     diff = X - xp.take(C, labels, axis=0)
     return xp.sum(diff * diff, axis=1)

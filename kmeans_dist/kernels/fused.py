@@ -293,3 +293,47 @@ def lloyd_block(X, w, centers, x_sq, sub_rows: int, exact_inertia: bool, n_far: 
                         dist[start:stop], hd, hi, hn)
     order = np.lexsort((hi, -hd))  # farthest first, ties by index
     return sums, weights, counts, inertia, labels, dist, hi[order]
+
+
+@jit
+def _moments(X, mean, m2):  # pragma: no cover - compiled
+    n, d = X.shape
+    bad = 0
+    for i in range(n):
+        for f in range(d):
+            v = np.float64(X[i, f])
+            if not np.isfinite(v):
+                bad += 1
+            mean[f] += v
+    if bad:
+        return bad
+    for f in range(d):
+        mean[f] /= n
+    for i in range(n):
+        for f in range(d):
+            t = np.float64(X[i, f]) - mean[f]
+            m2[f] += t * t
+    return 0
+
+
+def moments_block(X):
+    """Column means and sums of squared deviations of a NumPy block, in float64, in two compiled passes.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n_rows, n_features)
+        The block (at least one row).
+
+    Returns
+    -------
+    tuple or None
+        ``(mean, M2)``, each of shape (n_features,); None when the block holds a NaN or an infinity (the
+        caller then names it).
+    """
+    d = X.shape[1]
+    mean = np.zeros(d, dtype=np.float64)
+    m2 = np.zeros(d, dtype=np.float64)
+    Xc = X if X.flags.c_contiguous else np.ascontiguousarray(X)
+    if _moments(Xc, mean, m2):
+        return None
+    return mean, m2

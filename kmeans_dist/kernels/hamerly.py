@@ -51,7 +51,8 @@ import numpy as np
 from .fused import heap_offer, jit, scratch, warm_blas, worse
 from .distances import FUSED_SUB_BYTES, row_norms_sq
 
-__all__ = ["bound_params", "lloyd_block_bounded", "clear_state"]
+__all__ = ["bound_params", "lloyd_block_bounded", "clear_state", "exact_sqdist", "accumulate_bounded", "inertia_from_sums",
+           "norms64"]
 
 # fraction of a sub-chunk's rows above which their distances come from one GEMM of the whole sub-chunk
 BLAS_FRACTION = 0.2
@@ -378,3 +379,10 @@ def lloyd_block_bounded(X, w, centers, n_far: int, bounds: dict):
     inertia = _inertia_from_sums(C64, sums, weights, sq)
     order = np.lexsort((hi, -hd))
     return sums, weights, counts, inertia, labels, dist, hi[order]
+
+
+# the compiled pieces that Elkan's bounded pass (kmeans_dist.kernels.elkan) shares with this one
+exact_sqdist = _sqdist
+accumulate_bounded = _accumulate
+inertia_from_sums = _inertia_from_sums
+norms64 = _norms64

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import fused, hamerly
+from . import fused, hamerly, sparse
 from .distances import FUSED_SUB_BYTES, exact_sq_dist_to, row_norms_sq, sub_rows_for
 from .xp import get_namespace, to_numpy
 
@@ -80,6 +80,8 @@ def lloyd_partial(X, sample_weight, centers, *, offset: int = 0, n_far: int | No
     >>> finalize_centers(part, C)[0].ravel().tolist()
     [0.5, 10.5]
     """
+    if sparse.is_sparse(X):  # CSR block: sparse-dense product, sums from the CSR structure (bounds unused)
+        return _lloyd_partial_sparse(X, sample_weight, centers, offset, n_far, exact_inertia, return_labels, x_sq)
     xp = get_namespace(X, centers)
     if centers.shape[0] == 1:
         # one center: run with the center duplicated (ties go to the first copy), so every product is a
@@ -166,6 +168,21 @@ def lloyd_partial(X, sample_weight, centers, *, offset: int = 0, n_far: int | No
                     return_labels)
 
 
+def _lloyd_partial_sparse(X, sample_weight, centers, offset, n_far, exact_inertia, return_labels, x_sq):
+    """:func:`lloyd_partial` of a scipy.sparse block (:func:`kmeans_dist.kernels.sparse.lloyd_block`)."""
+    X = sparse.as_csr(X)
+    C = np.asarray(to_numpy(centers))
+    w_x = None
+    if sample_weight is not None:
+        w_x = np.asarray(to_numpy(sample_weight))
+        w_x = w_x.astype(X.dtype, copy=False)
+    sums, weights, counts, inertia, labels, dist = sparse.lloyd_block(X, w_x, C, x_sq=x_sq,
+                                                                      exact_inertia=exact_inertia)
+    xp = get_namespace(dist)
+    return _partial(xp, X, w_x, sums, weights, counts, inertia, labels, dist, C.shape[0], X.shape[0], n_far,
+                    offset, return_labels)
+
+
 def _use_fused(X, centers) -> bool:
     """The compiled assign-and-accumulate loop (:mod:`kmeans_dist.kernels.fused`) runs on NumPy blocks of
     float32/float64; every other namespace takes the array-API path."""
@@ -191,7 +208,7 @@ def _partial(xp, X, w_x, sums, weights, counts, inertia, labels, dist, k, n, n_f
         "inertia": float(to_numpy(inertia)),
         "far_dist": to_numpy(xp.astype(xp.take(dist, order, axis=0), xp.float64)),
         "far_index": to_numpy(order).astype(np.int64) + int(offset),
-        "far_x": to_numpy(xp.take(X, order, axis=0)),
+        "far_x": sparse.take_rows(X, to_numpy(order)) if sparse.is_sparse(X) else to_numpy(xp.take(X, order, axis=0)),
         "far_label": to_numpy(xp.take(labels, order, axis=0)).astype(np.int64),
         "far_weight": far_w,
     }

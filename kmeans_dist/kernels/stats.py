@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import fused, sparse
 from .xp import get_namespace, to_numpy
 
 __all__ = ["NonFiniteError", "stats_chunk", "combine_stats", "check_stats", "finish_stats", "absolute_tolerance", "raise_if_nonfinite"]
@@ -34,8 +35,18 @@ def stats_chunk(X, w, offset):
     dict
         The partial, merged by :func:`combine_stats`.
     """
+    if sparse.is_sparse(X):
+        return _stats_chunk_sparse(X, w, offset)
     xp = get_namespace(X)
     n = int(X.shape[0])
+    if isinstance(X, np.ndarray) and fused.available() and n > 0:
+        mm = fused.moments_block(X)  # one compiled pass when every value is finite
+        if mm is not None:
+            part = {"n": n, "offset": int(offset), "bad": None, "w_bad": None, "w_sum": float(n),
+                    "mean": mm[0], "M2": mm[1]}
+            if w is not None:
+                _weight_check(part, w, offset)
+            return part
     finite_rows = xp.all(xp.isfinite(X), axis=1)
     n_bad_rows = n - int(to_numpy(xp.sum(xp.astype(finite_rows, xp.int64))))
     part = {"n": n, "offset": int(offset), "bad": None, "w_bad": None, "w_sum": float(n)}
@@ -61,6 +72,33 @@ def stats_chunk(X, w, offset):
     c = X64 - mean
     part["mean"] = to_numpy(mean)
     part["M2"] = to_numpy(xp.sum(c * c, axis=0))
+    return part
+
+
+def _weight_check(part, w, offset):
+    wh = np.asarray(to_numpy(w), dtype=np.float64)
+    wrong = ~np.isfinite(wh) | (wh < 0)
+    if wrong.any():
+        i = int(np.flatnonzero(wrong)[0])
+        part["w_bad"] = {"row": int(offset + i), "value": float(wh[i]), "n_values": int(wrong.sum())}
+    part["w_sum"] = float(wh[~wrong].sum())
+
+
+def _stats_chunk_sparse(X, w, offset):
+    """:func:`stats_chunk` of a scipy.sparse block: finiteness of the stored values, moments with the zeros."""
+    n = int(X.shape[0])
+    part = {"n": n, "offset": int(offset), "bad": None, "w_bad": None, "w_sum": float(n)}
+    if w is not None:
+        _weight_check(part, w, offset)
+    rows, cols, vals = sparse.nonfinite(X)
+    if rows.size:
+        part["bad"] = {"n_values": int(rows.size), "n_rows": int(np.unique(rows).size), "row": int(offset + rows[0]),
+                       "feature": int(cols[0]), "kind": "NaN" if np.isnan(vals[0]) else "infinity",
+                       "has_nan": bool(np.isnan(vals).any()), "block_rows": (int(offset), int(offset + n - 1))}
+        part["mean"] = np.zeros(X.shape[1])
+        part["M2"] = np.zeros(X.shape[1])
+        return part
+    part["mean"], part["M2"] = sparse.moments(X)
     return part
 
 
@@ -140,7 +178,8 @@ def check_stats(stats, block_rows: int | None = None, name: str = "X", chunks=No
         raise ValueError(f"sample_weight contains {what}: {wb['n_values']} bad weight(s); the first is "
                          f"{wb['value']!r} at row {wb['row']}. Weights must be finite and >= 0.")
     if stats.get("w_sum", 1.0) <= 0 and stats.get("n", 0) > 0:
-        raise ValueError("sample_weight sums to zero: every weight is 0, so there is nothing to cluster.")
+        raise ValueError("Sample weights must contain at least one non-zero number (sample_weight sums to zero: "
+                         "every weight is 0, so there is nothing to cluster).")
     bad = stats.get("bad") or []
     if not bad:
         return
@@ -215,6 +254,8 @@ def raise_if_nonfinite(X, row_values, offset: int = 0, name: str = "X") -> None:
     name : str, default="X"
         The input's name in the message.
     """
+    if sparse.is_sparse(row_values):  # the block itself: its stored values
+        row_values = row_values.data
     xp = get_namespace(row_values)
     if bool(xp.all(xp.isfinite(row_values))):
         return

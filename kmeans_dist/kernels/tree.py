@@ -3,7 +3,35 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["tree_combine", "tree_depth", "tree_subtrees", "tree_root"]
+__all__ = ["tree_combine", "tree_depth", "tree_subtrees", "tree_root", "auto_block_rows", "BLOCK_BYTES"]
+
+BLOCK_BYTES = 8 * 2**20  # bytes per canonical block (the leaves of the tree) with block_rows="auto"
+
+
+def auto_block_rows(n_features: int, itemsize: int) -> int:
+    """Rows of a canonical block with ``block_rows="auto"`` (before capping at the number of rows).
+
+    About :data:`BLOCK_BYTES` per block, at least 1024 rows.  Stores written by this package use chunks
+    of a whole number of such blocks, so that a streamed pass reads each chunk once, in one task.
+
+    Parameters
+    ----------
+    n_features : int
+        Columns.
+    itemsize : int
+        Bytes per element.
+
+    Returns
+    -------
+    int
+
+    Examples
+    --------
+    >>> from kmeans_dist.kernels.tree import auto_block_rows
+    >>> auto_block_rows(32, 8), auto_block_rows(784, 4)
+    (32768, 2674)
+    """
+    return int(max(1024, BLOCK_BYTES // max(1, int(n_features) * int(itemsize))))
 
 
 def tree_combine(parts: list, combine, split_every: int = 8):
