@@ -31,9 +31,9 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest tests -q
 
-# the deployment rehearsal alone (as root; tests/test_deploy.py::test_rehearsal runs it in `make test`)
+# the deployment rehearsal (as root, in network namespaces; a few minutes): .ci/run calls it after `make test`
 rehearse: $(STAMP)
-	PY=$(CURDIR)/$(PY) bash deploy/rehearse.sh
+	KMEANS_DIST_REHEARSAL=1 $(PY) -m pytest tests/test_deploy.py -q -k rehearsal -rs -s
 
 bench: $(STAMP)
 	$(PY) -m pip install -q -e '.[bench]'

@@ -66,8 +66,10 @@ def init_local_ray(num_cpus: int | None = None, object_store_memory: int | None 
     set for the processes Ray spawns) only while ``ray.init`` runs, then restored.
     """
     import ray
-    from ray._private import ray_constants
 
+    # Ray's switch for "resolve a loopback node address to the outward one"; no public option sets it once
+    # ray is imported (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER is read at import), so it is flipped for ray.init only.
+    ray_constants = ray._private.ray_constants
     address = kw.pop("address", "local")
     if address != "local":
         raise ValueError(f"init_local_ray starts a local instance; got address={address!r}")
@@ -200,35 +202,63 @@ def join_loopback_group(backend: str, rank: int, world_size: int, port: int, tim
                             timeout=timedelta(seconds=timeout_s))
 
 
+def _set_rank_env() -> None:
+    """torchrun's environment variables, from the Ray Train context (as Ray's own torch backend sets them)."""
+    import ray.train
+
+    ctx = ray.train.get_context()
+    os.environ.update(LOCAL_RANK=str(ctx.get_local_rank()), LOCAL_WORLD_SIZE=str(ctx.get_local_world_size()),
+                      NODE_RANK=str(ctx.get_node_rank()), RANK=str(ctx.get_world_rank()),
+                      WORLD_SIZE=str(ctx.get_world_size()))
+
+
+def _leave_group(destroy: bool) -> None:
+    import torch.distributed as dist
+
+    if destroy and dist.is_initialized():
+        dist.destroy_process_group()
+    old = _STORE.pop("store", None)
+    if old is not None:
+        old[1].close()
+
+
 def loopback_torch_config(backend: str | None = None, timeout_s: int = 1800):
     """A Ray Train ``TorchConfig`` whose process group rendezvous listens on 127.0.0.1 only.
 
     For a Ray instance whose nodes are all on this host (:func:`ray_is_loopback`): the rank-0 worker opens
     the c10d ``TCPStore`` on a socket bound to 127.0.0.1 (PyTorch's own would listen on ``::``), every worker
     joins the process group through it, and Gloo/NCCL are pinned to the ``lo`` interface (Linux).
-    ``backend`` as in ``TorchConfig`` (None: ``nccl`` with GPUs, else ``gloo``).
+    ``backend`` as in ``TorchConfig`` (None: ``nccl`` with GPUs, else ``gloo``).  The workers get
+    ``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``, ``LOCAL_WORLD_SIZE`` and ``NODE_RANK`` as with Ray's own backend.
     """
     import ray
+    from ray.train.backend import Backend
     from ray.train.torch import TorchConfig
-    from ray.train.torch.config import _TorchBackend
 
-    try:  # Ray Train v2 sets LOCAL_RANK & co. in on_start (the v1 worker group does it later itself)
-        from ray.train._internal.worker_group import WorkerGroup as V1WorkerGroup
-        from ray.train.torch.config import _set_torch_distributed_env_vars
-    except ImportError:  # pragma: no cover - another Ray version
-        V1WorkerGroup = _set_torch_distributed_env_vars = None
+    class LoopbackTorchBackend(Backend):
+        share_cuda_visible_devices = True
 
-    class LoopbackTorchBackend(_TorchBackend):
         def on_start(self, worker_group, backend_config):
             name = backend_config.backend
             if name is None:
                 name = "nccl" if worker_group.get_resources_per_worker().get("GPU", 0) > 0 else "gloo"
             n = len(worker_group)
             port = worker_group.execute_single(0, open_loopback_store, n, backend_config.timeout_s)
-            if _set_torch_distributed_env_vars is not None and not isinstance(worker_group, V1WorkerGroup):
-                worker_group.execute(_set_torch_distributed_env_vars)
+            try:
+                worker_group.execute(_set_rank_env)
+            except Exception:  # a worker group without a train context yet: on_training_start sets them
+                pass
             ray.get([worker_group.execute_single_async(i, join_loopback_group, name, i, n, port,
                                                        backend_config.timeout_s) for i in range(n)])
+
+        def on_training_start(self, worker_group, backend_config):
+            worker_group.execute(_set_rank_env)
+
+        def on_shutdown(self, worker_group, backend_config):
+            try:
+                ray.get(worker_group.execute_async(_leave_group, len(worker_group) > 1), timeout=60)
+            except Exception:  # a dead worker: its group goes with it
+                pass
 
     class LoopbackTorchConfig(TorchConfig):
         @property

@@ -24,8 +24,9 @@ def ray_local():
     os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "180")
     if ray.is_initialized():
         ray.shutdown()
-    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=512 * 2**20,
-             log_to_driver=False)
+    from pipelines.ray_local import init_local_ray  # every Ray process bound to 127.0.0.1
+
+    init_local_ray(num_cpus=2, object_store_memory=512 * 2**20, log_to_driver=False)
     yield
     ray.shutdown()
 
@@ -211,3 +212,33 @@ def test_one_epoch_on_two_workers_equals_one_process(ray_local, small_store, tmp
             assert a["n_samples"] == b["n_samples"] == N_SMALL
     np.testing.assert_allclose(method.centroids.numpy(), st2["method"]["centroids"].numpy(), rtol=1e-3, atol=1e-4)
     assert h1[-1]["acc"] == pytest.approx(h2[-1]["acc"])
+
+
+def test_shard_loader_splits_the_global_batches_and_scales_the_shares():
+    import torch
+
+    from kmeans_dist.deep import Autoencoder, BatchLoader, ShardLoader, make_method, train_epoch
+
+    X = torch.arange(1000, dtype=torch.float32)[:, None]
+    bounds = [(0, 333), (333, 666), (666, 1000)]
+    shards = [ShardLoader(X[lo:hi], 1000, lo, 128, seed=3, world_size=3) for lo, hi in bounds]
+    one = list(BatchLoader(X, 128, seed=3))
+    parts = [list(s) for s in shards]
+    assert [len(p) for p in parts] == [8, 8, 8] == [len(one)] * 3
+    for j, batch in enumerate(one):  # batch j is split among the shards, and the scales average to 1
+        got = torch.cat([parts[r][j][0] for r in range(3)])
+        assert sorted(got[:, 0].tolist()) == sorted(batch[:, 0].tolist())
+        assert sum(parts[r][j][1] for r in range(3)) == pytest.approx(3.0)
+    assert [b for b, _ in ShardLoader(X[:500], 1000, 0, 1000, shuffle=False, world_size=2)][0].shape == (500, 1)
+
+    # an empty share still takes a (zero-gradient) step and DKM's centroid gradient still gets all-reduced
+    net = Autoencoder(4, 2, hidden=(3,))
+    dkm = make_method("DKM", 2, n_init=1)
+    dkm.initialize(torch.rand(10, 2))
+    calls = []
+    dkm.allreduce = lambda t: calls.append(t.shape)
+    opt = torch.optim.Adam(list(net.parameters()) + dkm.parameters(), lr=1e-3)
+    before = [p.detach().clone() for p in net.parameters()]
+    m = train_epoch(net, opt, [(torch.zeros(0, 4), 0.0)], dkm)
+    assert m["n_samples"] == 1 and calls == [torch.Size([2, 2])]  # n_samples floors at 1 (no rows seen)
+    assert all(torch.equal(a, b.detach()) for a, b in zip(before, net.parameters()))

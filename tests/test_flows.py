@@ -456,3 +456,23 @@ def test_a_flow_run_binds_only_to_localhost(prefect_harness, tmp_path):
     assert proc.returncode == 0, out[-3000:]
     assert most >= 3, "the cluster's servers were never seen listening"
     assert wild == set()
+
+
+def test_clustering_flow_runs_the_family(prefect_harness, dask_client, tmp_path):
+    """The flow's ``algorithm`` takes every member of the family: here k-medians through ``fit_family``."""
+    from flows.clustering import clustering_flow
+
+    from kmeans_dist import KMedians, load_model
+
+    src = tmp_path / "blobs.npy"
+    rng = np.random.default_rng(1)
+    X = (rng.normal(size=(4, 3)) * 6)[rng.integers(0, 4, 900)] + rng.normal(size=(900, 3))
+    np.save(src, X)
+    st = clustering_flow(source=str(src), k=4, algorithm="kmedians", output_dir=str(tmp_path / "run"),
+                         dask_address=dask_client.scheduler.address, silhouette_sample=200, return_state=True)
+    assert st.is_completed(), st.message
+    res = st.result()
+    model = load_model(Path(res["output_dir"]) / "fits" / "fit-0" / "model")
+    assert isinstance(model, KMedians)
+    np.testing.assert_array_equal(stages.load_centers({"path": res["centers"]}), model.cluster_centers_)
+    assert "| k | 4 |" in Path(res["report"]).read_text()

@@ -402,11 +402,11 @@ def test_evaluate_is_deterministic_across_chunking_and_workers(dask_client, monk
     """``evaluate`` (and the metrics under it) runs through the block driver: the same canonical blocks and the
     same reduction tree whatever the input chunking, in process or on 2 worker processes, so every score is
     bit-identical."""
-    from kmeans_dist.chunked import driver
+    from kmeans_dist.kernels import tree
     from kmeans_dist.data import write_store
     from pipelines import stages
 
-    monkeypatch.setattr(driver, "BLOCK_BYTES", 1)  # the smallest canonical blocks: 1,024 rows, so 5 blocks
+    monkeypatch.setattr(tree, "BLOCK_BYTES", 1)  # the smallest canonical blocks: 1,024 rows, so 5 blocks
     X, y, C = _partition_case(seed=3, n=5000, d=6)
     runs = []
     for chunk in (5000, 700, 1311):

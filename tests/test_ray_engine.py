@@ -20,8 +20,9 @@ def ray_local():
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     if ray.is_initialized():
         ray.shutdown()
-    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=512 * 2**20,
-             _node_ip_address="127.0.0.1", log_to_driver=False)
+    from pipelines.ray_local import init_local_ray  # every Ray process bound to 127.0.0.1
+
+    init_local_ray(num_cpus=2, object_store_memory=512 * 2**20, log_to_driver=False)
     yield
     ray.shutdown()
 

@@ -70,7 +70,28 @@ def test_zero_rows_and_validation():
     assert np.allclose(skm.transform(X[:1]), 1.0)
     with pytest.raises(InvalidParameterError, match="The 'n_init' parameter of SphericalKMeans must be"):
         SphericalKMeans(n_init=0).fit(X)
-    with pytest.raises(TypeError, match="dense data is required"):
-        import scipy.sparse as sp
 
-        SphericalKMeans(2, client=False).fit(sp.csr_matrix(X))
+
+
+def test_sparse_tfidf_equals_dense(dask_client):
+    """Text: a TF-IDF matrix, sparse in process and as a dask array of CSR chunks on the cluster, gives the
+    dense result."""
+    import dask.array as da
+    import scipy.sparse as sp
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    rng = np.random.default_rng(0)
+    topics = [["ship", "sea", "port", "sail", "wave"], ["goal", "match", "team", "ball", "score"],
+              ["stock", "market", "bank", "trade", "price"]]
+    docs = [" ".join(rng.choice(topics[t], 8)) + " " + " ".join(rng.choice(sum(topics, []), 2))
+            for t in rng.integers(0, 3, 600)]
+    X = TfidfVectorizer().fit_transform(docs).astype(np.float64)
+    C0 = X[:3].toarray()
+    dense = SphericalKMeans(3, init=C0, n_init=1, client=False).fit(X.toarray())
+    ours = SphericalKMeans(3, init=C0, n_init=1, client=False).fit(X)
+    np.testing.assert_allclose(ours.cluster_centers_, dense.cluster_centers_, rtol=0, atol=1e-12)
+    np.testing.assert_array_equal(ours.labels_, dense.labels_)
+    np.testing.assert_allclose(ours.transform(X), dense.transform(X.toarray()), atol=1e-12)
+    Xd = da.from_array(sp.csr_matrix(X), chunks=(150, -1), asarray=False)
+    dist = SphericalKMeans(3, init=C0, n_init=1, client=dask_client).fit(Xd)
+    np.testing.assert_array_equal(dist.cluster_centers_, ours.cluster_centers_)

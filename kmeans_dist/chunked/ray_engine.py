@@ -86,11 +86,27 @@ def connect(address: str | None = None, **kwargs):
     -------
     bool
         True when this call connected, False when Ray was already initialized.
+
+    Notes
+    -----
+    A local Ray (no address and no ``RAY_ADDRESS``) is started with every process bound to 127.0.0.1: on
+    Linux, Ray 2.60 replaces ``_node_ip_address="127.0.0.1"`` by the host's outward address unless
+    ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``, which Ray reads when it is imported; it is set here when Ray has
+    not been imported yet (:func:`pipelines.ray_local.init_local_ray` does it in any case).
     """
+    import os
+    import sys
+
+    local = address in (None, "local") and not os.environ.get("RAY_ADDRESS")
+    if local and "ray" not in sys.modules:
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     import ray
 
     if ray.is_initialized():
         return False
+    if local:
+        kwargs = {"_node_ip_address": "127.0.0.1", "include_dashboard": False, **kwargs}
+        address = "local"
     ray.init(address=address, **kwargs)
     return True
 
@@ -331,7 +347,7 @@ class RayBlocks:
         import ray
 
         if not ray.is_initialized():
-            ray.init()
+            connect()
         n, d = X.shape
         # the layout of the driver's blocks (see kmeans_dist.chunked.driver): canonical, aligned at row 0
         self.n_samples, self.n_features = int(n), int(d)

@@ -13,7 +13,9 @@ import time
 import numpy as np
 
 from ..kernels import combine_lloyd_partials, finalize_centers, lloyd_partial, row_norms_sq
-from ..kernels.xp import get_namespace, to_numpy
+from ..kernels.sparse import as_csr, block_dtype, block_namespace, is_sparse
+from ..kernels.sparse import row_norms_sq as sparse_row_norms_sq
+from ..kernels.xp import get_namespace
 from .lloyd import LloydResult, final_pass
 
 __all__ = ["normalize_rows", "unit_rows", "spherical_on_blocks"]
@@ -27,6 +29,12 @@ def unit_rows(C):
 
 
 def _normalize_block(x):
+    if is_sparse(x):  # scale the stored values: the structure (and the zeros) stay
+        x = as_csr(x)
+        nrm = np.sqrt(sparse_row_norms_sq(x))
+        y = x.copy()
+        y.data = (y.data / np.repeat(np.where(nrm > 0, nrm, 1.0), np.diff(y.indptr))).astype(x.dtype)
+        return y
     xp = get_namespace(x)
     nrm = xp.sqrt(row_norms_sq(x))
     one = xp.ones((), dtype=nrm.dtype)
@@ -38,7 +46,7 @@ def normalize_rows(X):
 
     Parameters
     ----------
-    X : ndarray, CuPy array or dask array of shape (n_samples, n_features)
+    X : ndarray, CuPy array, scipy.sparse matrix or dask array (dense or sparse chunks) of shape (n_samples, n_features)
         Validated input.
 
     Returns
@@ -54,8 +62,8 @@ def normalize_rows(X):
 
 
 def _chunk(X, w, offset, centers):
-    xp = get_namespace(X)
-    return lloyd_partial(X, w, xp.asarray(np.asarray(centers, dtype=to_numpy(X[:1, ...]).dtype)), offset=offset)
+    xp = block_namespace(X)
+    return lloyd_partial(X, w, xp.asarray(np.asarray(centers, dtype=block_dtype(X))), offset=offset)
 
 
 def spherical_on_blocks(blocks, centers, *, max_iter: int = 300, tol_abs: float = 0.0, callback=None,

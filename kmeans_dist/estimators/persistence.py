@@ -113,6 +113,10 @@ def save_model(est, path, overwrite: bool = False) -> str:
     for k in ("client", "callback"):
         if k in params:
             params[k] = None
+    if callable(params.get("init")):
+        raise ValueError(f"{type(est).__name__} was made with a callable init ({params['init']!r}), which a model "
+                         "file cannot hold without pickle; set init to its result (an array) or to a seeding name "
+                         "before saving.")
     if not isinstance(params.get("init"), str):
         arrays["param_init"] = np.asarray(params["init"])
         params["init"] = {"__array__": "param_init"}

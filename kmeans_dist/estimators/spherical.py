@@ -23,6 +23,12 @@ __all__ = ["SphericalKMeans"]
 
 
 def _cosine_block(x, C, block_info=None):
+    if is_sparse(x):
+        nrm = np.sqrt(row_norms_sq(x))
+        D = 1 - np.asarray(x @ np.asarray(C).T) / np.where(nrm > 0, nrm, 1.0)[:, None]
+        off = int(block_info[0]["array-location"][0][0]) if block_info else 0
+        raise_if_nonfinite(x, D, off)
+        return np.clip(D, 0, 2).astype(x.dtype, copy=False)
     xp = get_namespace(x)
     C = xp.asarray(C)
     nrm = xp.sqrt(row_norms_sq(x))
@@ -134,7 +140,7 @@ class SphericalKMeans(BaseKMeans):
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
-        tags.input_tags.sparse = False  # dense input only (NumPy, CuPy, dask, xarray, Zarr)
+        tags.input_tags.sparse = True  # scipy.sparse and dask arrays of sparse chunks (text, TF-IDF)
         return tags
 
     def fit(self, X, y=None, sample_weight=None):
@@ -154,9 +160,6 @@ class SphericalKMeans(BaseKMeans):
         """
         self._validate_params()
         Xa, lazy = prepare_X(X)
-        if is_sparse(Xa):
-            raise TypeError(f"Sparse data was passed for X, but dense data is required by {type(self).__name__}. "
-                            "Use X.toarray() to convert to a dense numpy array.")
         self._set_feature_names(X)
         n, d = Xa.shape
         self._check_n_clusters(n)
