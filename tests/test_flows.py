@@ -47,7 +47,7 @@ def _blobs_store(path, n=3000, d=8, k=5, seed=0, chunk_rows=1000):
 @pytest.mark.parametrize("bad, needle", [
     ({"k": 0}, "k: Input should be greater than or equal to 1"),
     ({"init": "kmeans"}, "init"),
-    ({"algorithm": "elkan"}, "algorithm"),
+    ({"algorithm": "kmeans-magic"}, "algorithm"),
     ({"dask_address": "localhost"}, "dask_address 'tcp://localhost' is not of the form tcp://HOST:PORT"),
     ({"n_workers": 0}, "n_workers"),
     ({"tol": -1.0}, "tol"),
