@@ -217,7 +217,7 @@ class _Blocks:
         pass
 
 
-_THREADS = {"pool": None, "controller": None}
+_THREADS = {"pool": None, "size": 0, "controller": None}
 
 
 def _blas_controller():
@@ -253,10 +253,10 @@ def local_threads() -> int:
 def _pool(n: int):
     from concurrent.futures import ThreadPoolExecutor
 
-    pool = _THREADS["pool"]
-    if pool is None or pool._max_workers < n:
-        pool = _THREADS["pool"] = ThreadPoolExecutor(max_workers=n, thread_name_prefix="kmeans-dist")
-    return pool
+    if _THREADS["pool"] is None or _THREADS["size"] < n:
+        _THREADS["pool"] = ThreadPoolExecutor(max_workers=n, thread_name_prefix="kmeans-dist")
+        _THREADS["size"] = n
+    return _THREADS["pool"]
 
 
 class LocalBlocks(_Blocks):

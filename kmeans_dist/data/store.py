@@ -280,11 +280,8 @@ class _CheckedArray:
         """Whole chunks in ``out`` must be the rows written there (see :func:`chunk_fingerprint`)."""
         fps = self.fingerprints
         rows = key[0] if isinstance(key, tuple) else key
-        cols = key[1] if isinstance(key, tuple) and len(key) > 1 else slice(None)
-        if fps is None or not isinstance(rows, slice) or (self.ndim == 2 and cols != slice(None)
-                                                           and not (isinstance(cols, slice) and cols.start in (None, 0)
-                                                                    and (cols.stop is None or cols.stop >= self.shape[1]))):
-            return
+        if fps is None or not isinstance(rows, slice) or (self.ndim == 2 and out.shape[1] != self.shape[1]):
+            return  # only reads of whole rows hold whole chunks
         step, n = self.z.chunks[0], self.shape[0]
         start = rows.start or 0
         stop = n if rows.stop is None else min(rows.stop, n)
@@ -763,19 +760,24 @@ def write_stream(url, blocks: Iterable[tuple[np.ndarray, np.ndarray | None]], n:
     def _write(root):
         g, z, zl = _create_arrays(root, n, d, dtype, rows, with_labels, feature_names, attrs)
         start = 0
+        fps = {"X": {}, "labels": {}}
         for xb, yb in blocks:
             stop = start + xb.shape[0]
             z[start:stop] = xb
             if zl is not None:
                 zl[start:stop] = yb
+            if start % rows == 0 and stop == min(start + rows, n):  # a whole chunk: its fingerprint from memory
+                fps["X"][start // rows] = chunk_fingerprint(np.asarray(xb, dtype=z.dtype))
+                if zl is not None:
+                    fps["labels"][start // rows] = chunk_fingerprint(np.asarray(yb, dtype=zl.dtype))
             start = stop
         if start != n:
             raise DataError(f"source ended after {start} rows, expected {n}")
-        # fingerprints of the chunks as written (blocks need not be chunk-aligned: read each chunk back once)
-        fps = {"X": [chunk_fingerprint(z[o:o + rows]) for o in range(0, n, rows)]}
-        if zl is not None:
-            fps["labels"] = [chunk_fingerprint(zl[o:o + rows]) for o in range(0, n, rows)]
-        g.attrs["chunk_fingerprints"] = fps
+        # a chunk written in pieces is read back once for its fingerprint
+        arrays = {"X": z} if zl is None else {"X": z, "labels": zl}
+        g.attrs["chunk_fingerprints"] = {
+            name: [fps[name][i] if i in fps[name] else chunk_fingerprint(a[i * rows:(i + 1) * rows])
+                   for i in range(-(-n // rows))] for name, a in arrays.items()}
 
     return _write_to(url, _write, overwrite)
 

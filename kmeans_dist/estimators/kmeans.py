@@ -255,6 +255,17 @@ class _BaseKMeans(AnomalyScoresMixin, TransformerMixin, ClusterMixin, BaseEstima
         raise_if_nonfinite(Xa, dist)
         return labels
 
+    def _apply_blocks(self, Xa, lazy, kernel, *args, labels: bool):
+        """``kernel(x, C, *args)`` on in-memory ``Xa``, or block by block (lazily) on a dask ``Xa``: one row
+        of labels (``labels=True``) or of ``n_clusters`` distances per sample.  The one place where the
+        estimators' predict and transform meet the array kinds."""
+        C = self.cluster_centers_.astype(Xa.dtype, copy=False)
+        if not lazy:
+            return kernel(Xa, C, *args)
+        if labels:
+            return Xa.map_blocks(kernel, C, *args, drop_axis=1, dtype=np.int64)
+        return Xa.map_blocks(kernel, C, *args, chunks=(Xa.chunks[0], (C.shape[0],)), dtype=Xa.dtype)
+
     def transform(self, X):
         """Euclidean distance of each sample to every center.
 

@@ -215,10 +215,7 @@ default="k-means++"
         self.n_features_in_ = d
         self.fit_seconds_ = time.perf_counter() - t_start
         self._warn_distinct(best.counts)
-        if lazy:
-            self.labels_ = Xa.map_blocks(_l1_predict_block, self.cluster_centers_, drop_axis=1, dtype=np.int64)
-        else:
-            self.labels_ = best.labels
+        self.labels_ = self._apply_blocks(Xa, lazy, _l1_predict_block, labels=True) if lazy else best.labels
         return self
 
     def predict(self, X):
@@ -234,10 +231,7 @@ default="k-means++"
         labels : ndarray or dask array of shape (n_samples,)
         """
         Xa, lazy = self._check_test_X(X)
-        C = self.cluster_centers_.astype(Xa.dtype, copy=False)
-        if lazy:
-            return Xa.map_blocks(_l1_predict_block, C, drop_axis=1, dtype=np.int64)
-        return _l1_predict_block(Xa, C)
+        return self._apply_blocks(Xa, lazy, _l1_predict_block, labels=True)
 
     def transform(self, X):
         """Manhattan (L1) distance of each sample to every center.
@@ -252,10 +246,7 @@ default="k-means++"
         distances : ndarray or dask array of shape (n_samples, n_clusters)
         """
         Xa, lazy = self._check_test_X(X)
-        C = self.cluster_centers_.astype(Xa.dtype, copy=False)
-        if lazy:
-            return Xa.map_blocks(_l1_transform_block, C, chunks=(Xa.chunks[0], (C.shape[0],)), dtype=Xa.dtype)
-        return _l1_transform_block(Xa, C)
+        return self._apply_blocks(Xa, lazy, _l1_transform_block, labels=False)
 
     def score(self, X, y=None, sample_weight=None):
         """Opposite of the sum of (weighted) L1 distances of X to the nearest center, in one pass.

@@ -220,11 +220,7 @@ class KMedoids(BaseKMeans):
         self.n_features_in_ = d
         self.fit_seconds_ = time.perf_counter() - t_start
         self._warn_distinct(res.counts)
-        if lazy:
-            self.labels_ = Xa.map_blocks(_predict_block, self.cluster_centers_, self.metric, drop_axis=1,
-                                         dtype=np.int64)
-        else:
-            self.labels_ = res.labels
+        self.labels_ = self._apply_blocks(Xa, lazy, _predict_block, self.metric, labels=True) if lazy else res.labels
         return self
 
     def predict(self, X):
@@ -240,10 +236,7 @@ class KMedoids(BaseKMeans):
         labels : ndarray or dask array of shape (n_samples,)
         """
         Xa, lazy = self._check_test_X(X)
-        C = self.cluster_centers_.astype(Xa.dtype, copy=False)
-        if lazy:
-            return Xa.map_blocks(_predict_block, C, self.metric, drop_axis=1, dtype=np.int64)
-        return _predict_block(Xa, C, self.metric)
+        return self._apply_blocks(Xa, lazy, _predict_block, self.metric, labels=True)
 
     def transform(self, X):
         """Distance (``metric``) of each sample to every medoid.
@@ -258,11 +251,7 @@ class KMedoids(BaseKMeans):
         distances : ndarray or dask array of shape (n_samples, n_clusters)
         """
         Xa, lazy = self._check_test_X(X)
-        C = self.cluster_centers_.astype(Xa.dtype, copy=False)
-        if lazy:
-            return Xa.map_blocks(_transform_block, C, self.metric, chunks=(Xa.chunks[0], (C.shape[0],)),
-                                 dtype=Xa.dtype)
-        return _transform_block(Xa, C, self.metric)
+        return self._apply_blocks(Xa, lazy, _transform_block, self.metric, labels=False)
 
     def score(self, X, y=None, sample_weight=None):
         """Opposite of the sum of (weighted) distances of X to the nearest medoid, in one pass.

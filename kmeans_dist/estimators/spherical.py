@@ -215,10 +215,7 @@ class SphericalKMeans(BaseKMeans):
             In [0, 2].
         """
         Xa, lazy = self._check_test_X(X)
-        C = self.cluster_centers_.astype(Xa.dtype, copy=False)
-        if lazy:
-            return Xa.map_blocks(_cosine_block, C, chunks=(Xa.chunks[0], (C.shape[0],)), dtype=Xa.dtype)
-        return _cosine_block(Xa, C)
+        return self._apply_blocks(Xa, lazy, _cosine_block, labels=False)
 
     def score(self, X, y=None, sample_weight=None):
         """Opposite of the sum of the cosine distances of X to their nearest centers (larger is better).
