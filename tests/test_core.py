@@ -378,7 +378,7 @@ def test_tree_finished_from_worker_subtrees_is_the_same_tree():
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("weighted", [False, True])
-@pytest.mark.parametrize("shape", [(1000, 7, 5), (333, 1, 3), (50, 4, 1), (3000, 40, 12)])
+@pytest.mark.parametrize("shape", [(1000, 7, 5), (333, 1, 3), (50, 4, 1), (3000, 40, 12), (2000, 4, 64), (777, 8, 33)])
 def test_fused_kernel_equals_array_api_path(dtype, weighted, shape, monkeypatch):
     """The compiled NumPy loop (kmeans_dist.kernels.fused) gives what the array-API path gives: the same labels,
     counts and farthest rows exactly, sums/inertia up to float rounding (it accumulates in float64)."""
@@ -413,3 +413,22 @@ def test_fused_kernel_equals_array_api_path(dtype, weighted, shape, monkeypatch)
             np.testing.assert_allclose(fused["sum"], ref["sum"], rtol=rtol, atol=1e-6)
             np.testing.assert_allclose(fused["weight"], ref["weight"], rtol=1e-6)
             np.testing.assert_allclose(fused["inertia"], ref["inertia"], rtol=rtol)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("d,k", [(6, 16), (4, 64), (32, 64), (40, 12)])
+def test_a_repeated_center_never_wins(dtype, d, k):
+    """Equal centers: the first copy takes every row, in both layouts of the compiled loop (centers by columns
+    or by rows of the distance GEMM) and in the nearest-center kernel, as in exact arithmetic."""
+    from kmeans_dist.kernels import fused as fused_module
+
+    rng = np.random.default_rng(d * k)
+    X = rng.normal(size=(3000, d)).astype(dtype)
+    C = X[rng.choice(len(X), k, replace=False)].copy()
+    C[k - 1] = C[k // 2] = C[1]  # later copies at other places of the BLAS micro-kernel
+    part = kernels.lloyd_partial(X, None, C, return_labels=True)
+    labels, d2 = kernels.assign_labels(X, C)
+    assert part["count"][k // 2] == part["count"][k - 1] == 0
+    assert not np.isin(labels, [k // 2, k - 1]).any()
+    np.testing.assert_array_equal(labels, part["labels"])
+    assert fused_module.columns_layout(d, k) == (k >= 2 * d)

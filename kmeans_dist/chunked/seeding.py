@@ -11,7 +11,7 @@ import numpy as np
 from ..kernels import sparse
 from ..kernels.sparse import block_dtype, block_namespace
 from ..kernels.xp import to_numpy
-from ..kernels import kmeans_plusplus, lloyd_inmemory, row_norms_sq, sq_distances
+from ..kernels import kmeans_plusplus, lloyd_inmemory, nearest_with_norms, row_norms_sq, sq_distances
 
 __all__ = ["init_centers", "kmeans_parallel", "kmeans_plusplus_chunked", "random_init", "random_partition_init",
            "take_rows", "SEEDING_METHODS"]
@@ -183,9 +183,9 @@ def _update_closest_chunk(X, w, offset, state, centers, base_index):
         return state, float(to_numpy(xp.sum(_weighted(w, state["closest"], xp))))
     C = xp.asarray(np.asarray(centers, dtype=block_dtype(X)))
     x_sq = row_norms_sq(X) if state is None else state["x_sq"]
-    D = xp.astype(sq_distances(X, C, x_sq=x_sq), xp.float64)
-    dmin = xp.min(D, axis=1)
-    amin = xp.astype(xp.argmin(D, axis=1), xp.int64) + base_index
+    amin, dmin = nearest_with_norms(X, C, x_sq)
+    dmin = xp.astype(dmin, xp.float64)
+    amin = xp.astype(amin, xp.int64) + base_index
     if state is None:
         closest, owner = dmin, amin
     else:
@@ -378,7 +378,7 @@ def _block_weight_chunk(X, w, offset):
 
 def init_centers(X, n_clusters: int, method="k-means||", random_state=None, sample_weight=None, client=None,
                  *, blocks=None, oversampling_factor=None, init_rounds: int = 5, n_local_trials=None,
-                 block_rows="auto", split_every: int = 8, dtype=None) -> np.ndarray:
+                 block_rows="auto", split_every: int = 8, dtype=None, engine: str = "auto") -> np.ndarray:
     """Initial centers for k-means on chunked X.
 
     Parameters
@@ -409,6 +409,9 @@ def init_centers(X, n_clusters: int, method="k-means||", random_state=None, samp
         Fan-in of the reduction tree.
     dtype : dtype or None, default=None
         Dtype of the result (None: X's).
+    engine : {"auto", "dask", "ray", "local"}, default="auto"
+        Where the passes run, as :func:`~kmeans_dist.chunked.driver.make_blocks` (ignored when ``blocks`` is
+        given; the centers are the same).
 
     Returns
     -------
@@ -429,7 +432,7 @@ def init_centers(X, n_clusters: int, method="k-means||", random_state=None, samp
     if blocks is None:
         Xd = as_dask_array(X)
         w = None if sample_weight is None else sample_weight
-        blocks = make_blocks(Xd, w, block_rows=block_rows, split_every=split_every, client=client)
+        blocks = make_blocks(Xd, w, block_rows=block_rows, split_every=split_every, client=client, engine=engine)
     dtype = dtype or blocks.dtype
     seed = seed_from(random_state)
     rng = np.random.default_rng(seed)

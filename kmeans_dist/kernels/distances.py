@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import weakref
 
-from . import sparse
+import numpy as np
+
+from . import fused, sparse
 from .xp import get_namespace
 
 __all__ = ["SUB_ROWS", "SUB_BYTES", "FUSED_SUB_BYTES", "row_norms_sq", "row_norms_sq_cached", "sq_distances",
-           "matmul_t", "assign_labels", "exact_sq_dist_to", "sub_rows_for"]
+           "matmul_t", "assign_labels", "nearest_with_norms", "exact_sq_dist_to", "sub_rows_for"]
 
 # rows per sub-chunk inside a kernel: the rows of X and their (rows x k) distances take about
 # SUB_BYTES, so the second product (sums per center) reads X from cache, not memory
@@ -202,6 +204,8 @@ def assign_labels(X, C, c_sq=None, sub_rows: int = SUB_ROWS):
     """
     if sparse.is_sparse(X):
         return sparse.assign_labels(X, C, c_sq=c_sq)
+    if c_sq is None and _compiled(X, C):  # the compiled loop gives the same values without an (n, k) matrix
+        return fused.nearest_block(X, C, sub_rows=sub_rows)
     xp = get_namespace(X, C)
     if c_sq is None:
         c_sq = row_norms_sq(C)
@@ -220,6 +224,38 @@ def assign_labels(X, C, c_sq=None, sub_rows: int = SUB_ROWS):
     if len(labels) == 1:
         return labels[0], mins[0]
     return xp.concat(labels), xp.concat(mins)
+
+
+def nearest_with_norms(X, C, x_sq):
+    """:func:`assign_labels` with the squared row norms of ``X`` given: ``(labels, ||x - c||^2)``.
+
+    Parameters
+    ----------
+    X : array of shape (n_samples, n_features)
+        Rows.
+    C : array of shape (n_centers, n_features)
+        Centers, in the namespace of ``X``.
+    x_sq : array of shape (n_samples,)
+        Squared row norms of ``X`` (:func:`row_norms_sq`).
+
+    Returns
+    -------
+    labels : array of shape (n_samples,)
+        Index of the nearest center (the lowest index at a tie).
+    min_sq_dist : array of shape (n_samples,)
+        Squared distance to that center, clipped at zero, in ``X``'s dtype.
+    """
+    if _compiled(X, C):
+        return fused.nearest_block(X, C, x_sq=x_sq)
+    D = sq_distances(X, C, x_sq=x_sq)  # sparse X too: the distances are dense
+    xp = get_namespace(D)
+    return xp.astype(xp.argmin(D, axis=1), xp.int64), xp.min(D, axis=1)
+
+
+def _compiled(X, C) -> bool:
+    """NumPy float32/float64 blocks take the compiled loops of :mod:`kmeans_dist.kernels.fused`."""
+    return (type(X) is np.ndarray and type(C) is np.ndarray and X.ndim == 2 and X.dtype == C.dtype
+            and X.dtype in (np.float32, np.float64) and fused.available())
 
 
 def exact_sq_dist_to(X, C, labels):
