@@ -117,9 +117,10 @@ def test_bounded_pass_labels_are_lloyds_except_near_ties(case):
     x_sq = row_norms_sq(X)
     prev = None
     eps = float(np.finfo(X.dtype).eps)
+    state = None
     for p, C in enumerate(seq):
-        b = {"token": "t", "pass": p, **H.bound_params(C, prev)}
-        sums, weights, counts, inertia, labels, dist, far = H.lloyd_block_bounded(X, None, C, k, b)
+        b = {"pass": p, **H.bound_params(C, prev)}
+        state, (sums, weights, counts, inertia, labels, dist, far) = H.lloyd_block_bounded(X, None, C, k, state, b)
         prev = C
         ref = kernels.lloyd_partial(X, None, C, return_labels=True, x_sq=x_sq)
         X64 = X.astype(np.float64)
@@ -140,11 +141,10 @@ def test_bounded_pass_labels_are_lloyds_except_near_ties(case):
             np.testing.assert_array_equal(sums, ref["sum"])
             np.testing.assert_array_equal(counts, ref["count"])
             np.testing.assert_array_equal(weights, ref["weight"])
-    H.clear_state()
 
 
 def test_stale_or_foreign_state_is_never_used(monkeypatch):
-    """Bounds from another run, from a pass that is not the previous one, or left by a failed pass are
+    """Bounds that are not from the previous pass (none, a state two passes old, one left by a failed pass) are
     ignored: the pass computes every distance.  The passes below claim that no center moved while the
     centers are in fact permuted, so bounds that were used would keep the old labels (shown first)."""
     X = _blobs(5, n=3000, d=4, k=8)
@@ -152,10 +152,11 @@ def test_stale_or_foreign_state_is_never_used(monkeypatch):
     Cn = C0[::-1].copy()  # the same points as centers, permuted: every label changes
     lie = H.bound_params(Cn, Cn)  # "nothing moved"
 
-    def pass_(Xb, C, token, p, b):
-        return [np.array(a, copy=True) for a in H.lloyd_block_bounded(Xb, None, C, 8, {"token": token, "pass": p, **b})]
+    def pass_(C, state, p, b):
+        state, out = H.lloyd_block_bounded(X, None, C, 8, state, {"pass": p, **b})
+        return state, [np.array(a, copy=True) for a in out]
 
-    fresh = pass_(X.copy(), Cn, "new", 0, H.bound_params(Cn, None))
+    _, fresh = pass_(Cn, None, 0, H.bound_params(Cn, None))
 
     def same(out, ref):
         for i, (a, b) in enumerate(zip(out, ref)):
@@ -164,19 +165,16 @@ def test_stale_or_foreign_state_is_never_used(monkeypatch):
             np.testing.assert_array_equal(a, b)
 
     def start():
-        pass_(X, C0, "a", 0, H.bound_params(C0, None))
+        return pass_(C0, None, 0, H.bound_params(C0, None))[0]
 
-    # the state is used when it is the previous pass of the same run: then the lie keeps the old labels
-    start()
-    kept = pass_(X, Cn, "a", 1, lie)
+    # the state is used when it is the previous pass's: then the lie keeps the old labels
+    _, kept = pass_(Cn, start(), 1, lie)
     assert not np.array_equal(kept[4], fresh[4])
-    # another run; a pass that skips one: full passes
-    start()
-    same(pass_(X, Cn, "b", 1, lie), fresh)
-    start()
-    same(pass_(X, Cn, "a", 2, lie), fresh)
-    # a pass that fails half-way: its half-updated bounds are forgotten
-    start()
+    # no state, or a pass that skips one: full passes
+    same(pass_(Cn, None, 1, lie)[1], fresh)
+    same(pass_(Cn, start(), 2, lie)[1], fresh)
+    # a pass that fails half-way leaves a state that the next pass refuses
+    st = start()
 
     def boom(*a):
         raise RuntimeError("worker lost")
@@ -184,16 +182,13 @@ def test_stale_or_foreign_state_is_never_used(monkeypatch):
     real = H._accumulate
     monkeypatch.setattr(H, "_accumulate", boom)
     with pytest.raises(RuntimeError):
-        pass_(X, Cn, "a", 1, lie)
-    assert id(X) not in H._STATE
+        pass_(Cn, st, 1, lie)
     monkeypatch.setattr(H, "_accumulate", real)
-    same(pass_(X, Cn, "a", 1, lie), fresh)
+    same(pass_(Cn, st, 1, lie)[1], fresh)
     # and the real next pass, with true bounds, equals a full pass
     C1 = C0 + 0.3
-    fresh1 = pass_(X.copy(), C1, "new", 0, H.bound_params(C1, None))
-    start()
-    same(pass_(X, C1, "a", 1, H.bound_params(C1, C0)), fresh1)
-    H.clear_state()
+    _, fresh1 = pass_(C1, None, 0, H.bound_params(C1, None))
+    same(pass_(C1, start(), 1, H.bound_params(C1, C0))[1], fresh1)
 
 
 def test_hamerly_on_dask_any_chunking_equals_in_process(dask_client):

@@ -8,14 +8,15 @@ finalize the centers on the client.
 from __future__ import annotations
 
 import time
-import uuid
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from ..kernels import sparse
 from ..kernels.xp import get_namespace, to_numpy
-from ..kernels import combine_lloyd_partials, finalize_centers, lloyd_partial, minibatch_update, row_norms_sq_cached
+from ..kernels import (combine_lloyd_partials, finalize_centers, hamerly_partial, lloyd_partial, minibatch_update,
+                       row_norms_sq_cached)
+from ..kernels.hamerly import bound_params
 from ..kernels.stats import absolute_tolerance, check_stats, combine_stats, stats_chunk
 from ..kernels.tree import tree_combine
 from ..kernels.elkan import elkan_params, elkan_partial
@@ -58,8 +59,12 @@ def _centers_for(X, centers):
     return xp.asarray(np.asarray(centers, dtype=to_numpy(X[:1, ...]).dtype))
 
 
-def _lloyd_chunk(X, w, offset, centers, bounds=None):
-    return lloyd_partial(X, w, _centers_for(X, centers), offset=offset, x_sq=row_norms_sq_cached(X), bounds=bounds)
+def _lloyd_chunk(X, w, offset, centers):
+    return lloyd_partial(X, w, _centers_for(X, centers), offset=offset, x_sq=row_norms_sq_cached(X))
+
+
+def _hamerly_chunk(X, w, offset, state, centers, bounds):
+    return hamerly_partial(X, w, _centers_for(X, centers), state, bounds, offset=offset)
 
 
 def _elkan_chunk(X, w, offset, state, centers, params):
@@ -109,8 +114,9 @@ def lloyd_on_blocks(blocks, centers, *, max_iter: int = 300, tol_abs: float = 0.
                     final_labels: bool = False, algorithm: str = "lloyd") -> LloydResult:
     """Lloyd iterations from ``centers`` until ``center shift^2 <= tol_abs`` or ``max_iter``.
 
-    ``algorithm="hamerly"`` runs the same iterations with Hamerly's bounds kept next to the blocks
-    (:mod:`kmeans_dist.kernels.hamerly`; streamed blocks, which do not stay in memory, run plain Lloyd): most
+    ``algorithm="hamerly"`` runs the same iterations with Hamerly's bounds kept next to the blocks, as
+    per-block state through ``blocks.map_state`` (:mod:`kmeans_dist.kernels.hamerly`; streamed blocks, which do
+    not stay in memory, run plain Lloyd): most
     distance computations are skipped once the centers settle; the
     labels and centers are Lloyd's (see there for the one exception, near-ties within rounding), the
     per-iteration inertia comes from per-center sums in float64.
@@ -129,19 +135,17 @@ def lloyd_on_blocks(blocks, centers, *, max_iter: int = 300, tol_abs: float = 0.
     it = int(start_iteration)
     # bounds need blocks that stay in memory between passes; streamed blocks are read anew every pass
     bounded = algorithm == "hamerly" and centers.shape[0] >= 2 and getattr(blocks, "kind", "") != "stream"
-    token = uuid.uuid4().hex if bounded else None
-    if token is not None:
-        from ..kernels.hamerly import bound_params
     elkan = algorithm == "elkan" and centers.shape[0] >= 2
-    states = None  # Elkan's per-block states, owned here (see LocalBlocks/DaskBlocks.map_state)
+    states = None  # Hamerly's and Elkan's per-block states, owned here (see LocalBlocks/DaskBlocks.map_state)
     prev = None
     while it < max_iter:
         t0 = time.perf_counter()
-        bounds = None
-        if token is not None:
-            bounds = {"token": token, "pass": it - int(start_iteration), **bound_params(centers, prev)}
+        if bounded:
+            bounds = {"pass": it - int(start_iteration), **bound_params(centers, prev)}
             prev = centers
-        if elkan:
+            states, parts = blocks.map_state(_hamerly_chunk, states, centers, bounds)
+            part = tree_combine(parts, combine_lloyd_partials, blocks.split_every)
+        elif elkan:
             params = elkan_params(centers, prev, it - int(start_iteration))
             prev = centers
             if getattr(blocks, "kind", "") == "stream":
@@ -150,7 +154,7 @@ def lloyd_on_blocks(blocks, centers, *, max_iter: int = 300, tol_abs: float = 0.
                 states, parts = blocks.map_state(_elkan_chunk, states, centers, params)
                 part = tree_combine(parts, combine_lloyd_partials, blocks.split_every)
         else:
-            part = blocks.map_reduce(_lloyd_chunk, combine_lloyd_partials, centers, bounds)
+            part = blocks.map_reduce(_lloyd_chunk, combine_lloyd_partials, centers)
         new, n_reloc = finalize_centers(part, centers)
         shift = float(((new.astype(np.float64) - centers.astype(np.float64)) ** 2).sum())
         centers = new
@@ -177,7 +181,7 @@ def lloyd_on_blocks(blocks, centers, *, max_iter: int = 300, tol_abs: float = 0.
 
 def lloyd(X, centers, *, sample_weight=None, max_iter: int = 300, tol: float = 1e-4, client=None, callback=None,
           start_iteration: int = 0, history=None, block_rows="auto", split_every: int = 8, persist="auto",
-          algorithm: str = "lloyd") -> LloydResult:
+          algorithm: str = "lloyd", engine: str = "auto") -> LloydResult:
     """Full Lloyd k-means from given ``centers`` on chunked X.
 
     Parameters
@@ -209,6 +213,8 @@ def lloyd(X, centers, *, sample_weight=None, max_iter: int = 300, tol: float = 1
         Keep the blocks in worker memory or stream them.
     algorithm : {"lloyd", "elkan", "hamerly"}, default="lloyd"
         Plain Lloyd, or Elkan's or Hamerly's bounded Lloyd (same iterations).
+    engine : {"auto", "dask", "ray", "local"}, default="auto"
+        Where the passes run, as :func:`~kmeans_dist.chunked.driver.make_blocks` (the result is the same).
 
     Returns
     -------
@@ -228,7 +234,7 @@ def lloyd(X, centers, *, sample_weight=None, max_iter: int = 300, tol: float = 1
 
     Xd = as_dask_array(X)
     blocks = make_blocks(Xd, sample_weight, block_rows=block_rows, split_every=split_every, client=client,
-                         persist=persist)
+                         persist=persist, engine=engine)
     try:
         stats = data_stats(blocks)
         tol_abs = absolute_tolerance(stats["var"], tol)

@@ -20,7 +20,7 @@ Modules, from the bottom up:
 """
 from .distances import assign_labels, nearest_with_norms, row_norms_sq, row_norms_sq_cached, sq_distances
 from .inmemory import KMeansResult, kmeans_inmemory, kmeans_plusplus, lloyd_inmemory
-from .lloyd import combine_lloyd_partials, finalize_centers, lloyd_partial, minibatch_update
+from .lloyd import combine_lloyd_partials, finalize_centers, hamerly_partial, lloyd_partial, minibatch_update
 from .stats import NonFiniteError, absolute_tolerance, check_stats, combine_stats, finish_stats, stats_chunk
 from .tree import tree_combine, tree_root, tree_subtrees
 from .xp import get_namespace, gpu_available, is_numpy_namespace, to_numpy
@@ -28,7 +28,7 @@ from .xp import get_namespace, gpu_available, is_numpy_namespace, to_numpy
 __all__ = [
     "assign_labels", "nearest_with_norms", "row_norms_sq", "row_norms_sq_cached", "sq_distances",
     "KMeansResult", "kmeans_inmemory", "kmeans_plusplus", "lloyd_inmemory",
-    "combine_lloyd_partials", "finalize_centers", "lloyd_partial", "minibatch_update",
+    "combine_lloyd_partials", "finalize_centers", "hamerly_partial", "lloyd_partial", "minibatch_update",
     "NonFiniteError", "absolute_tolerance", "check_stats", "combine_stats", "finish_stats", "stats_chunk",
     "tree_combine", "tree_root", "tree_subtrees",
     "get_namespace", "gpu_available", "is_numpy_namespace", "to_numpy",

@@ -31,12 +31,13 @@ centers' history, so the results are the same whatever the input chunking and th
 per-iteration inertia differs from Lloyd's in the last digits (float64 sums instead of the GEMM's
 distances); the final inertia is the same final pass in both.
 
-**State.**  A block's labels and bounds live next to the block, in a per-process table keyed by the block
-array (a weak reference: they go with it), tagged with the run and the pass they belong to.  A pass whose
-table entry is missing or stale (a new run, a block recomputed on another worker after a failure, a
-resumed run, data streamed from the store) computes every distance for that block and starts its bounds
-again: the bounds only ever save work, never change results.  Memory: 28 bytes per row (an int32 label,
-float64 bounds and squared norm).
+**State.**  A block's labels and bounds are a small dict that the caller owns and passes to the next
+pass (through ``blocks.map_state`` of the chunked driver, so it stays next to the block: in process, on
+the Dask worker or in the Ray actor that holds it), tagged with the pass it belongs to.  A pass given no
+state, or one that is not from the previous pass (a new run, a block recomputed on another worker after a
+failure, a resumed run, data streamed from the store), computes every distance for that block and starts
+its bounds again: the bounds only ever save work, never change results.  Memory: 28 bytes per row (an
+int32 label, float64 bounds and squared norm).
 
 Runs on NumPy blocks with Numba (the fused Lloyd kernel's conditions); elsewhere (CuPy, array-API
 namespaces, no Numba) a pass is a plain Lloyd pass.
@@ -44,27 +45,18 @@ namespaces, no Numba) a pass is a plain Lloyd pass.
 from __future__ import annotations
 
 import math
-import weakref
 
 import numpy as np
 
-from .fused import heap_offer, jit, scratch, warm_blas, worse
+from .fused import columns_layout, heap_offer, jit, scratch, warm_blas, worse
 from .distances import FUSED_SUB_BYTES, row_norms_sq
 
-__all__ = ["bound_params", "lloyd_block_bounded", "clear_state", "exact_sqdist", "accumulate_bounded", "inertia_from_sums",
+__all__ = ["bound_params", "lloyd_block_bounded", "exact_sqdist", "accumulate_bounded", "inertia_from_sums",
            "norms64"]
 
 # fraction of a sub-chunk's rows above which their distances come from one GEMM of the whole sub-chunk
 BLAS_FRACTION = 0.2
 REL_SLACK = 1e-12
-
-_STATE: dict = {}  # id(X) -> (weakref(X), token, pass index, state dict: see _state_for)
-
-
-def clear_state():
-    """Forget every block's labels and bounds kept in this process (the next bounded pass is a full one)."""
-    _STATE.clear()
-
 
 def bound_params(centers, prev_centers) -> dict:
     """What every block needs for a bounded pass with ``centers`` after ``prev_centers`` (client side).
@@ -177,9 +169,33 @@ def _best_two(P, p, c_sq):  # pragma: no cover - compiled
 
 
 @jit
-def _resolve(P, by_row, c_sq, X, C64, x_sq, todo, m, labels, upper, lower, c_max2, e_coef):  # pragma: no cover
+def _best_two_cols(PT, c_sq, best, lab, second):  # pragma: no cover - compiled
+    """:func:`_best_two` of every row at once from the products by centers ``PT`` (k, rows): the rows are the
+    SIMD lanes, so the loop over the centers is branch-free and vectorised."""
+    k, n = PT.shape
+    c0 = c_sq[0]
+    for i in range(n):
+        best[i] = PT[0, i] + c0
+        lab[i] = 0
+        second[i] = np.inf
+    for j in range(1, k):
+        cj = c_sq[j]
+        for i in range(n):
+            v = PT[j, i] + cj
+            b = best[i]
+            lt = v < b
+            s2 = second[i]
+            second[i] = b if lt else (v if v < s2 else s2)
+            lab[i] = j if lt else lab[i]
+            best[i] = v if lt else b
+
+
+@jit
+def _resolve(P, by_row, cols, pb, pl, ps, c_sq, X, C64, x_sq, todo, m, labels, upper, lower, c_max2,
+             e_coef):  # pragma: no cover
     """Label, bounds of the rows ``todo[:m]``, from their products with the centers: row ``i`` of ``P``
-    (``by_row``: the sub-chunk's GEMM) or row ``t`` (a GEMM of gathered rows).
+    (``by_row``: the sub-chunk's GEMM) or row ``t`` (a GEMM of gathered rows); with ``cols``, ``P`` is the
+    sub-chunk's products by centers (k, rows) and ``pb, pl, ps`` their :func:`_best_two_cols`.
 
     The label is the first argmin of ``P + ||c||^2``, as Lloyd's, unless another center comes within the
     rounding bound of the minimum: then the centers within it are compared by exact distance (float64
@@ -188,14 +204,18 @@ def _resolve(P, by_row, c_sq, X, C64, x_sq, todo, m, labels, upper, lower, c_max
     for t in range(m):
         i = todo[t]
         p = i if by_row else t
-        best, lab, second = _best_two(P, p, c_sq)
+        if cols:
+            best, lab, second = pb[i], pl[i], ps[i]
+        else:
+            best, lab, second = _best_two(P, p, c_sq)
         xs = np.float64(x_sq[i])
         e = e_coef * (xs + c_max2)
         if np.float64(second) - np.float64(best) <= e:  # a near-tie: exact distances decide
             cut = np.float64(best) + e
             dl = np.inf
             for j in range(k):
-                if np.float64(P[p, j] + c_sq[j]) <= cut:
+                pj = P[j, i] if cols else P[p, j]
+                if np.float64(pj + c_sq[j]) <= cut:
                     dj = _sqdist(X, i, C64, j)
                     if dj < dl:
                         dl = dj
@@ -265,54 +285,49 @@ def _norms64(X, out):  # pragma: no cover - compiled
         out[i] = s
 
 
-def _state_for(X, token, pass_index: int):
-    """This block's state from the previous pass of run ``token`` (``fresh`` False), or a new one; the entry
-    is re-tagged with ``pass_index``.  State: labels (int32), upper and lower bounds (float64), the rows'
-    squared norms in float64."""
-    key = id(X)
-    hit = _STATE.get(key)
+def _valid(state, n: int, pass_index: int) -> bool:
+    if not isinstance(state, dict) or state.get("pass") != pass_index - 1:
+        return False
+    up = state.get("upper")
+    return isinstance(up, np.ndarray) and up.shape == (n,)
+
+
+def _new_state(X):
     n = X.shape[0]
-    if hit is not None and hit[0]() is X and hit[1] == token and hit[2] == pass_index - 1:
-        _STATE[key] = (hit[0], token, pass_index, hit[3])
-        return hit[3], False
     x_sq64 = np.empty(n, dtype=np.float64)
     _norms64(X, x_sq64)
-    state = {"labels": np.zeros(n, dtype=np.int32), "upper": np.zeros(n), "lower": np.zeros(n), "x_sq64": x_sq64}
-    try:
-        ref = weakref.ref(X, lambda _r, key=key: _STATE.pop(key, None))
-    except TypeError:  # pragma: no cover - NumPy arrays take weak references
-        return state, True
-    _STATE[key] = (ref, token, pass_index, state)
-    return state, True
+    return {"pass": -1, "labels": np.zeros(n, dtype=np.int32), "upper": np.zeros(n), "lower": np.zeros(n),
+            "x_sq64": x_sq64}
 
 
-def _forget(X):
-    _STATE.pop(id(X), None)
-
-
-def lloyd_block_bounded(X, w, centers, n_far: int, bounds: dict):
+def lloyd_block_bounded(X, w, centers, n_far: int, state, bounds: dict):
     """A Lloyd pass over one NumPy block with Hamerly's bounds.
 
     The rows' squared norms are kept in float64 with the block's state (the bounds and the inertia need them
-    more exactly than the dtype's).  A missing or stale state (another run, a skipped pass) means a full pass.
+    more exactly than the dtype's).  A missing state, or one not from the previous pass, means a full pass.
 
     Parameters
     ----------
     X : ndarray of shape (n_rows, n_features)
-        The block; its state is keyed by this object.
+        The block.
     w : ndarray of shape (n_rows,) or None
         Sample weights.
     centers : ndarray of shape (n_clusters, n_features)
         Centers of this pass.
     n_far : int
         Number of farthest rows to return.
+    state : dict or None
+        This block's state returned by the previous pass, or None.  Updated in place (it is marked invalid
+        while the pass runs, so a pass that fails half-way leaves a state that the next pass refuses).
     bounds : dict
-        ``token`` (the run), ``pass`` (its index in the run) and :func:`bound_params` of the pass.
+        ``pass`` (the pass's index in the run) and :func:`bound_params` of the pass.
 
     Returns
     -------
-    tuple
-        What :func:`kmeans_dist.kernels.fused.lloyd_block` returns; ``labels`` is the block's state and
+    state : dict
+        The block's state after this pass.
+    result : tuple
+        What :func:`kmeans_dist.kernels.fused.lloyd_block` returns; ``labels`` is the state's array and
         ``dist`` a scratch buffer exact only at the far rows: copy what you keep.
     """
     warm_blas()
@@ -324,7 +339,11 @@ def lloyd_block_bounded(X, w, centers, n_far: int, bounds: dict):
     m2C_T = np.ascontiguousarray((-2 * C).T)
     c_sq = row_norms_sq(C)
     e_coef = 2.0 * (4.0 * (d + 4) * float(np.finfo(dt).eps) + REL_SLACK)
-    state, fresh = _state_for(X, bounds["token"], int(bounds["pass"]))
+    p = int(bounds["pass"])
+    fresh = not _valid(state, n, p)
+    if fresh:
+        state = _new_state(X)
+    state["pass"] = -1  # invalid until the pass completes
     labels, upper, lower, x_sq64 = state["labels"], state["upper"], state["lower"], state["x_sq64"]
     sums = np.zeros((k, d), dtype=np.float64)
     weights = np.zeros(k, dtype=np.float64)
@@ -339,46 +358,59 @@ def lloyd_block_bounded(X, w, centers, n_far: int, bounds: dict):
     # the Lloyd kernel's sub-chunks: the products of a sub-chunk stay in cache for _resolve
     sub_rows = int(min(16384, max(512, FUSED_SUB_BYTES // max(1, (d + k) * dt.itemsize))))
     P_buf = scratch("P", (min(sub_rows, max(n, 1)), k), dt)
+    cols = columns_layout(d, k)  # full passes (the first one above all) take the Lloyd kernel's faster layout
+    sub = min(sub_rows, max(n, 1))
+    PT_buf = scratch("hPT", (k, sub) if cols else (0, 0), dt)
+    m2C = -2 * C
+    pb_buf, ps_buf = scratch("hpb", (sub,), dt), scratch("hps", (sub,), dt)
+    pl_buf = scratch("hpl", (sub,), np.int64)
+    no_b, no_l = np.zeros(0, dtype=dt), np.zeros(0, dtype=np.int64)
     todo_buf = scratch("todo", (min(sub_rows, max(n, 1)),), np.int64)
     G_buf = scratch("gathered", (max(2, int(BLAS_FRACTION * sub_rows) + 1), d), dt)
     sep = np.asarray(bounds["sep"], dtype=np.float64)
     delta = np.asarray(bounds["delta"], dtype=np.float64)
     c_max2 = float(bounds["c_max"]) ** 2
-    try:
-        for start in range(0, n, sub_rows):
-            stop = min(start + sub_rows, n)
-            Xs = X[start:stop]
-            if not Xs.flags.c_contiguous:
-                Xs = np.ascontiguousarray(Xs)
-            rows = stop - start
-            lab_s, up_s, low_s, xs_sq = labels[start:stop], upper[start:stop], lower[start:stop], x_sq64[start:stop]
-            todo = todo_buf[:rows]
-            if fresh:
-                todo[:] = np.arange(rows)
-                mt = rows
-            else:
-                mt = _check(Xs, C64, xs_sq, lab_s, up_s, low_s, todo, sep, delta, c_max2, e_coef,
-                            float(bounds["delta_max"]), int(bounds["delta_arg"]), float(bounds["delta_2nd"]))
-            if mt:
-                if mt >= BLAS_FRACTION * rows:  # the sub-chunk's GEMM, as the Lloyd kernel's
-                    P = P_buf[:rows]
-                    np.matmul(Xs, m2C_T, out=P)
-                    _resolve(P, True, c_sq, Xs, C64, xs_sq, todo, mt, lab_s, up_s, low_s, c_max2, e_coef)
-                else:  # a GEMM of the rows that need it (two at least: one row would be a GEMV)
-                    g = max(mt, 2)
-                    Xg = G_buf[:g]
-                    np.take(Xs, todo[:g] if mt >= 2 else np.repeat(todo[:1], 2), axis=0, out=Xg)
-                    P = P_buf[:g]
-                    np.matmul(Xg, m2C_T, out=P)
-                    _resolve(P, False, c_sq, Xs, C64, xs_sq, todo, mt, lab_s, up_s, low_s, c_max2, e_coef)
-            _accumulate(Xs, lab_s, up_s, C64, xs_sq, w_arr[start:stop] if w is not None else w_arr, start,
-                        sums, weights, counts, sq, dist[start:stop], hd, hi, hn)
-    except BaseException:  # half-updated bounds must not be trusted by the next pass
-        _forget(X)
-        raise
+    for start in range(0, n, sub_rows):
+        stop = min(start + sub_rows, n)
+        Xs = X[start:stop]
+        if not Xs.flags.c_contiguous:
+            Xs = np.ascontiguousarray(Xs)
+        rows = stop - start
+        lab_s, up_s, low_s, xs_sq = labels[start:stop], upper[start:stop], lower[start:stop], x_sq64[start:stop]
+        todo = todo_buf[:rows]
+        if fresh:
+            todo[:] = np.arange(rows)
+            mt = rows
+        else:
+            mt = _check(Xs, C64, xs_sq, lab_s, up_s, low_s, todo, sep, delta, c_max2, e_coef,
+                        float(bounds["delta_max"]), int(bounds["delta_arg"]), float(bounds["delta_2nd"]))
+        if mt:
+            if mt >= BLAS_FRACTION * rows and cols:  # the sub-chunk's GEMM by centers, as the Lloyd kernel's
+                PT = PT_buf[:, :rows]
+                np.matmul(m2C, Xs.T, out=PT)
+                pb, pl, ps = pb_buf[:rows], pl_buf[:rows], ps_buf[:rows]
+                _best_two_cols(PT, c_sq, pb, pl, ps)
+                _resolve(PT, True, True, pb, pl, ps, c_sq, Xs, C64, xs_sq, todo, mt, lab_s, up_s, low_s,
+                         c_max2, e_coef)
+            elif mt >= BLAS_FRACTION * rows:  # the sub-chunk's GEMM, as the Lloyd kernel's
+                P = P_buf[:rows]
+                np.matmul(Xs, m2C_T, out=P)
+                _resolve(P, True, False, no_b, no_l, no_b, c_sq, Xs, C64, xs_sq, todo, mt, lab_s, up_s,
+                         low_s, c_max2, e_coef)
+            else:  # a GEMM of the rows that need it (two at least: one row would be a GEMV)
+                g = max(mt, 2)
+                Xg = G_buf[:g]
+                np.take(Xs, todo[:g] if mt >= 2 else np.repeat(todo[:1], 2), axis=0, out=Xg)
+                P = P_buf[:g]
+                np.matmul(Xg, m2C_T, out=P)
+                _resolve(P, False, False, no_b, no_l, no_b, c_sq, Xs, C64, xs_sq, todo, mt, lab_s, up_s,
+                         low_s, c_max2, e_coef)
+        _accumulate(Xs, lab_s, up_s, C64, xs_sq, w_arr[start:stop] if w is not None else w_arr, start,
+                    sums, weights, counts, sq, dist[start:stop], hd, hi, hn)
     inertia = _inertia_from_sums(C64, sums, weights, sq)
     order = np.lexsort((hi, -hd))
-    return sums, weights, counts, inertia, labels, dist, hi[order]
+    state["pass"] = p
+    return state, (sums, weights, counts, inertia, labels, dist, hi[order])
 
 
 # the compiled pieces that Elkan's bounded pass (kmeans_dist.kernels.elkan) shares with this one

@@ -23,12 +23,12 @@ from . import fused, hamerly, sparse
 from .distances import FUSED_SUB_BYTES, exact_sq_dist_to, row_norms_sq, sub_rows_for
 from .xp import get_namespace, to_numpy
 
-__all__ = ["lloyd_partial", "combine_lloyd_partials", "finalize_centers", "minibatch_update", "farthest"]
+__all__ = ["lloyd_partial", "hamerly_partial", "combine_lloyd_partials", "finalize_centers", "minibatch_update", "farthest"]
 
 
 def lloyd_partial(X, sample_weight, centers, *, offset: int = 0, n_far: int | None = None,
                   exact_inertia: bool = False, return_labels: bool = False,
-                  sub_rows: int | None = None, x_sq=None, bounds: dict | None = None) -> dict:
+                  sub_rows: int | None = None, x_sq=None) -> dict:
     """One block's share of a Lloyd iteration.
 
     Assigns every row of ``X`` to its nearest center and returns a partial of host NumPy arrays, to be
@@ -54,10 +54,6 @@ def lloyd_partial(X, sample_weight, centers, *, offset: int = 0, n_far: int | No
         Rows per distance GEMM (None: from the sizes).
     x_sq : array of shape (n_rows,) or None, default=None
         Precomputed squared row norms.
-    bounds : dict or None, default=None
-        A pass of ``algorithm="hamerly"`` (see :mod:`kmeans_dist.kernels.hamerly`): skips the distances
-        that the bounds kept from the previous pass of the same run prove unneeded; then ``inertia``
-        comes from per-center sums in float64 and the far rows are chosen by exact distance.
 
     Returns
     -------
@@ -100,11 +96,6 @@ def lloyd_partial(X, sample_weight, centers, *, offset: int = 0, n_far: int | No
     if weighted:
         w_x = xp.astype(sample_weight, X.dtype) if sample_weight.dtype != X.dtype else sample_weight
     itemsize = X.dtype.itemsize if hasattr(X.dtype, "itemsize") else 8
-    if bounds is not None and not exact_inertia and not return_labels and _use_fused(X, centers):
-        sums, weights, counts, inertia, labels, dist, order = hamerly.lloyd_block_bounded(
-            X, w_x, centers, min(k if n_far is None else n_far, n), bounds)
-        return _partial(xp, X, w_x, sums, weights, counts, inertia, labels, dist, k, n, n_far, offset,
-                        return_labels, order=order)
     if _use_fused(X, centers):
         if sub_rows is None:  # the sub-chunk and its products stay in L2 for the compiled loop
             sub_rows = int(min(16384, max(512, FUSED_SUB_BYTES // max(1, (d + k) * itemsize))))
@@ -166,6 +157,53 @@ def lloyd_partial(X, sample_weight, centers, *, offset: int = 0, n_far: int | No
         dist = xp.zeros((0,), dtype=X.dtype)
     return _partial(xp, X, w_x, sums, weights, counts, inertia, labels, dist, k, n, n_far, offset,
                     return_labels)
+
+
+def hamerly_partial(X, sample_weight, centers, state, bounds: dict, *, offset: int = 0,
+                    n_far: int | None = None):
+    """One block's share of a pass of ``algorithm="hamerly"``: ``(new_state, partial)``.
+
+    Skips the distances that the bounds kept from the previous pass prove unneeded (see
+    :mod:`kmeans_dist.kernels.hamerly`); then ``inertia`` comes from per-center sums in float64 and the far
+    rows are chosen by exact distance.  Blocks that the compiled loop does not take (CuPy, sparse, one
+    center, no Numba) run a plain :func:`lloyd_partial` and keep no state.
+
+    Parameters
+    ----------
+    X : array of shape (n_rows, n_features)
+        The block.
+    sample_weight : array of shape (n_rows,) or None
+        Weight of every row.
+    centers : array of shape (n_clusters, n_features)
+        Centers of this pass.
+    state : dict or None
+        The block's state returned by the previous pass of the same run, or None (a full pass).
+    bounds : dict
+        The pass's index (``pass``) and :func:`kmeans_dist.kernels.hamerly.bound_params`.
+    offset : int, default=0
+        Global index of the block's first row.
+    n_far : int or None, default=None
+        Number of farthest rows to keep (None: ``n_clusters``).
+
+    Returns
+    -------
+    state : dict or None
+        The block's state for the next pass.
+    partial : dict
+        As :func:`lloyd_partial` returns it.
+    """
+    k = centers.shape[0]
+    if sparse.is_sparse(X) or k < 2 or not _use_fused(X, centers):
+        return None, lloyd_partial(X, sample_weight, centers, offset=offset, n_far=n_far)
+    xp = get_namespace(X, centers)
+    n = X.shape[0]
+    w_x = None
+    if sample_weight is not None:
+        w_x = xp.astype(sample_weight, X.dtype) if sample_weight.dtype != X.dtype else sample_weight
+    state, (sums, weights, counts, inertia, labels, dist, order) = hamerly.lloyd_block_bounded(
+        X, w_x, centers, min(k if n_far is None else n_far, n), state, bounds)
+    return state, _partial(xp, X, w_x, sums, weights, counts, inertia, labels, dist, k, n, n_far, offset,
+                           False, order=order)
 
 
 def _lloyd_partial_sparse(X, sample_weight, centers, offset, n_far, exact_inertia, return_labels, x_sq):
