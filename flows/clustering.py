@@ -1,15 +1,20 @@
-"""``clustering_flow``: ingest, standardize, seed, fit, evaluate and report, as Prefect tasks on Dask.
+"""``clustering_flow``: ingest, standardize, seed, fit, evaluate and report, as Prefect tasks on Dask or Ray.
 
-The outer flow validates every parameter and checks the source and the Dask scheduler before anything
-is written, then runs the stages in a subflow on a ``DaskTaskRunner`` (a ``LocalCluster`` of
-``n_workers`` processes by default, or the scheduler at ``dask_address``).
+The outer flow validates every parameter and checks the source and the Dask scheduler (or connects to
+Ray) before anything is written, then runs the stages in a subflow.  With ``engine`` "auto" or "dask" the
+subflow runs on a ``DaskTaskRunner`` (a ``LocalCluster`` of ``n_workers`` processes by default, or the
+scheduler at ``dask_address``); with "ray" its tasks run in threads of the flow's process, a Ray driver
+whose passes over the data run in Ray actors (the cluster at ``ray_address``, else a local Ray bound to
+127.0.0.1), and no Dask cluster is started; with "local" they run in the flow's process.
 
 Every task's cache key is the stage name and version, the content fingerprint of its input store(s)
-and its parameters; results persist in ``<output_dir>/.prefect-results``, so a re-run with the same
-inputs skips finished stages, and a changed input recomputes from the first stage it affects.  Lloyd
-checkpoints every iteration into ``<output_dir>/fits/<name>/``: a run killed mid-fit resumes there.
+and its parameters (never the engine: every engine gives the same results, bit for bit); results
+persist in ``<output_dir>/.prefect-results``, so a re-run with the same inputs skips finished stages
+(whichever engine computed them), and a changed input recomputes from the first stage it affects.
+Lloyd checkpoints every iteration into ``<output_dir>/fits/<name>/``: a run killed mid-fit resumes there.
 
-Run it: ``python -m flows.clustering --source sklearn-digits --k 10`` (see ``--help``).
+Run it: ``python -m flows.clustering --source sklearn-digits --k 10`` (see ``--help``); on Ray:
+``python -m flows.clustering --source store.zarr --k 10 --engine ray --ray-address ray://head:10001``.
 """
 from __future__ import annotations
 
@@ -19,11 +24,12 @@ import time
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
 
 from prefect import flow, get_run_logger, task  # noqa: E402
+from pydantic import Field, field_validator, model_validator  # noqa: E402
 
 from flows.artifacts import LloydProgress, publish_history, publish_report  # noqa: E402
 from flows.params import (ClusteringParams, ParameterError, check_dask_address, check_source,  # noqa: E402
@@ -31,11 +37,101 @@ from flows.params import (ClusteringParams, ParameterError, check_dask_address, 
 from pipelines import stages  # noqa: E402
 
 __all__ = ["clustering_flow", "clustering_run", "make_task_runner", "stage_tasks", "dask_client",
-           "ParameterError"]
+           "ParameterError", "ClusteringFlowParams", "ENGINES", "flow_engine", "engine_kwargs"]
 
 RESULTS_DIR = ".prefect-results"
-# task parameters that never change a stage's output
-_NOT_IN_KEY = {"out_dir"}
+# task parameters that never change a stage's output (the engines give bit-identical results)
+_NOT_IN_KEY = {"out_dir", "engine", "ray_address"}
+#: the values of ``engine`` (those of :data:`kmeans_dist.chunked.driver.ENGINES`)
+ENGINES = ("auto", "dask", "ray", "local")
+
+
+class ClusteringFlowParams(ClusteringParams):
+    """Parameters of ``clustering_flow``: :class:`flows.params.ClusteringParams` with the engine.
+
+    ``engine`` is one of :data:`ENGINES` (``"auto"``: Dask, or Ray when ``ray_address`` is given);
+    ``ray_address`` (stripped, empty means none) goes only with "ray" or "auto", and ``dask_address``
+    only with "dask" or "auto".  Neither is part of the run folder's name (:func:`flows.params.run_name`):
+    the engines give the same results, so runs on Dask and on Ray share their folder and cache.
+
+    Raises
+    ------
+    pydantic.ValidationError
+        If a field is invalid (an ``engine`` outside :data:`ENGINES` among them) or unknown.
+
+    Examples
+    --------
+    >>> p = ClusteringFlowParams(k=3, engine="ray")
+    >>> p.engine, p.ray_address, flow_engine(p)
+    ('ray', None, 'ray')
+    >>> flow_engine(ClusteringFlowParams(ray_address="ray://head:10001"))
+    'ray'
+    """
+
+    engine: Literal["auto", "dask", "ray", "local"] = Field(
+        "auto", description="Where the k-means passes run: auto (Dask; Ray when --ray-address is given), "
+                            "dask, ray (Ray actors; no Dask cluster is started) or local (this process)")
+    ray_address: Optional[str] = Field(
+        None, description="Ray cluster for --engine ray (ray://host:10001, host:6379 or auto); "
+                          "empty: RAY_ADDRESS, else a local Ray bound to 127.0.0.1")
+
+    @field_validator("ray_address")
+    @classmethod
+    def _ray_address(cls, v):
+        if v is None or not str(v).strip():
+            return None
+        return str(v).strip()
+
+    @model_validator(mode="after")
+    def _engine_addresses(self):
+        if self.ray_address and self.engine in ("dask", "local"):
+            raise ValueError(f"ray_address is for engine 'ray' (or 'auto'), not {self.engine!r}")
+        if self.dask_address and flow_engine(self) in ("ray", "local"):
+            raise ValueError(f"dask_address is for engine 'dask' (or 'auto'), not {flow_engine(self)!r}")
+        return self
+
+
+def flow_engine(p) -> str:
+    """The engine a run's tasks use: ``p.engine``, with "auto" and a ``ray_address`` meaning "ray".
+
+    Parameters
+    ----------
+    p : ClusteringFlowParams or pydantic.BaseModel
+        Validated parameters; a model without ``engine`` (:class:`flows.params.ChooseKParams`) is "auto".
+
+    Returns
+    -------
+    str
+        One of :data:`ENGINES`.
+    """
+    engine = getattr(p, "engine", "auto")
+    return "ray" if engine == "auto" and getattr(p, "ray_address", None) else engine
+
+
+def engine_kwargs(p) -> dict:
+    """The ``engine`` and ``ray_address`` keyword arguments of the stage tasks, from a run's parameters.
+
+    Parameters
+    ----------
+    p : ClusteringFlowParams or pydantic.BaseModel
+        Validated parameters (see :func:`flow_engine`).
+
+    Returns
+    -------
+    dict
+        ``{"engine": ..., "ray_address": ...}``.
+    """
+    return {"engine": flow_engine(p), "ray_address": getattr(p, "ray_address", None)}
+
+
+@contextmanager
+def _compute_client(engine: str):
+    """The Dask client for engines that may use one ("auto", "dask"); None for "ray" and "local"."""
+    if engine in ("ray", "local"):
+        yield None
+        return
+    with dask_client() as client:
+        yield client
 
 
 def _cache_key(stage: str, inputs: tuple[str, ...]):
@@ -137,7 +233,7 @@ def ingest_task(source: str, out_dir: str, limit: Optional[int] = None, chunk_ro
 
 
 @task(name="standardize", **_DASK_RETRY, cache_key_fn=_cache_key("standardize", ("store",)), persist_result=True)
-def standardize_task(store: dict, out_dir: str) -> dict:
+def standardize_task(store: dict, out_dir: str, engine: str = "auto", ray_address: Optional[str] = None) -> dict:
     """Prefect task of :func:`pipelines.stages.standardize`: the standardized copy of ``store``.
 
     Cached on the fingerprint of ``store``; retried (twice at most) only when Dask cancelled one of
@@ -149,18 +245,24 @@ def standardize_task(store: dict, out_dir: str) -> dict:
         Reference of the input store.
     out_dir : str
         The run folder.
+    engine : {"auto", "dask", "ray", "local"}, default: "auto"
+        Where the passes over the data run (:func:`pipelines.stages.use_engine`); not part of the cache key.
+    ray_address : str, optional
+        Ray cluster for ``engine="ray"``.
 
     Returns
     -------
     dict
         Reference of the standardized store.
     """
-    with dask_client() as client:
-        return stages.standardize(store, out_dir, client=client, logger=get_run_logger())
+    with _compute_client(engine) as client:
+        return stages.standardize(store, out_dir, client=client, engine=engine, ray_address=ray_address,
+                                  logger=get_run_logger())
 
 
 @task(name="seed", **_DASK_RETRY, cache_key_fn=_cache_key("seed", ("store",)), persist_result=True)
-def seed_task(store: dict, out_dir: str, k: int, init: str, random_state: int, name: str) -> dict:
+def seed_task(store: dict, out_dir: str, k: int, init: str, random_state: int, name: str, engine: str = "auto",
+              ray_address: Optional[str] = None) -> dict:
     """Prefect task of :func:`pipelines.stages.seed`: initial centers saved to ``seeds/<name>.npy``.
 
     Cached on the fingerprint of ``store`` and the other parameters; retried (twice at most) only
@@ -180,6 +282,10 @@ def seed_task(store: dict, out_dir: str, k: int, init: str, random_state: int, n
         Seed of the seeding.
     name : str
         File name of the centers.
+    engine : {"auto", "dask", "ray", "local"}, default: "auto"
+        Where the passes over the data run (:func:`pipelines.stages.use_engine`); not part of the cache key.
+    ray_address : str, optional
+        Ray cluster for ``engine="ray"``.
 
     Returns
     -------
@@ -191,15 +297,15 @@ def seed_task(store: dict, out_dir: str, k: int, init: str, random_state: int, n
     kmeans_dist.data.DataError
         If ``k`` is larger than the number of samples.
     """
-    with dask_client() as client:
+    with _compute_client(engine) as client:
         return stages.seed(store, out_dir, k=k, init=init, random_state=random_state, name=name, client=client,
-                           logger=get_run_logger())
+                           engine=engine, ray_address=ray_address, logger=get_run_logger())
 
 
 @task(name="fit_lloyd", **_DASK_RETRY, cache_key_fn=_cache_key("fit_lloyd", ("store", "init")),
       persist_result=True)
 def fit_lloyd_task(store: dict, init: dict, out_dir: str, max_iter: int, tol: float, name: str,
-                   algorithm: str = "lloyd") -> dict:
+                   algorithm: str = "lloyd", engine: str = "auto", ray_address: Optional[str] = None) -> dict:
     """Prefect task of :func:`pipelines.stages.fit_lloyd`, with a progress artifact.
 
     Cached on the fingerprints of ``store`` and ``init`` and the other parameters; retried (twice at
@@ -223,6 +329,10 @@ def fit_lloyd_task(store: dict, init: dict, out_dir: str, max_iter: int, tol: fl
         Name of the fit.
     algorithm : {"lloyd", "hamerly"}, default: "lloyd"
         The iterations (Hamerly's bounds skip most distances).
+    engine : {"auto", "dask", "ray", "local"}, default: "auto"
+        Where the passes over the data run (:func:`pipelines.stages.use_engine`); not part of the cache key.
+    ray_address : str, optional
+        Ray cluster for ``engine="ray"``.
 
     Returns
     -------
@@ -230,9 +340,10 @@ def fit_lloyd_task(store: dict, init: dict, out_dir: str, max_iter: int, tol: fl
         The fit reference.
     """
     progress = LloydProgress(name)
-    with dask_client() as client:
+    with _compute_client(engine) as client:
         res = stages.fit_lloyd(store, init, out_dir, max_iter=max_iter, tol=tol, name=name, client=client,
-                               progress=progress, logger=get_run_logger(), algorithm=algorithm)
+                               progress=progress, logger=get_run_logger(), algorithm=algorithm, engine=engine,
+                               ray_address=ray_address)
     progress.done(res["n_iter"])
     return res
 
@@ -240,7 +351,7 @@ def fit_lloyd_task(store: dict, init: dict, out_dir: str, max_iter: int, tol: fl
 @task(name="fit_minibatch", **_DASK_RETRY, cache_key_fn=_cache_key("fit_minibatch", ("store", "init")),
       persist_result=True)
 def fit_minibatch_task(store: dict, init: dict, out_dir: str, batch_size: int, max_iter: int, tol: float,
-                       random_state: int, name: str) -> dict:
+                       random_state: int, name: str, engine: str = "auto", ray_address: Optional[str] = None) -> dict:
     """Prefect task of :func:`pipelines.stages.fit_minibatch`.
 
     Cached on the fingerprints of ``store`` and ``init`` and the other parameters; retried (twice at
@@ -264,21 +375,26 @@ def fit_minibatch_task(store: dict, init: dict, out_dir: str, batch_size: int, m
         Seed of the batch sampling.
     name : str
         Name of the fit.
+    engine : {"auto", "dask", "ray", "local"}, default: "auto"
+        Where the passes over the data run (:func:`pipelines.stages.use_engine`); not part of the cache key.
+    ray_address : str, optional
+        Ray cluster for ``engine="ray"``.
 
     Returns
     -------
     dict
         The fit reference.
     """
-    with dask_client() as client:
+    with _compute_client(engine) as client:
         return stages.fit_minibatch(store, init, out_dir, batch_size=batch_size, max_iter=max_iter, tol=tol,
-                                    random_state=random_state, name=name, client=client, logger=get_run_logger())
+                                    random_state=random_state, name=name, client=client, engine=engine,
+                                    ray_address=ray_address, logger=get_run_logger())
 
 
 @task(name="fit_family", **_DASK_RETRY, cache_key_fn=_cache_key("fit_family", ("store", "init")),
       persist_result=True)
 def fit_family_task(store: dict, init: dict, out_dir: str, algorithm: str, max_iter: int, tol: float,
-                    random_state: int, name: str) -> dict:
+                    random_state: int, name: str, engine: str = "auto", ray_address: Optional[str] = None) -> dict:
     """Prefect task of :func:`pipelines.stages.fit_family` (bisecting, spherical, k-medians, k-medoids, Elkan).
 
     Cached on the fingerprints of ``store`` and ``init`` and the other parameters; retried (twice at
@@ -302,19 +418,25 @@ def fit_family_task(store: dict, init: dict, out_dir: str, algorithm: str, max_i
         Seed of the estimator's own random choices.
     name : str
         Name of the fit.
+    engine : {"auto", "dask", "ray", "local"}, default: "auto"
+        Where the passes over the data run (:func:`pipelines.stages.use_engine`); not part of the cache key.
+    ray_address : str, optional
+        Ray cluster for ``engine="ray"``.
 
     Returns
     -------
     dict
         The fit reference.
     """
-    with dask_client() as client:
+    with _compute_client(engine) as client:
         return stages.fit_family(store, init, out_dir, algorithm=algorithm, max_iter=max_iter, tol=tol,
-                                 random_state=random_state, name=name, client=client, logger=get_run_logger())
+                                 random_state=random_state, name=name, client=client, engine=engine,
+                                 ray_address=ray_address, logger=get_run_logger())
 
 
 @task(name="evaluate", **_DASK_RETRY, cache_key_fn=_cache_key("evaluate", ("store", "fit")), persist_result=True)
-def evaluate_task(store: dict, fit: dict, out_dir: str, silhouette_sample: int, random_state: int) -> dict:
+def evaluate_task(store: dict, fit: dict, out_dir: str, silhouette_sample: int, random_state: int,
+                  engine: str = "auto", ray_address: Optional[str] = None) -> dict:
     """Prefect task of :func:`pipelines.stages.evaluate`.
 
     Cached on the fingerprints of ``store`` and ``fit`` and the other parameters; retried (twice at
@@ -332,15 +454,20 @@ def evaluate_task(store: dict, fit: dict, out_dir: str, silhouette_sample: int, 
         Size of the silhouette sample.
     random_state : int
         Seed of the silhouette sample.
+    engine : {"auto", "dask", "ray", "local"}, default: "auto"
+        Where the passes over the data run (:func:`pipelines.stages.use_engine`); not part of the cache key.
+    ray_address : str, optional
+        Ray cluster for ``engine="ray"``.
 
     Returns
     -------
     dict
         The metrics.
     """
-    with dask_client() as client:
+    with _compute_client(engine) as client:
         return stages.evaluate(store, fit, out_dir, silhouette_sample=silhouette_sample,
-                               random_state=random_state, client=client, logger=get_run_logger())
+                               random_state=random_state, client=client, engine=engine, ray_address=ray_address,
+                               logger=get_run_logger())
 
 
 @task(name="report")
@@ -416,11 +543,14 @@ def stage_tasks(out_dir: str) -> _Tasks:
     return t
 
 
-def make_task_runner(dask_address: str | None, n_workers: int = 2, threads_per_worker: int = 1):
-    """Build the ``DaskTaskRunner`` of a run.
+def make_task_runner(dask_address: str | None, n_workers: int = 2, threads_per_worker: int = 1,
+                     engine: str = "auto"):
+    """Build the task runner of a run: a ``DaskTaskRunner``, or threads for the Ray and local engines.
 
     With ``dask_address``: the scheduler there.  Without: a ``LocalCluster`` of ``n_workers``
-    processes whose scheduler and dashboard bind to 127.0.0.1 on free ports.
+    processes whose scheduler and dashboard bind to 127.0.0.1 on free ports.  With ``engine`` "ray" or
+    "local" no Dask cluster is used: a ``ThreadPoolTaskRunner`` runs the tasks in this process (a Ray
+    driver for "ray").
 
     Parameters
     ----------
@@ -430,12 +560,18 @@ def make_task_runner(dask_address: str | None, n_workers: int = 2, threads_per_w
         Worker processes of the local cluster.
     threads_per_worker : int, default: 1
         Threads per worker of the local cluster.
+    engine : {"auto", "dask", "ray", "local"}, default: "auto"
+        The run's engine (as resolved by :func:`flow_engine`).
 
     Returns
     -------
-    prefect_dask.DaskTaskRunner
+    prefect_dask.DaskTaskRunner or prefect.task_runners.ThreadPoolTaskRunner
         The task runner.
     """
+    if engine in ("ray", "local"):
+        from prefect.task_runners import ThreadPoolTaskRunner
+
+        return ThreadPoolTaskRunner()
     from prefect_dask import DaskTaskRunner
 
     if dask_address:
@@ -485,8 +621,9 @@ def ingest_and_standardize(T, p, source: str, out_dir: str, timings: dict) -> di
     ----------
     T : object
         The stage tasks (from :func:`stage_tasks`).
-    p : flows.params.ClusteringParams or flows.params.ChooseKParams
-        The validated parameters (``limit``, ``chunk_rows``, ``standardize``).
+    p : ClusteringFlowParams or flows.params.ChooseKParams
+        The validated parameters (``limit``, ``chunk_rows``, ``standardize``; ``engine`` and
+        ``ray_address`` when it has them, see :func:`engine_kwargs`).
     source : str
         The resolved source.
     out_dir : str
@@ -504,14 +641,14 @@ def ingest_and_standardize(T, p, source: str, out_dir: str, timings: dict) -> di
     timings["ingest"] = time.perf_counter() - t0
     if p.standardize:
         t0 = time.perf_counter()
-        store = T.standardize.submit(store, out_dir).result()
+        store = T.standardize.submit(store, out_dir, **engine_kwargs(p)).result()
         timings["standardize"] = time.perf_counter() - t0
     return store
 
 
 @flow(name="clustering-run", validate_parameters=False)
 def clustering_run(params: dict, source: str, out_dir: str) -> dict:
-    """Run the stages of one clustering run, on the flow's (Dask) task runner.
+    """Run the stages of one clustering run, on the flow's task runner (Dask, or threads for Ray and local).
 
     Seeds and fits ``n_init`` times, keeps the lowest inertia, evaluates it, writes the report and
     publishes it (and the fit's history) as artifacts.  ``run.json`` in ``out_dir`` says 'running',
@@ -520,7 +657,7 @@ def clustering_run(params: dict, source: str, out_dir: str) -> dict:
     Parameters
     ----------
     params : dict
-        Validated parameters (a dumped :class:`flows.params.ClusteringParams`).
+        Validated parameters (a dumped :class:`ClusteringFlowParams`).
     source : str
         The resolved source.
     out_dir : str
@@ -534,32 +671,37 @@ def clustering_run(params: dict, source: str, out_dir: str) -> dict:
         ``shape``.
     """
     logger = get_run_logger()
-    p = ClusteringParams(**params)
+    p = ClusteringFlowParams(**params)
+    ek = engine_kwargs(p)
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     write_status(out_dir, "running", flow="clustering_flow", params=p.model_dump())
     try:
+        if ek["engine"] == "ray":  # once, before tasks run in threads of this process
+            stages.connect_ray(ek["ray_address"])
         T = stage_tasks(out_dir)
         timings: dict[str, float] = {}
         store = ingest_and_standardize(T, p, source, out_dir, timings)
         n, d = store["shape"]
-        logger.info("Data: %d samples x %d features; k=%d, init=%s, algorithm=%s, n_init=%d",
-                    n, d, p.k, p.init, p.algorithm, p.n_init)
+        logger.info("Data: %d samples x %d features; k=%d, init=%s, algorithm=%s, n_init=%d, engine=%s",
+                    n, d, p.k, p.init, p.algorithm, p.n_init, ek["engine"])
         t0 = time.perf_counter()
-        seeds = [T.seed.submit(store, out_dir, p.k, p.init, p.seed + i, f"seed-{i}") for i in range(p.n_init)]
+        seeds = [T.seed.submit(store, out_dir, p.k, p.init, p.seed + i, f"seed-{i}", **ek) for i in range(p.n_init)]
         if p.algorithm in ("lloyd", "hamerly"):
-            fits = [T.fit_lloyd.submit(store, s, out_dir, p.max_iter, p.tol, f"fit-{i}", p.algorithm)
+            fits = [T.fit_lloyd.submit(store, s, out_dir, p.max_iter, p.tol, f"fit-{i}", p.algorithm, **ek)
                     for i, s in enumerate(seeds)]
         elif p.algorithm == "minibatch":
-            fits = [T.fit_minibatch.submit(store, s, out_dir, p.batch_size, p.max_iter, p.tol, p.seed + i, f"fit-{i}")
+            fits = [T.fit_minibatch.submit(store, s, out_dir, p.batch_size, p.max_iter, p.tol, p.seed + i, f"fit-{i}",
+                                           **ek)
                     for i, s in enumerate(seeds)]
         else:
-            fits = [T.fit_family.submit(store, s, out_dir, p.algorithm, p.max_iter, p.tol, p.seed + i, f"fit-{i}")
+            fits = [T.fit_family.submit(store, s, out_dir, p.algorithm, p.max_iter, p.tol, p.seed + i, f"fit-{i}",
+                                        **ek)
                     for i, s in enumerate(seeds)]
         results = [f.result() for f in fits]
         timings["seed + fit"] = time.perf_counter() - t0
         best = min(results, key=lambda r: r["inertia"])
         t0 = time.perf_counter()
-        metrics = T.evaluate.submit(store, best, out_dir, p.silhouette_sample, p.seed).result()
+        metrics = T.evaluate.submit(store, best, out_dir, p.silhouette_sample, p.seed, **ek).result()
         timings["evaluate"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         rep = T.report.submit(out_dir, store, best, metrics, p.model_dump(), timings).result()
@@ -601,14 +743,20 @@ def clustering_flow(
     limit: Optional[int] = None,
     chunk_rows: Optional[int] = None,
     silhouette_sample: int = 2000,
+    engine: str = "auto",
+    ray_address: Optional[str] = None,
 ) -> dict:
-    """Run k-means on Dask: ingest, standardize, seed, fit, evaluate and report.
+    """Run k-means on Dask or Ray: ingest, standardize, seed, fit, evaluate and report.
 
     Ingest ``source``, optionally standardize, seed ``n_init`` times, fit (Lloyd or mini-batch), keep
     the lowest inertia, evaluate and report into ``output_dir``.
 
     Parameters are validated before any work starts; the source and the Dask scheduler are checked
-    before anything is written.  ``dask_address`` empty: a LocalCluster of ``n_workers`` processes.
+    (or Ray connected to) before anything is written.  ``dask_address`` empty: a LocalCluster of
+    ``n_workers`` processes.  ``engine="ray"``: the passes over the data run in Ray actors (the cluster
+    at ``ray_address``, else a local Ray bound to 127.0.0.1), the tasks in threads of the flow's process,
+    and no Dask cluster is started (``--engine ray --ray-address ray://head:10001`` on the command line).
+    The centers, metrics and cache keys are the same whatever the engine.
     The run folder is ``<output_dir>/<run_name>`` (default ``runs/clustering/<run_name>``, see
     :func:`flows.params.default_output_dir`); finished stages are cached and Lloyd fits resume from
     their checkpoints.
@@ -650,6 +798,12 @@ def clustering_flow(
         Rows per chunk of the ingested store.
     silhouette_sample : int, default: 2000
         Size of the sample the silhouette is estimated on (0: none).
+    engine : {"auto", "dask", "ray", "local"}, default: "auto"
+        Where the k-means passes run: "auto" (Dask; Ray when ``ray_address`` is given), "dask", "ray"
+        (Ray actors) or "local" (the flow's process).
+    ray_address : str, optional
+        Ray cluster for ``engine="ray"`` (``ray://host:10001``, ``host:6379`` or ``"auto"``); empty:
+        ``RAY_ADDRESS``, else a local Ray bound to 127.0.0.1.
 
     Returns
     -------
@@ -660,26 +814,45 @@ def clustering_flow(
     Raises
     ------
     flows.params.ParameterError
-        If a parameter is invalid, the source does not exist or the Dask scheduler cannot be reached.
+        If a parameter is invalid (an ``engine`` other than "auto", "dask", "ray" or "local" among
+        them), the source does not exist, the Dask scheduler cannot be reached or Ray cannot be
+        connected to.
     """
     quiet_dask_logs()
     values = dict(source=source, k=k, init=init, algorithm=algorithm, standardize=standardize, n_init=n_init,
                   seed=seed, output_dir=output_dir, dask_address=dask_address, n_workers=n_workers,
                   threads_per_worker=threads_per_worker, max_iter=max_iter, tol=tol, batch_size=batch_size,
-                  limit=limit, chunk_rows=chunk_rows, silhouette_sample=silhouette_sample)
-    p = validate_params(ClusteringParams, values, "clustering_flow")
+                  limit=limit, chunk_rows=chunk_rows, silhouette_sample=silhouette_sample, engine=engine,
+                  ray_address=ray_address)
+    p = validate_params(ClusteringFlowParams, values, "clustering_flow")
     src = check_source(p.source)
+    engine = flow_engine(p)
     if p.dask_address:
         check_dask_address(p.dask_address)
-    out = default_output_dir("clustering", p)
-    runner = make_task_runner(p.dask_address, p.n_workers, p.threads_per_worker)
-    get_run_logger().info("Output folder: %s; Dask: %s", out,
-                          p.dask_address or f"LocalCluster({p.n_workers} workers)")
+    if engine == "ray":
+        _check_ray(p.ray_address)
+    # the run folder is named by the parameters that change results: not the engine (see ClusteringFlowParams)
+    out = default_output_dir("clustering", ClusteringParams(**p.model_dump(exclude={"engine", "ray_address"})))
+    runner = make_task_runner(p.dask_address, p.n_workers, p.threads_per_worker, engine=engine)
+    where = {"ray": f"Ray ({p.ray_address or 'local, 127.0.0.1'})", "local": "this process"}.get(
+        engine, f"Dask ({p.dask_address or f'LocalCluster({p.n_workers} workers)'})")
+    get_run_logger().info("Output folder: %s; engine: %s", out, where)
     return clustering_run.with_options(task_runner=runner)(params=p.model_dump(), source=src, out_dir=out)
 
 
+def _check_ray(address: str | None) -> None:
+    """Connect to Ray (:func:`pipelines.stages.connect_ray`) before anything is written; fail clearly."""
+    try:
+        stages.connect_ray(address)
+    except Exception as exc:  # ray.init raises ConnectionError, RuntimeError, ValueError...
+        raise ParameterError(
+            f"Cannot connect to Ray at {address or 'a local instance'} ({type(exc).__name__}: {exc}). Start one "
+            "with `ray start --head` (then --ray-address HOST:6379 or ray://HOST:10001), fix ray_address, or "
+            "leave it empty for a local Ray.") from None
+
+
 def _cli(argv=None):
-    return run_cli(ClusteringParams, clustering_flow, "python -m flows.clustering",
+    return run_cli(ClusteringFlowParams, clustering_flow, "python -m flows.clustering",
                    ("output_dir", "report", "centers", "n_iter", "inertia"), argv)
 
 

@@ -4,6 +4,11 @@ Every stage takes and returns *references* (store URLs, paths of small ``.npy``/
 dicts of parameters and results), never whole arrays, so the stages can run as Prefect tasks on Dask
 workers and their results can be cached and persisted cheaply.
 
+Every stage that passes over the data takes ``engine`` (``"auto"``, ``"dask"``, ``"ray"`` or ``"local"``,
+as the library's estimators) and ``ray_address``; see :func:`use_engine`.  The engine is never part of a
+cache key: the library's results are bit-identical whatever the engine, so a result computed on Dask
+serves a run on Ray and the other way round.
+
 Stages are idempotent: each writes only inside the run's output folder, to deterministic paths, and
 every write is atomic (a temporary sibling then ``os.replace``), so re-running a finished stage (as
 Dask does when a worker dies) rewrites identical files, and a killed stage leaves nothing that looks
@@ -27,6 +32,7 @@ import json
 import logging
 import math
 import os
+import threading
 import time
 import zipfile
 from pathlib import Path
@@ -38,6 +44,8 @@ from kmeans_dist.data.atomic import atomic_write_bytes, atomic_write_json, json_
 
 __all__ = [
     "STAGE_VERSION",
+    "use_engine",
+    "connect_ray",
     "fingerprint",
     "stage_key",
     "atomic_write_bytes",
@@ -61,6 +69,94 @@ STAGE_VERSION = "1"
 _log = logging.getLogger("kmeans_dist.pipelines")
 
 _SMALL_FILE = 1 << 20  # files up to this size are fingerprinted by content, larger ones by size+mtime
+
+_RAY_LOCK = threading.Lock()  # stages running in threads of one process connect to Ray once
+
+
+# --------------------------------------------------------------------------------------------------
+# engines
+# --------------------------------------------------------------------------------------------------
+
+def connect_ray(address: str | None = None) -> bool:
+    """Connect this process to Ray unless it is connected already; a local Ray listens on 127.0.0.1 only.
+
+    With ``address`` (or ``RAY_ADDRESS`` set): :func:`kmeans_dist.chunked.ray_engine.connect` to that
+    cluster.  Without: a local Ray started by :func:`pipelines.ray_local.init_local_ray`, every one of its
+    servers bound to the loopback interface.  Safe to call from several threads at once.
+
+    Parameters
+    ----------
+    address : str, optional
+        ``ray://host:10001``, ``host:6379`` or ``"auto"``; None or empty: ``RAY_ADDRESS``, else a local Ray.
+
+    Returns
+    -------
+    bool
+        True when this call connected (or started Ray), False when Ray was already initialized.
+    """
+    import sys
+
+    with _RAY_LOCK:
+        ray = sys.modules.get("ray")
+        if ray is not None and ray.is_initialized():
+            return False
+        if address or os.environ.get("RAY_ADDRESS"):
+            from kmeans_dist.chunked.ray_engine import connect
+
+            return connect(address or None, log_to_driver=False)
+        from pipelines.ray_local import init_local_ray
+
+        init_local_ray(log_to_driver=False)
+        return True
+
+
+def use_engine(engine: str = "auto", ray_address: str | None = None) -> str:
+    """Check a stage's ``engine`` and ``ray_address``; connect to Ray when the engine is Ray.
+
+    Parameters
+    ----------
+    engine : {"auto", "dask", "ray", "local"}, default: "auto"
+        As the library's ``engine`` (:func:`kmeans_dist.chunked.driver.make_blocks`): ``"auto"`` is the
+        given or active Dask client, else a connected Ray, else in process; ``"dask"`` needs a Dask
+        client; ``"ray"`` holds the blocks in Ray actors; ``"local"`` runs in process.
+    ray_address : str, optional
+        Ray cluster for ``engine="ray"`` (:func:`connect_ray`; none: a local Ray on 127.0.0.1).  Given with
+        ``engine="auto"``, it means ``"ray"`` (as ``kmeans-dist fit --ray-address``).
+
+    Returns
+    -------
+    str
+        The engine to pass to the library: ``engine``, or ``"ray"`` for ``"auto"`` with an address.
+
+    Raises
+    ------
+    ValueError
+        If ``engine`` is not one of the four names, or ``ray_address`` is given with ``"dask"`` or
+        ``"local"``.
+
+    Examples
+    --------
+    >>> use_engine("local")
+    'local'
+    >>> try:
+    ...     use_engine("spark")
+    ... except ValueError as exc:
+    ...     print(exc)
+    engine must be one of 'auto', 'dask', 'ray', 'local'; got 'spark'
+    """
+    from kmeans_dist.chunked.driver import ENGINES
+
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {', '.join(repr(e) for e in ENGINES)}; got {engine!r}")
+    ray_address = (str(ray_address).strip() or None) if ray_address is not None else None
+    if ray_address and engine == "auto":
+        engine = "ray"
+    if ray_address and engine != "ray":
+        raise ValueError(f"ray_address is for engine='ray' (or 'auto'); got engine={engine!r} with "
+                         f"ray_address={ray_address!r}")
+    if engine == "ray":
+        connect_ray(ray_address)
+    return engine
 
 
 # --------------------------------------------------------------------------------------------------
@@ -425,7 +521,8 @@ def ingest(source: str, out_dir, *, limit: int | None = None, chunk_rows: int | 
     return ref
 
 
-def standardize(store: dict, out_dir, *, client=None, logger: logging.Logger | None = None) -> dict:
+def standardize(store: dict, out_dir, *, client=None, engine: str = "auto", ray_address: str | None = None,
+                logger: logging.Logger | None = None) -> dict:
     """Write the standardized copy of ``store`` to ``out_dir/data/standardized.zarr``.
 
     Every feature is shifted to mean 0 and scaled to standard deviation 1; the target is
@@ -440,6 +537,12 @@ def standardize(store: dict, out_dir, *, client=None, logger: logging.Logger | N
         The run folder.
     client : distributed.Client, optional
         Dask client to compute on (default: the current scheduler).
+    engine : {"auto", "dask", "ray", "local"}, default: "auto"
+        Where the moments pass runs (see :func:`use_engine`); the copy is written by Dask, on the active
+        scheduler with ``"dask"``, in process threads with ``"ray"`` and ``"local"``.  Not part of the
+        cache key: every engine gives the same result, bit for bit.
+    ray_address : str, optional
+        Ray cluster to connect to with ``engine="ray"`` (see :func:`use_engine`).
     logger : logging.Logger, optional
         Where to log (default: the ``kmeans_dist.pipelines`` logger).
 
@@ -454,7 +557,8 @@ def standardize(store: dict, out_dir, *, client=None, logger: logging.Logger | N
     log = logger or _log
     t0 = time.perf_counter()
     target = Path(out_dir) / "data" / "standardized.zarr"
-    standardize_store(store["url"], str(target), client=client, overwrite=True)
+    engine = use_engine(engine, ray_address)
+    standardize_store(store["url"], str(target), client=client, overwrite=True, engine=engine)
     ref = _store_ref(str(target), copied=True, standardized_from=store["url"])
     ref["source"] = store.get("source")
     ref["image_shape"] = store.get("image_shape")
@@ -464,7 +568,8 @@ def standardize(store: dict, out_dir, *, client=None, logger: logging.Logger | N
 
 
 def seed(store: dict, out_dir, *, k: int, init: str = "k-means++", random_state: int | None = 0,
-         name: str = "seed", client=None, logger: logging.Logger | None = None) -> dict:
+         name: str = "seed", client=None, engine: str = "auto", ray_address: str | None = None,
+         logger: logging.Logger | None = None) -> dict:
     """Compute initial centers for ``k`` clusters and save them to ``out_dir/seeds/<name>.npy``.
 
     The file is written atomically.
@@ -485,6 +590,11 @@ def seed(store: dict, out_dir, *, k: int, init: str = "k-means++", random_state:
         File name (without ``.npy``) of the centers.
     client : distributed.Client, optional
         Dask client to compute on (default: the current scheduler).
+    engine : {"auto", "dask", "ray", "local"}, default: "auto"
+        Where the passes over the data run (see :func:`use_engine`).  Not part of the cache key: every
+        engine gives the same result, bit for bit.
+    ray_address : str, optional
+        Ray cluster to connect to with ``engine="ray"`` (see :func:`use_engine`).
     logger : logging.Logger, optional
         Where to log (default: the ``kmeans_dist.pipelines`` logger).
 
@@ -506,7 +616,8 @@ def seed(store: dict, out_dir, *, k: int, init: str = "k-means++", random_state:
     n, d = store["shape"]
     if k > n:
         raise DataError(f"k={k} is larger than the number of samples ({n}) in {store['url']}; choose k <= {n}")
-    C = init_centers(_open_X(store), k, method=init, random_state=random_state, client=client)
+    engine = use_engine(engine, ray_address)
+    C = init_centers(_open_X(store), k, method=init, random_state=random_state, client=client, engine=engine)
     path = _save_npy_atomic(Path(out_dir) / "seeds" / f"{name}.npy", C)
     log.info("Seeded %d centers with %s (random_state=%s) in %.2f s", k, init, random_state,
              time.perf_counter() - t0)
@@ -523,7 +634,8 @@ def _lloyd_impl():
 
 def fit_lloyd(store: dict, init: dict, out_dir, *, max_iter: int = 300, tol: float = 1e-4, name: str = "fit",
               key: str | None = None, client=None, progress: Callable[[int, int], None] | None = None,
-              logger: logging.Logger | None = None, algorithm: str = "lloyd") -> dict:
+              logger: logging.Logger | None = None, algorithm: str = "lloyd", engine: str = "auto",
+              ray_address: str | None = None) -> dict:
     """Run Lloyd iterations from the centers in ``init``, checkpointed after every iteration.
 
     The checkpoint (centers, iteration, history) lives in ``out_dir/fits/<name>/checkpoint.npz`` and is
@@ -557,6 +669,11 @@ def fit_lloyd(store: dict, init: dict, out_dir, *, max_iter: int = 300, tol: flo
         Where to log (default: the ``kmeans_dist.pipelines`` logger).
     algorithm : {"lloyd", "hamerly"}, default: "lloyd"
         "lloyd" or "hamerly" (the same iterations with bounds, see :class:`kmeans_dist.KMeans`).
+    engine : {"auto", "dask", "ray", "local"}, default: "auto"
+        Where the passes over the data run (see :func:`use_engine`).  Not part of the cache key (a checkpoint
+        written on one engine resumes on another): every engine gives the same result, bit for bit.
+    ray_address : str, optional
+        Ray cluster to connect to with ``engine="ray"`` (see :func:`use_engine`).
 
     Returns
     -------
@@ -567,6 +684,7 @@ def fit_lloyd(store: dict, init: dict, out_dir, *, max_iter: int = 300, tol: flo
     """
     log = logger or _log
     t0 = time.perf_counter()
+    engine = use_engine(engine, ray_address)
     params = {"max_iter": max_iter, "tol": tol}
     if algorithm != "lloyd":  # keys of earlier "lloyd" runs stay valid
         params["algorithm"] = algorithm
@@ -603,7 +721,8 @@ def fit_lloyd(store: dict, init: dict, out_dir, *, max_iter: int = 300, tol: flo
     lloyd = _lloyd_impl()
     # a checkpoint taken at convergence: no further iteration, only the final pass
     res = lloyd(_open_X(store), centers, max_iter=start if converged else max_iter, tol=tol, client=client,
-                callback=callback, start_iteration=start, history=list(history), algorithm=algorithm)
+                callback=callback, start_iteration=start, history=list(history), algorithm=algorithm,
+                engine=engine)
     if converged:
         res.converged = True
     hist = [_clean(h) for h in res.history]
@@ -676,7 +795,8 @@ def load_centers(fit: dict) -> np.ndarray:
 
 def fit_minibatch(store: dict, init: dict, out_dir, *, batch_size: int = 1024, max_iter: int = 100,
                   tol: float = 0.0, random_state: int | None = 0, name: str = "fit", key: str | None = None,
-                  client=None, logger: logging.Logger | None = None) -> dict:
+                  client=None, engine: str = "auto", ray_address: str | None = None,
+                  logger: logging.Logger | None = None) -> dict:
     """Run mini-batch k-means from the centers in ``init`` (no checkpoints: each step is cheap).
 
     The result goes to ``out_dir/fits/<name>/fit.npz`` (atomically); a later call with the same key
@@ -705,6 +825,11 @@ def fit_minibatch(store: dict, init: dict, out_dir, *, batch_size: int = 1024, m
         other parameters).
     client : distributed.Client, optional
         Dask client to compute on (default: the current scheduler).
+    engine : {"auto", "dask", "ray", "local"}, default: "auto"
+        Where the passes over the data run (see :func:`use_engine`).  Not part of the cache key: every
+        engine gives the same result, bit for bit.
+    ray_address : str, optional
+        Ray cluster to connect to with ``engine="ray"`` (see :func:`use_engine`).
     logger : logging.Logger, optional
         Where to log (default: the ``kmeans_dist.pipelines`` logger).
 
@@ -718,6 +843,7 @@ def fit_minibatch(store: dict, init: dict, out_dir, *, batch_size: int = 1024, m
 
     log = logger or _log
     t0 = time.perf_counter()
+    engine = use_engine(engine, ray_address)
     key = key or stage_key("fit_minibatch", {"store": store, "init": init},
                            {"batch_size": batch_size, "max_iter": max_iter, "tol": tol,
                             "random_state": random_state})
@@ -728,7 +854,7 @@ def fit_minibatch(store: dict, init: dict, out_dir, *, batch_size: int = 1024, m
         return done
     C0 = np.load(init["path"])
     est = MiniBatchKMeans(n_clusters=C0.shape[0], init=C0, n_init=1, batch_size=batch_size, max_iter=max_iter,
-                          random_state=random_state, tol=tol, compute_labels=False, client=client)
+                          random_state=random_state, tol=tol, compute_labels=False, client=client, engine=engine)
     est.fit(_open_X(store))
     hist = [{k: _scalar(v) for k, v in h.items() if k != "centers"} for h in (getattr(est, "history_", None) or [])]
     out = {"key": key, "name": name, "n_iter": int(getattr(est, "n_iter_", max_iter)),
@@ -744,6 +870,7 @@ def fit_minibatch(store: dict, init: dict, out_dir, *, batch_size: int = 1024, m
 
 def fit_family(store: dict, init: dict, out_dir, *, algorithm: str, max_iter: int = 300, tol: float = 1e-4,
                random_state: int | None = 0, name: str = "fit", key: str | None = None, client=None,
+               engine: str = "auto", ray_address: str | None = None,
                logger: logging.Logger | None = None) -> dict:
     """Fit another member of the k-means family (``bisecting``, ``spherical``, ``kmedians``, ``kmedoids``,
     ``elkan``; see :func:`kmeans_dist.estimators.make_estimator`) and save its centers.
@@ -776,6 +903,11 @@ def fit_family(store: dict, init: dict, out_dir, *, algorithm: str, max_iter: in
         other parameters).
     client : distributed.Client, optional
         Dask client to compute on (default: the current scheduler).
+    engine : {"auto", "dask", "ray", "local"}, default: "auto"
+        Where the passes over the data run (see :func:`use_engine`).  Not part of the cache key: every
+        engine gives the same result, bit for bit.
+    ray_address : str, optional
+        Ray cluster to connect to with ``engine="ray"`` (see :func:`use_engine`).
     logger : logging.Logger, optional
         Where to log (default: the ``kmeans_dist.pipelines`` logger).
 
@@ -783,11 +915,17 @@ def fit_family(store: dict, init: dict, out_dir, *, algorithm: str, max_iter: in
     -------
     dict
         The fit reference, with the same entries as :func:`fit_lloyd`'s.
+
+    Raises
+    ------
+    ValueError
+        If ``engine`` is invalid, or not ``"auto"`` for an estimator without an ``engine`` parameter.
     """
     from kmeans_dist.estimators import make_estimator
 
     log = logger or _log
     t0 = time.perf_counter()
+    engine = use_engine(engine, ray_address)
     key = key or stage_key("fit_family", {"store": store, "init": init},
                            {"algorithm": algorithm, "max_iter": max_iter, "tol": tol, "random_state": random_state})
     fdir = Path(out_dir) / "fits" / name
@@ -797,7 +935,10 @@ def fit_family(store: dict, init: dict, out_dir, *, algorithm: str, max_iter: in
         return done
     C0 = np.load(init["path"])
     est = make_estimator(algorithm, int(C0.shape[0]), init=C0, n_init=1, max_iter=max_iter, tol=tol,
-                         random_state=random_state, client=client)
+                         random_state=random_state, client=client, engine=engine)
+    if engine != "auto" and "engine" not in est.get_params():
+        raise ValueError(f"algorithm {algorithm!r} ({type(est).__name__}) takes no engine; run it with "
+                         "engine='auto'")
     est.fit(_open_X(store))
     hist = [{k: _scalar(v) for k, v in h.items() if k != "centers"} for h in (getattr(est, "history_", None) or [])]
     out = {"key": key, "name": name, "n_iter": int(getattr(est, "n_iter_", 0)),
@@ -817,7 +958,8 @@ def fit_family(store: dict, init: dict, out_dir, *, algorithm: str, max_iter: in
 # --------------------------------------------------------------------------------------------------
 
 def evaluate(store: dict, fit: dict, out_dir, *, silhouette_sample: int = 2000, random_state: int = 0,
-             client=None, split_every: int = 8, logger: logging.Logger | None = None) -> dict:
+             client=None, split_every: int = 8, engine: str = "auto", ray_address: str | None = None,
+             logger: logging.Logger | None = None) -> dict:
     """Evaluate a fit and write the metrics to ``out_dir/metrics/<name>.json``.
 
     Inertia and cluster sizes over all samples; ARI/NMI/accuracy against the store's labels (if any);
@@ -844,6 +986,11 @@ def evaluate(store: dict, fit: dict, out_dir, *, silhouette_sample: int = 2000, 
         Dask client to compute on (default: the current scheduler).
     split_every : int, default: 8
         Arity of the tree that sums the chunk partials.
+    engine : {"auto", "dask", "ray", "local"}, default: "auto"
+        Where the passes over the data run (see :func:`use_engine`).  Not part of the cache key: every
+        engine gives the same result, bit for bit.
+    ray_address : str, optional
+        Ray cluster to connect to with ``engine="ray"`` (see :func:`use_engine`).
     logger : logging.Logger, optional
         Where to log (default: the ``kmeans_dist.pipelines`` logger).
 
@@ -858,11 +1005,13 @@ def evaluate(store: dict, fit: dict, out_dir, *, silhouette_sample: int = 2000, 
 
     log = logger or _log
     t0 = time.perf_counter()
+    engine = use_engine(engine, ray_address)
     centers = load_centers(fit)
     X = _open_X(store)
     y = open_labels(store["url"]) if store.get("has_labels") else None
     out: dict[str, Any] = M.partition_scores(X, centers, y, silhouette_sample=silhouette_sample,
-                                             random_state=random_state, split_every=split_every, client=client)
+                                             random_state=random_state, split_every=split_every,
+                                             client=client, engine=engine)
     out["seconds"] = time.perf_counter() - t0
     path = atomic_write_json(Path(out_dir) / "metrics" / f"{fit.get('name', 'fit')}.json", out)
     out["path"] = path

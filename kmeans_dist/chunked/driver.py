@@ -97,13 +97,14 @@ def delayed_tree(parts: list, combine, split_every: int = 8):
 
 
 def compute(*objs, client=None):
-    """Compute Dask objects on ``client`` (or the active Dask client, else Dask's default scheduler)."""
+    """Compute Dask objects on ``client`` (None: the active Dask client; False, or no client: Dask's threads in
+    this process, never a distributed client that happens to be active)."""
     client = get_client(client)
     if client is not None:
         return tuple(client.gather(client.compute(list(objs))))
     import dask
 
-    return dask.compute(*objs)
+    return dask.compute(*objs, scheduler="threads")
 
 
 def get_client(client=None):
@@ -634,6 +635,11 @@ def make_blocks(X, sample_weight=None, *, block_rows="auto", split_every: int = 
     >>> type(blocks).__name__, blocks.map_reduce(stats_chunk, combine_stats)["n"]
     ('LocalBlocks', 4)
     """
+    if getattr(X, "is_ray_dataset", False):  # a Ray Dataset (ray_engine.RayDatasetInput): Ray actors read it
+        if engine not in ("auto", "ray"):
+            raise TypeError(f"A Ray Dataset is read by Ray actors: use engine='ray' (or 'auto'), not {engine!r}; "
+                            "or convert it first (ds.to_pandas()).")
+        engine = "ray"
     engine = resolve_engine(engine, client)
     if engine == "ray":
         blocks = _make_ray_blocks(X, sample_weight, block_rows, split_every)
@@ -726,8 +732,9 @@ def _make_blocks(X, sample_weight, block_rows, split_every, client, persist, wor
         if persist is True or (persist == "auto" and nbytes <= 2 * 2**30):
             import dask
 
-            Xm = X.compute()
-            wm = None if sample_weight is None else np.asarray(dask.compute(sample_weight)[0])
+            # in process: Dask's threads, never an active distributed client (client=False, engine="local")
+            Xm = X.compute(scheduler="threads")
+            wm = None if sample_weight is None else np.asarray(dask.compute(sample_weight, scheduler="threads")[0])
             return LocalBlocks(Xm, wm, rows, split_every)
         return StreamBlocks(X, sample_weight, rows, split_every)
     if persist == "auto":

@@ -15,7 +15,7 @@ from ..kernels.xp import get_namespace
 __all__ = ["moments", "standardize", "standardize_store"]
 
 
-def moments(X, *, client=None, split_every: int = 8, block_rows="auto", blocks=None):
+def moments(X, *, client=None, split_every: int = 8, block_rows="auto", blocks=None, engine: str = "auto"):
     """Mean and (population) variance of every feature in one distributed pass.
 
     Parameters
@@ -30,6 +30,8 @@ def moments(X, *, client=None, split_every: int = 8, block_rows="auto", blocks=N
         Rows per canonical block.
     blocks : LocalBlocks, DaskBlocks, StreamBlocks or None, default=None
         Blocks already made (then ``X`` is not used).
+    engine : {"auto", "dask", "ray", "local"}, default="auto"
+        Where the pass runs, as :func:`~kmeans_dist.chunked.driver.make_blocks` (the moments are the same).
 
     Returns
     -------
@@ -54,7 +56,7 @@ def moments(X, *, client=None, split_every: int = 8, block_rows="auto", blocks=N
 
     if blocks is None:
         blocks = make_blocks(as_dask_array(X), block_rows=block_rows, split_every=split_every, client=client,
-                             persist=False)
+                             persist=False, engine=engine)
     stats = blocks.map_reduce(stats_chunk, combine_stats)
     check_stats(stats, blocks.block_rows, chunks=blocks.source_chunks)
     out = finish_stats(stats)
@@ -69,7 +71,8 @@ def _scale_block(x, mean, scale):
     return (x - m) / s
 
 
-def standardize(X, *, mean=None, var=None, client=None, with_mean: bool = True, with_std: bool = True):
+def standardize(X, *, mean=None, var=None, client=None, with_mean: bool = True, with_std: bool = True,
+                engine: str = "auto"):
     """Lazily standardized X: ``(X - mean) / std``; zero-variance features left unscaled.
 
     Parameters
@@ -84,6 +87,8 @@ def standardize(X, *, mean=None, var=None, client=None, with_mean: bool = True, 
         Subtract the mean.
     with_std : bool, default=True
         Divide by the standard deviation.
+    engine : {"auto", "dask", "ray", "local"}, default="auto"
+        Where the moments pass runs (see :func:`moments`).
 
     Returns
     -------
@@ -94,7 +99,7 @@ def standardize(X, *, mean=None, var=None, client=None, with_mean: bool = True, 
 
     Xd = as_dask_array(X)
     if mean is None or var is None:
-        m = moments(Xd, client=client)
+        m = moments(Xd, client=client, engine=engine)
         mean, var = m["mean"], m["var"]
     mean = np.asarray(mean, dtype=np.float64) if with_mean else np.zeros(Xd.shape[1])
     std = np.sqrt(np.asarray(var, dtype=np.float64))
@@ -106,7 +111,8 @@ def standardize(X, *, mean=None, var=None, client=None, with_mean: bool = True, 
     return Xd.map_blocks(_scale_block, mean, scale, dtype=Xd.dtype)
 
 
-def standardize_store(src_url, dst_url, *, client=None, overwrite: bool = False, chunk_rows=None) -> dict:
+def standardize_store(src_url, dst_url, *, client=None, overwrite: bool = False, chunk_rows=None,
+                      engine: str = "auto") -> dict:
     """Write the standardized ``X`` of store ``src_url`` (and its labels) to a new store ``dst_url``.
 
     The source is never modified; the target is written atomically.
@@ -123,22 +129,33 @@ def standardize_store(src_url, dst_url, *, client=None, overwrite: bool = False,
         Replace an existing target.
     chunk_rows : int or None, default=None
         Rows per stored chunk of the target (None: the source's).
+    engine : {"auto", "dask", "ray", "local"}, default="auto"
+        Where the moments pass runs (see :func:`moments`).  The copy is written chunk by chunk as a Dask
+        graph (:func:`kmeans_dist.data.write_store`): on the active Dask scheduler when the engine resolves
+        to ``"dask"``, in process threads for ``"ray"`` and ``"local"``.
 
     Returns
     -------
     dict
         The moments used.
     """
+    import contextlib
+
+    import dask
+
+    from .driver import resolve_engine
     from ..data import check_output, is_local_path, open_labels, open_store, store_info, write_store
 
     if is_local_path(dst_url):
         check_output(dst_url, [src_url], overwrite=overwrite)
     X = open_store(src_url)
-    m = moments(X, client=client)
+    m = moments(X, client=client, engine=engine)
     Z = standardize(X, mean=m["mean"], var=m["var"])
     info = store_info(src_url)
     attrs = dict(info["attrs"])
     attrs.update({"standardized_from": str(src_url), "mean": m["mean"].tolist(), "std": np.sqrt(m["var"]).tolist()})
-    write_store(dst_url, Z, labels=open_labels(src_url), chunk_rows=chunk_rows or info["chunks"][0],
-                feature_names=attrs.pop("feature_names", None), attrs=attrs, overwrite=overwrite)
+    in_process = resolve_engine(engine, client) in ("ray", "local")
+    with dask.config.set(scheduler="threads") if in_process else contextlib.nullcontext():
+        write_store(dst_url, Z, labels=open_labels(src_url), chunk_rows=chunk_rows or info["chunks"][0],
+                    feature_names=attrs.pop("feature_names", None), attrs=attrs, overwrite=overwrite)
     return m

@@ -9,7 +9,8 @@ complete subtrees there (:func:`~kmeans_dist.kernels.tree_subtrees`); the driver
 (:func:`~kmeans_dist.kernels.tree_root`).  Results are therefore bit-identical to the Dask engine and to
 an in-process run.
 
-Where the blocks come from:
+Where the blocks come from (an actor may hold several *slots*, contiguous ranges of blocks, each loaded on
+its own):
 
 - NumPy input: every block is put in the object store once (``ray.put``, owned by the driver); each actor
   fetches its own blocks.
@@ -17,19 +18,31 @@ Where the blocks come from:
   URL): each actor receives the lazy slice of its rows and reads its chunks itself; X never passes
   through the driver.  Other dask arrays (e.g. one wrapping a large in-memory array) are computed one
   block at a time on the driver and put in the object store.
+- A ``ray.data.Dataset`` of numeric columns (:func:`dataset_input`, :class:`RayDatasetInput`): it is
+  materialized on the cluster and each actor fetches the dataset blocks (and slices of them) that hold its
+  rows, in the dataset's order; the driver reads one row (for the dtypes) and the blocks' metadata.
 
-Faults: an actor lost with its node is replaced by a new one (placed by Ray on a live node), which
-reloads its blocks (from the store, or from the driver-owned object refs), and the pass is sent again.
-(Tested by dropping an actor's blocks and states in process; the loss of a whole node of a multi-node
-cluster is not covered by the tests yet.)
+Faults: when a node dies mid-fit, a call to one of its actors raises one of Ray's actor errors, or, while
+it is pending, the driver sees the actor's node dead (``ray.nodes()``, checked every ``POLL_SECONDS``: a
+call to an actor of a dead node may otherwise never answer).  The lost actor's slots move to the surviving
+actor that holds the fewest slots (a new actor only when none survives: the cluster may have no CPU left
+for one, and an actor that cannot be placed within ``PLACE_TIMEOUT`` is given up), they are loaded there
+again (re-read from the store, or fetched again from the driver-owned object refs) and the pass is sent
+again for them.  The blocks, their order and the reduction tree do not change, so the results are those
+of an uninterrupted fit: tested on a ``ray.cluster_utils.Cluster`` of a head and two worker nodes, one
+removed in the middle of a fit, for NumPy and Zarr inputs and Hamerly's bounds (tests/test_ray_faults.py).
 States of :meth:`RayBlocks.map_state` live in the actors; a state lost with an actor is recomputed from
 its lineage (the driver keeps the calls that made it), so seeding resumes where it was.
+
+The actors are pooled per Ray job and keep their CPUs between fits (:func:`shutdown_pool` ends them); a
+Dataset still to be executed ends them first, since Ray Data's tasks need CPUs.
 
 This is the only module of the library that imports Ray (lazily, inside functions).
 """
 from __future__ import annotations
 
 import itertools
+import logging
 import pickle
 import time
 import uuid
@@ -39,7 +52,9 @@ import numpy as np
 
 from ..kernels import tree_root, tree_subtrees
 
-__all__ = ["RayBlocks", "ray_connected", "connect", "shutdown_pool"]
+__all__ = ["RayBlocks", "RayDatasetInput", "dataset_input", "ray_connected", "connect", "shutdown_pool"]
+
+logger = logging.getLogger(__name__)
 
 # graphs (pickled) up to this size are sent to the actors, which compute their own rows from them
 GRAPH_BYTES = 1 * 2**20
@@ -47,8 +62,27 @@ GRAPH_BYTES = 1 * 2**20
 STATES_PER_BLOCK = 4
 # passes sent again after an actor or an object was lost
 PASS_RETRIES = 5
-# seconds a replacement actor may take to load its blocks before it is replaced again
-RELOAD_TIMEOUT = 20.0
+# seconds a new actor may take to start (be placed on a node) before its blocks go to another actor
+PLACE_TIMEOUT = 20.0
+# seconds between two checks, while a pass runs, that the nodes of its actors are alive
+POLL_SECONDS = 1.0
+
+
+def _lost_errors():
+    """Ray's errors that mean an actor (or its node) is gone."""
+    from ray.exceptions import ActorDiedError, ActorUnavailableError, ObjectLostError, RayActorError
+
+    return (RayActorError, ActorDiedError, ActorUnavailableError, ObjectLostError)
+
+
+def _dead_nodes() -> set:
+    """Ids (hex) of the nodes of the cluster that are known dead."""
+    import ray
+
+    try:
+        return {n["NodeID"] for n in ray.nodes() if not n.get("Alive", True)}
+    except Exception:  # the GCS busy: nothing known dead
+        return set()
 
 
 def ray_connected() -> bool:
@@ -130,6 +164,11 @@ def _load_blocks(source, indices, offsets, sizes):
         _, xr, wr = source
         xs = ray.get(list(xr))
         ws = [None] * len(xs) if wr is None else ray.get(list(wr))
+    elif source[0] == "dataset":  # the Ray Dataset's blocks (and slices) that hold this actor's rows
+        _, pieces, columns, dtype, wa, start = source
+        Xa = _dataset_rows(pieces, columns, dtype)
+        xs = [Xa[o - start:o - start + s] for o, s in zip(offsets, sizes)]
+        ws = [None if wa is None else wa[o - start:o - start + s] for o, s in zip(offsets, sizes)]
     else:  # lazy slice of this actor's rows: read here, straight from the store
         import dask
 
@@ -155,12 +194,16 @@ class BlockActor:
         self.data = {}
 
     def load(self, token, source, indices, offsets, sizes):
+        """Load (again) the blocks of one slot (``token`` names the data set and the slot); returns the id
+        of the node this actor runs on."""
         blocks = {b.index: b for b in _load_blocks(source, indices, offsets, sizes)}
         self.data[token] = (blocks, {i: OrderedDict() for i in blocks})
-        return len(blocks)
+        return self.node_id()
 
     def unload(self, token):
-        self.data.pop(token, None)
+        """Drop a data set: the slot ``token``, or every slot ``token:*`` of the data set ``token``."""
+        for key in [k for k in self.data if k == token or k.startswith(token + ":")]:
+            del self.data[key]
         return True
 
     def node_id(self):
@@ -237,7 +280,9 @@ def _actor_pool(n: int, opts: dict) -> list:
     """``n`` pooled actors made with ``opts`` (started once per Ray job, reused by every fit)."""
     import ray
 
-    job = ray.get_runtime_context().get_job_id()
+    ctx = ray.get_runtime_context()
+    # job ids restart with every new cluster: the driver's node names the cluster
+    job = (ctx.get_job_id(), ctx.get_node_id())
     if _POOL["job"] != job:
         _POOL.update(job=job, actors={})
     key = repr(sorted(opts.items(), key=lambda kv: kv[0]))
@@ -248,17 +293,27 @@ def _actor_pool(n: int, opts: dict) -> list:
     return pool
 
 
-def _replace_actor(opts: dict, old):
-    """A new actor in place of ``old`` (dead for good) in the pool."""
+def _new_actor(opts: dict):
+    """A new actor added to the pool of ``opts`` (Ray places it on a node with the resources it asks for)."""
+    import ray
+
+    key = repr(sorted(opts.items(), key=lambda kv: kv[0]))
+    new = ray.remote(BlockActor).options(**opts).remote()
+    _POOL["actors"].setdefault(key, []).append(new)
+    return new
+
+
+def _forget_actor(opts: dict, old):
+    """Kill ``old`` (lost with its node, or never placed) and take it out of the pool."""
     import ray
 
     key = repr(sorted(opts.items(), key=lambda kv: kv[0]))
     pool = _POOL["actors"].get(key, [])
-    new = ray.remote(BlockActor).options(**opts).remote()
-    for j, a in enumerate(pool):
-        if a is old:
-            pool[j] = new
-    return new
+    pool[:] = [a for a in pool if a is not old]
+    try:
+        ray.kill(old, no_restart=True)
+    except Exception:  # already gone
+        pass
 
 
 def shutdown_pool():
@@ -368,12 +423,14 @@ class RayBlocks:
         self.token = uuid.uuid4().hex
         self._refs = []  # driver-owned block refs (NumPy input): what a restarted actor reloads from
         self._src = self._sources(X, w)
+        # one slot (a contiguous range of blocks) per actor; a slot moves to another actor when its own is lost
         self.actors = list(_actor_pool(A, self._opts)[:A])
-        self._get([self._load(a) for a in range(A)])  # loaded (errors in reading raise here)
+        self._node_of, self._dropped = {}, {}  # id(actor) -> its node (hex); ids of actors given up
+        self._load_slots(range(A))  # loaded (errors in reading raise here)
 
-    def _load(self, a):
-        g = self.groups[a]
-        return self.actors[a].load.remote(self.token, self._src[a], g, [self.offsets[i] for i in g],
+    def _load(self, s):
+        g = self.groups[s]
+        return self.actors[s].load.remote(self._key(s), self._src[s], g, [self.offsets[i] for i in g],
                                           [self.sizes[i] for i in g])
 
     def _sources(self, X, w):
@@ -381,6 +438,12 @@ class RayBlocks:
         import ray
 
         w_dask = isinstance(w, da.Array)
+        if isinstance(X, RayDatasetInput):
+            lo = [self.offsets[g[0]] for g in self.groups]
+            hi = [self.offsets[g[-1]] + self.sizes[g[-1]] for g in self.groups]
+            wn = None if w is None else np.ascontiguousarray(w.compute() if w_dask else w)
+            return [("dataset", X.rows(a, b), X.columns, X.dtype, None if wn is None else wn[a:b], a)
+                    for a, b in zip(lo, hi)]
         if isinstance(X, da.Array):
             Xr = X.rechunk({0: self.block_rows, 1: -1})
             lo = [self.offsets[g[0]] for g in self.groups]
@@ -411,66 +474,133 @@ class RayBlocks:
             return ray.get(refs)
         except RayTaskError as exc:
             cause = getattr(exc, "cause", None)
-            if isinstance(cause, BaseException):
+            if isinstance(cause, BaseException) and not isinstance(cause, _lost_errors()):
                 raise cause from None
             raise
 
-    def _call(self, method: str, make_args):
-        """Call ``method`` on every actor (``make_args(a)`` its arguments after the token, or None to skip
-        it) and return the unpickled results by actor.  An actor that lost its blocks (restarted after
-        its node was lost) gets them again; one dead for good is replaced; then its call is sent again."""
-        from ray.exceptions import ActorDiedError, ActorUnavailableError, ObjectLostError, RayActorError
+    def _key(self, s):
+        """The name of slot ``s``'s blocks in its actor (an actor may hold several slots of a data set)."""
+        return f"{self.token}:{s}"
 
-        lost_errors = (RayActorError, ActorDiedError, ActorUnavailableError, ObjectLostError)
-        todo = {a: make_args(a) for a in range(len(self.actors))}
-        todo = {a: args for a, args in todo.items() if args is not None}
-        out = {}
-        for attempt in range(PASS_RETRIES + 1):
-            refs = {a: getattr(self.actors[a], method).remote(self.token, *todo[a]) for a in todo if a not in out}
-            failed = []
-            for a, ref in refs.items():
-                try:
-                    blob = self._get(ref)
-                except lost_errors:
-                    if attempt == PASS_RETRIES:
-                        raise
-                    failed.append((a, True))
-                    continue
-                if blob is None:  # restarted, empty: load its blocks again
-                    failed.append((a, False))
-                else:
-                    out[a] = pickle.loads(blob)
-            if not failed:
-                return out
-            for a, dead in failed:
-                if dead:  # restarts exhausted, or its node gone for good: a new actor
-                    self.actors[a] = _replace_actor(self._opts, self.actors[a])
-                self._reload(a)
-        raise RuntimeError(f"RayBlocks.{method}: actors kept losing their blocks")  # pragma: no cover
-
-    def _reload(self, a):
-        """Load actor ``a``'s blocks again; an actor that does not answer within ``RELOAD_TIMEOUT`` (placed
-        on a node that was dying) is killed and replaced."""
+    def _wait(self, refs: dict):
+        """Wait for ``{slot: ref}``; return ``(results, lost)``: the results by slot, and the slots whose
+        actor is lost.  An actor is lost when a call raises one of Ray's actor errors, or when its node is
+        dead while its call is pending (the call is not waited for: nothing answers it)."""
         import ray
-        from ray.exceptions import GetTimeoutError, RayActorError
 
-        for attempt in range(PASS_RETRIES + 1):
-            try:
-                return self._get_timeout(self._load(a), RELOAD_TIMEOUT)
-            except (RayActorError, GetTimeoutError):
-                if attempt == PASS_RETRIES:
-                    raise
+        pending, done, lost = dict(refs), {}, set()
+        while pending:
+            ready, _ = ray.wait(list(pending.values()), num_returns=len(pending), timeout=POLL_SECONDS)
+            ready = set(ready)
+            for s in [s for s, r in pending.items() if r in ready]:
+                ref = pending.pop(s)
                 try:
-                    ray.kill(self.actors[a], no_restart=True)
-                except Exception:  # pragma: no cover - already gone
+                    done[s] = self._get(ref)
+                except _lost_errors():
+                    lost.add(s)
+            if pending:
+                dead = _dead_nodes()
+                for s in [s for s in pending if self._node_of.get(id(self.actors[s])) in dead]:
+                    del pending[s]
+                    lost.add(s)
+        return done, lost
+
+    def _drop(self, actor):
+        """Forget a lost (or never placed) actor; its slots move to the surviving actor that holds the
+        fewest slots, or to a new actor when none survives."""
+        if id(actor) in self._dropped:
+            return
+        self._dropped[id(actor)] = actor  # kept: its id must not name a new actor
+        logger.info("RayBlocks: an actor was lost (node %s); its blocks move to another actor",
+                    self._node_of.get(id(actor)))
+        self._node_of.pop(id(actor), None)
+        _forget_actor(self._opts, actor)
+        dead = _dead_nodes()
+        alive = [a for a in dict.fromkeys(self.actors)
+                 if a is not actor and id(a) in self._node_of and self._node_of[id(a)] not in dead]
+        for s in [s for s, a in enumerate(self.actors) if a is actor]:
+            if alive:
+                load = {id(a): 0 for a in alive}
+                for a in self.actors:
+                    if id(a) in load:
+                        load[id(a)] += 1
+                self.actors[s] = min(alive, key=lambda a: load[id(a)])
+            else:
+                self.actors[s] = _new_actor(self._opts)
+                alive = [self.actors[s]]
+                self._node_of.pop(id(self.actors[s]), None)
+
+    def _place(self, slots):
+        """Make sure every slot of ``slots`` has an actor that runs (placed on a live node): an actor not
+        answering within ``PLACE_TIMEOUT`` (no node has the resources it asks for) is dropped."""
+        import ray
+
+        for _ in range(PASS_RETRIES + 1):
+            need = {id(self.actors[s]): self.actors[s] for s in slots if id(self.actors[s]) not in self._node_of}
+            if not need:
+                return
+            probes = {}
+            for k, a in need.items():
+                try:
+                    probes[k] = a.node_id.remote()
+                except Exception:  # Ray knows the actor no more (dead, or from a previous cluster)
+                    self._drop(a)
+            ready = set(ray.wait(list(probes.values()), num_returns=len(probes), timeout=PLACE_TIMEOUT)[0]
+                        if probes else [])
+            for k, ref in probes.items():
+                try:
+                    if ref in ready:
+                        self._node_of[k] = ray.get(ref)
+                        continue
+                except _lost_errors():
                     pass
-                time.sleep(0.5 * (attempt + 1))
-                self.actors[a] = _replace_actor(self._opts, self.actors[a])
+                self._drop(need[k])
+        raise RuntimeError("RayBlocks: no Ray actor could be placed (does a live node have the resources "
+                           f"{self._opts.get('num_cpus', 1)} CPU the actors ask for?)")
 
-    def _get_timeout(self, ref, timeout):
-        import ray
+    def _load_slots(self, slots):
+        """Load the blocks of ``slots`` in their actors (read from the store, or fetched from the
+        driver-owned object refs); a slot whose actor is lost moves to another actor and loads there."""
+        slots = list(slots)
+        for _ in range(PASS_RETRIES + 1):
+            self._place(slots)
+            done, lost = self._wait({s: self._load(s) for s in slots})
+            for s, node in done.items():
+                self._node_of[id(self.actors[s])] = node
+            for s in sorted(lost):
+                self._drop(self.actors[s])
+            slots = sorted(lost)
+            if not slots:
+                return
+        raise RuntimeError("RayBlocks: actors kept being lost while loading their blocks")
 
-        return ray.get(ref, timeout=timeout)
+    def _reload(self, s):
+        """Load slot ``s``'s blocks again (its actor lost them)."""
+        self._load_slots([s])
+
+    def _call(self, method: str, make_args):
+        """Call ``method`` on every slot's actor (``make_args(s)`` its arguments after the slot's key, or None
+        to skip it) and return the unpickled results by slot.  A slot whose actor lost its blocks (or is
+        lost with its node) gets them again, in the same actor or in a surviving one, and its call is sent
+        again."""
+        todo = {s: make_args(s) for s in range(len(self.actors))}
+        todo = {s: args for s, args in todo.items() if args is not None}
+        out = {}
+        for _ in range(PASS_RETRIES + 1):
+            refs = {s: getattr(self.actors[s], method).remote(self._key(s), *todo[s]) for s in todo if s not in out}
+            done, lost = self._wait(refs)
+            again = sorted(lost)
+            for s, blob in done.items():
+                if blob is None:  # the actor does not hold the slot (restarted, or the slot just moved)
+                    again.append(s)
+                else:
+                    out[s] = pickle.loads(blob)
+            if not again:
+                return out
+            for s in sorted(lost):
+                self._drop(self.actors[s])
+            self._load_slots(sorted(again))
+        raise RuntimeError(f"RayBlocks.{method}: actors kept losing their blocks")  # pragma: no cover
 
     def map_reduce(self, fn, combine, *args, **kwargs):
         """Each actor maps ``fn`` over its blocks and combines the complete subtrees; the driver finishes
@@ -524,8 +654,152 @@ class RayBlocks:
         """Drop the blocks from the (pooled) actors and their object refs."""
         import ray
 
-        try:
-            ray.get([a.unload.remote(self.token) for a in getattr(self, "actors", [])])
+        first = {}  # one slot per actor
+        for s, a in enumerate(getattr(self, "actors", [])):
+            first.setdefault(id(a), s)
+        try:  # an actor lost meanwhile is not waited for
+            self._wait({s: self.actors[s].unload.remote(self.token) for s in first.values()})
         except Exception:  # pragma: no cover - an actor already gone
             pass
         self.actors, self._refs, self._src = [], [], []
+
+
+# ------------------------------------------------------------------------------------------------
+# a Ray Dataset as input
+# ------------------------------------------------------------------------------------------------
+
+def _probe_block(block, start, stop):
+    """Column names and, per column, the dtype and row shape of ``stop - start`` rows of a Ray Data block."""
+    from ray.data.block import BlockAccessor
+
+    batch = BlockAccessor.for_block(block).slice(start, stop, copy=False)
+    batch = BlockAccessor.for_block(batch).to_batch_format("numpy")
+    if not isinstance(batch, dict):
+        batch = {"data": batch}
+    return [(str(c), np.asarray(v).dtype.str, tuple(np.asarray(v).shape[1:])) for c, v in batch.items()]
+
+
+def _dataset_rows(pieces, columns, dtype):
+    """The rows of ``pieces`` ``[(block ref, start, stop), ...]`` as one ``(rows, d)`` array of ``dtype``."""
+    import ray
+    from ray.data.block import BlockAccessor
+
+    out = []
+    for ref, start, stop in pieces:
+        block = ray.get(ref)
+        part = BlockAccessor.for_block(block).slice(start, stop, copy=False)
+        batch = BlockAccessor.for_block(part).to_batch_format("numpy")
+        if not isinstance(batch, dict):
+            batch = {"data": batch}
+        cols = [np.asarray(batch[c]) for c in columns]
+        if len(cols) == 1 and cols[0].ndim == 2:  # one tensor column of shape (d,)
+            out.append(np.asarray(cols[0], dtype=dtype))
+        else:
+            out.append(np.column_stack([c.astype(dtype, copy=False) for c in cols]))
+    return np.ascontiguousarray(np.concatenate(out) if len(out) > 1 else out[0], dtype=dtype)
+
+
+class RayDatasetInput:
+    """A ``ray.data.Dataset`` of numeric columns seen as an ``(n_samples, n_features)`` array whose rows
+    stay in Ray's object store: :class:`RayBlocks` gives every actor the dataset blocks (and slices) that
+    hold its rows, in the dataset's order; the driver never gathers X.
+
+    Made by :func:`dataset_input`.  Features are the columns in the schema's order (each a number per
+    row), or the one tensor column of shape ``(d,)`` (as ``ray.data.from_numpy`` makes).
+    """
+
+    is_ray_dataset = True
+    ndim = 2
+
+    def __init__(self, dataset, pieces, columns, n_features, dtype):
+        self.dataset = dataset  # materialized: its blocks stay alive while this input lives
+        self.pieces = pieces  # [(block ref, start, stop)] in dataset order
+        self.columns = list(columns)
+        self.n_samples = int(sum(b - a for _, a, b in pieces))
+        self.n_features = int(n_features)
+        self.dtype = np.dtype(dtype)
+
+    @property
+    def shape(self):
+        return (self.n_samples, self.n_features)
+
+    def astype(self, dtype, copy=True):
+        """The same rows, read as ``dtype``."""
+        return RayDatasetInput(self.dataset, self.pieces, self.columns, self.n_features, dtype)
+
+    def rows(self, lo, hi):
+        """``[(block ref, start, stop)]`` of rows ``lo:hi``."""
+        out, pos = [], 0
+        for ref, a, b in self.pieces:
+            m = b - a
+            s, e = max(lo, pos), min(hi, pos + m)
+            if s < e:
+                out.append((ref, a + s - pos, a + e - pos))
+            pos += m
+        return out
+
+    def _refuse(self, *args, **kwargs):
+        raise TypeError("A Ray Dataset is read by Ray actors, never gathered on the driver: fit, predict and "
+                        "score take it (engine='ray'); for other uses convert it (ds.to_pandas(), ds.to_numpy_refs()).")
+
+    __array__ = _refuse
+    __array_namespace__ = _refuse
+
+    def __repr__(self):
+        return f"RayDatasetInput(shape={self.shape}, dtype={self.dtype}, columns={self.columns})"
+
+
+def dataset_input(ds, name: str = "X") -> RayDatasetInput:
+    """Check a ``ray.data.Dataset`` and make it an input of :class:`RayBlocks`.
+
+    The dataset is materialized in the object store (unless it is already), on the cluster: its rows do
+    not pass through the driver.  Only metadata and one row are read here.
+
+    Parameters
+    ----------
+    ds : ray.data.Dataset
+        Numeric columns (one feature each), or a single tensor column of shape ``(d,)``.
+    name : str, default="X"
+        Named in the error messages.
+
+    Returns
+    -------
+    RayDatasetInput
+        With the dtype of the columns' common type (see :func:`numpy.result_type`).
+
+    Raises
+    ------
+    TypeError
+        A column that is not numeric (named), or several columns of which one is not scalar.
+    """
+    import ray
+    from ray.data.dataset import MaterializedDataset
+
+    if not isinstance(ds, MaterializedDataset):
+        # Ray Data's tasks need CPUs: the pooled actors (which hold them) end first
+        shutdown_pool()
+        ds = ds.materialize()
+    pieces = []
+    for bundle in ds.iter_internal_ref_bundles():
+        for entry, sl in zip(bundle.blocks, bundle.slices):
+            a, b = (0, entry.metadata.num_rows) if sl is None else (sl.start_offset, sl.end_offset)
+            if b is None:  # pragma: no cover - materialized blocks know their rows
+                raise ValueError(f"{name}: a block of the Ray Dataset has an unknown number of rows")
+            if b > a:
+                pieces.append((entry.ref, int(a), int(b)))
+    if not pieces:
+        names = ds.columns() or []
+        return RayDatasetInput(ds, [], names, len(names), np.float64)
+    ref, a, _ = pieces[0]
+    probe = ray.get(ray.remote(_probe_block).options(num_cpus=0).remote(ref, a, a + 1))
+    columns = [c for c, _, _ in probe]
+    for c, dt, shape in probe:
+        if np.dtype(dt).kind not in "biuf":
+            raise TypeError(f"{name}: column {c!r} of the Ray Dataset has dtype {np.dtype(dt)}, not a number; "
+                            "every column must be numeric (one feature each), or one tensor column of shape (d,).")
+        if len(shape) > 1 or (shape and len(probe) > 1):
+            raise TypeError(f"{name}: column {c!r} of the Ray Dataset holds arrays of shape {shape}; expected "
+                            "numeric columns (one feature each), or a single tensor column of shape (d,).")
+    d = probe[0][2][0] if probe[0][2] else len(probe)
+    dtype = np.result_type(*[np.dtype(dt) for _, dt, _ in probe])
+    return RayDatasetInput(ds, pieces, columns, d, dtype)

@@ -56,6 +56,14 @@ def _prepare_X(X, name="X"):
     """(array for the driver, is_lazy): dask for lazy inputs, an in-memory array otherwise."""
     from ..data import as_dask_array, check_sparse
 
+    if any(c.__module__.startswith("ray.data") for c in type(X).__mro__):  # a Ray Dataset: for engine="ray"
+        import dask.array as da
+
+        from ..chunked.ray_engine import dataset_input
+
+        src = dataset_input(X, name=name)  # numeric columns, checked from the schema and one row
+        Xd = as_dask_array(da.empty(src.shape, dtype=src.dtype, chunks=-1), name=name)
+        return src.astype(Xd.dtype), False
     if is_sparse(X):  # in-memory scipy.sparse stays sparse: canonical CSR, float64/float32
         return check_sparse(X, name=name), False
     if isinstance(X, np.ndarray) and X.dtype.kind not in "OUSV":
@@ -248,6 +256,12 @@ class _BaseKMeans(AnomalyScoresMixin, TransformerMixin, ClusterMixin, BaseEstima
             Lazy (a dask array) for lazy input.
         """
         Xa, lazy = self._check_test_X(X)
+        if getattr(Xa, "is_ray_dataset", False):  # a Ray Dataset: labelled by the Ray actors, block by block
+            blocks = self._blocks(Xa, None)
+            try:
+                return final_pass(blocks, self.cluster_centers_, labels=True)["labels"]
+            finally:
+                blocks.release()
         if lazy:
             C = self.cluster_centers_.astype(Xa.dtype, copy=False)
             return Xa.map_blocks(_predict_block, C, drop_axis=1, dtype=np.int64)
@@ -341,7 +355,8 @@ class _BaseKMeans(AnomalyScoresMixin, TransformerMixin, ClusterMixin, BaseEstima
             C = self.cluster_centers_.astype(Xa.dtype, copy=False)
             self.labels_ = Xa.map_blocks(_predict_block, C, drop_axis=1, dtype=np.int64)
         elif labels is not None:  # from the final pass, on the host
-            self.labels_ = block_namespace(Xa).asarray(labels)
+            ray_ds = getattr(Xa, "is_ray_dataset", False)  # rows in Ray's object store: labels in NumPy
+            self.labels_ = np.asarray(labels) if ray_ds else block_namespace(Xa).asarray(labels)
         else:
             self.labels_, _ = assign_labels(Xa, self._centers_like(Xa))
 
