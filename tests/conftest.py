@@ -70,3 +70,29 @@ def threaded_unless_cluster(request):
     else:
         with dask.config.set(scheduler="threads"):
             yield
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """A starter of one local Ray per test module, every process bound to 127.0.0.1 (``yield from`` it)."""
+    def start(object_store_mb: int = 512, extra_env=None):
+        ray = pytest.importorskip("ray")
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        for key, value in (extra_env or {}).items():
+            os.environ.setdefault(key, value)
+        if ray.is_initialized():
+            ray.shutdown()
+        from pipelines.ray_local import init_local_ray
+
+        init_local_ray(num_cpus=2, object_store_memory=object_store_mb * 2**20, log_to_driver=False)
+        yield
+        ray.shutdown()
+
+    return start
+
+
+@pytest.fixture(scope="module")
+def ray_local(local_ray):
+    """A local Ray for the module's tests (2 CPUs, 512 MiB of object store), bound to 127.0.0.1."""
+    yield from local_ray()
+

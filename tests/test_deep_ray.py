@@ -5,7 +5,6 @@ checkpoint, identical centroids on both workers, and the figures written.  Uses 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -19,16 +18,8 @@ N_IMAGES = 2000
 
 
 @pytest.fixture(scope="module")
-def ray_local():
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "180")
-    if ray.is_initialized():
-        ray.shutdown()
-    from pipelines.ray_local import init_local_ray  # every Ray process bound to 127.0.0.1
-
-    init_local_ray(num_cpus=2, object_store_memory=512 * 2**20, log_to_driver=False)
-    yield
-    ray.shutdown()
+def ray_local(local_ray):
+    yield from local_ray(extra_env={"RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "180"})
 
 
 @pytest.fixture(scope="module")

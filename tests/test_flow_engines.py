@@ -6,7 +6,6 @@ for the module; flow runs use the session's ``prefect_test_harness`` and the Das
 """
 from __future__ import annotations
 
-import os
 
 import numpy as np
 import pytest
@@ -16,18 +15,6 @@ ray = pytest.importorskip("ray")
 from flows.clustering import ENGINES, ClusteringFlowParams, clustering_flow  # noqa: E402
 from flows.params import ParameterError, cli_parser, validate_params  # noqa: E402
 from pipelines import stages  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def ray_local():
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    if ray.is_initialized():
-        ray.shutdown()
-    from pipelines.ray_local import init_local_ray  # every Ray process bound to 127.0.0.1
-
-    init_local_ray(num_cpus=2, object_store_memory=512 * 2**20, log_to_driver=False)
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ canonical blocks and reduction tree, so centers, inertia and labels are bit-iden
 is read by the actors themselves.  A local Ray (2 CPUs, 127.0.0.1) is started once for the module."""
 from __future__ import annotations
 
-import os
 
 import numpy as np
 import pytest
@@ -13,18 +12,6 @@ ray = pytest.importorskip("ray")
 
 from kmeans_dist import KMeans, MiniBatchKMeans  # noqa: E402
 from kmeans_dist.chunked.driver import make_blocks, resolve_engine  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def ray_local():
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    if ray.is_initialized():
-        ray.shutdown()
-    from pipelines.ray_local import init_local_ray  # every Ray process bound to 127.0.0.1
-
-    init_local_ray(num_cpus=2, object_store_memory=512 * 2**20, log_to_driver=False)
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")

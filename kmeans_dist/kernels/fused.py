@@ -275,6 +275,36 @@ def _clipped_dist(x_sq, best, dist):  # pragma: no cover - compiled
         dist[i] = 0 if v < 0 else v  # NaN stays NaN, as np.maximum(v, 0): the caller's finiteness check sees it
 
 
+class _Products:
+    """The centers' side of a block's distance GEMMs, prepared once per call: the layout
+    (:func:`columns_layout`), ``-2C`` in it, the centers' squared norms and the repeated centers."""
+
+    def __init__(self, centers, dt, n_features: int):
+        self.C = C = np.ascontiguousarray(centers, dtype=dt)
+        k = C.shape[0]
+        self.cols = columns_layout(n_features, k)
+        # exact scaling: products with -2C are -2 times the products with C
+        self.m2 = -2 * C if self.cols else np.ascontiguousarray((-2 * C).T)
+        self.c_sq = row_norms_sq(C)
+        self.dup = repeated_rows(C)
+
+    def buffer(self, name: str, sub: int):
+        k = self.C.shape[0]
+        return scratch(name, (k, sub) if self.cols else (sub, k), self.C.dtype)
+
+    def nearest(self, Xs, P_buf, best, labels):
+        """First minimum of ``||c||^2 - 2 x.c`` over the centers for the rows of the sub-chunk ``Xs``."""
+        r = Xs.shape[0]
+        if self.cols:
+            P = P_buf[:, :r]
+            np.matmul(self.m2, Xs.T, out=P)
+            _argmin_cols(P, self.c_sq, self.dup, best, labels)
+        else:
+            P = P_buf[:r]
+            np.matmul(Xs, self.m2, out=P)
+            _argmin_rows(P, self.c_sq, self.dup, best, labels)
+
+
 def nearest_block(X, centers, x_sq=None, sub_rows: int = 8192):
     """Nearest center of every row of a NumPy block and the squared distance to it, in one pass.
 
@@ -300,17 +330,12 @@ def nearest_block(X, centers, x_sq=None, sub_rows: int = 8192):
     """
     warm_blas()
     n, d = X.shape
-    k = centers.shape[0]
     dt = X.dtype
-    C = np.ascontiguousarray(centers, dtype=dt)
-    cols = columns_layout(d, k)
-    m2 = -2 * C if cols else np.ascontiguousarray((-2 * C).T)
-    dup = repeated_rows(C)
-    c_sq = row_norms_sq(C)
+    prod = _Products(centers, dt, d)
     labels = np.empty(n, dtype=np.int64)
     dist = np.empty(n, dtype=dt)
     sub = max(1, min(int(sub_rows), n))
-    P_buf = scratch("nP", (k, sub) if cols else (sub, k), dt)
+    P_buf = prod.buffer("nP", sub)
     best_buf = scratch("nbest", (sub,), dt)
     for start in range(0, n, sub):
         stop = min(start + sub, n)
@@ -318,14 +343,7 @@ def nearest_block(X, centers, x_sq=None, sub_rows: int = 8192):
         if not Xs.flags.c_contiguous:
             Xs = np.ascontiguousarray(Xs)
         best = best_buf[:stop - start]
-        if cols:
-            P = P_buf[:, :stop - start]
-            np.matmul(m2, Xs.T, out=P)
-            _argmin_cols(P, c_sq, dup, best, labels[start:stop])
-        else:
-            P = P_buf[:stop - start]
-            np.matmul(Xs, m2, out=P)
-            _argmin_rows(P, c_sq, dup, best, labels[start:stop])
+        prod.nearest(Xs, P_buf, best, labels[start:stop])
         _clipped_dist(row_norms_sq(Xs) if x_sq is None else x_sq[start:stop], best, dist[start:stop])
     return labels, dist
 
@@ -409,14 +427,8 @@ def lloyd_block(X, w, centers, x_sq, sub_rows: int, exact_inertia: bool, n_far: 
     n, d = X.shape
     k = centers.shape[0]
     dt = X.dtype
-    C = np.ascontiguousarray(centers, dtype=dt)
-    cols = columns_layout(d, k)
-    dup = repeated_rows(C)
-    if cols:
-        m2C = -2 * C  # exact scaling: (-2C) @ Xs^T == -2 (C @ Xs^T)
-    else:
-        m2C_T = np.ascontiguousarray((-2 * C).T)  # exact scaling: Xs @ (-2C)^T == -2 (Xs @ C^T)
-    c_sq = row_norms_sq(C)
+    prod = _Products(centers, dt, d)
+    C = prod.C
     sums = np.zeros((k, d), dtype=np.float64)
     weights = np.zeros(k, dtype=np.float64)
     counts = np.zeros(k, dtype=np.int64)
@@ -433,7 +445,7 @@ def lloyd_block(X, w, centers, x_sq, sub_rows: int, exact_inertia: bool, n_far: 
     w_arr = np.zeros(0, dtype=dt) if w is None else np.asarray(w)
     empty = np.zeros(0, dtype=dt)
     sub = min(sub_rows, max(n, 1))
-    P_buf = scratch("P", (k, sub) if cols else (sub, k), dt)
+    P_buf = prod.buffer("P", sub)
     best_buf = scratch("best", (sub,), dt)
     inertia = 0.0
     for start in range(0, n, sub_rows):
@@ -443,14 +455,7 @@ def lloyd_block(X, w, centers, x_sq, sub_rows: int, exact_inertia: bool, n_far: 
             Xs = np.ascontiguousarray(Xs)
         best = best_buf[:stop - start]
         lab = labels[start:stop]
-        if cols:
-            P = P_buf[:, :stop - start]
-            np.matmul(m2C, Xs.T, out=P)
-            _argmin_cols(P, c_sq, dup, best, lab)
-        else:
-            P = P_buf[:stop - start]
-            np.matmul(Xs, m2C_T, out=P)
-            _argmin_rows(P, c_sq, dup, best, lab)
+        prod.nearest(Xs, P_buf, best, lab)
         if exact_inertia:
             xs_sq = empty
         elif x_sq is None:
