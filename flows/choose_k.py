@@ -1,9 +1,9 @@
 """``choose_k_flow``: fit a range of k in parallel (one seed + Lloyd task chain per k and init) on
-Dask, evaluate each (inertia, silhouette, Calinski-Harabasz, Davies-Bouldin, and ARI/NMI when the
+Dask (or with ``engine`` "ray" / "local", as ``clustering_flow``), evaluate each (inertia, silhouette, Calinski-Harabasz, Davies-Bouldin, and ARI/NMI when the
 data has labels) and recommend a k per criterion, with elbow and silhouette curves.
 
-Same validation, caching, checkpoints and Dask set-up as ``clustering_flow``.
-Run it: ``python -m flows.choose_k --source sklearn-digits --k-min 2 --k-max 12``.
+Same validation, caching, checkpoints, engines and Dask set-up as ``clustering_flow``.
+Run it: ``python -m flows.choose_k --source sklearn-digits --k-min 2 --k-max 12`` (``--engine ray`` for Ray).
 """
 from __future__ import annotations
 
@@ -14,13 +14,25 @@ from typing import Optional
 from prefect import flow, get_run_logger, task
 
 from flows.artifacts import publish_report
-from flows.clustering import (quiet_dask_logs, ingest_and_standardize, make_task_runner, stage_tasks,  # noqa: F401
-                              write_status)
+from flows.clustering import (EngineParams, check_ray, engine_kwargs, flow_engine, ingest_and_standardize,
+                              make_task_runner, quiet_dask_logs, stage_tasks, write_status)
 from flows.params import (ChooseKParams, check_dask_address, check_source, default_output_dir, run_cli,
                           validate_params)
 from pipelines import stages
 
-__all__ = ["choose_k_flow", "choose_k_run"]
+__all__ = ["choose_k_flow", "choose_k_run", "ChooseKFlowParams"]
+
+
+class ChooseKFlowParams(EngineParams, ChooseKParams):
+    """Parameters of ``choose_k_flow``: :class:`flows.params.ChooseKParams` with the engine fields
+    (:class:`flows.clustering.EngineParams`: ``engine`` and ``ray_address``, in no run folder's name).
+
+    Examples
+    --------
+    >>> p = ChooseKFlowParams(k_min=2, k_max=4, engine="ray")
+    >>> p.k_values(), p.engine
+    ([2, 3, 4], 'ray')
+    """
 
 
 @task(name="choose_k_report")
@@ -48,7 +60,7 @@ def choose_k_report_task(out_dir: str, results: list, params: dict, timings: dic
 
 @flow(name="choose-k-run", validate_parameters=False)
 def choose_k_run(params: dict, source: str, out_dir: str) -> dict:
-    """Run the stages of one choose-k run, on the flow's (Dask) task runner.
+    """Run the stages of one choose-k run, on the flow's task runner (Dask, or threads for Ray and local).
 
     One seed + Lloyd task chain per k and seed, all submitted at once; the lowest inertia per k is
     evaluated, the report written, and published with a table of metrics per k as artifacts.
@@ -58,7 +70,7 @@ def choose_k_run(params: dict, source: str, out_dir: str) -> dict:
     Parameters
     ----------
     params : dict
-        Validated parameters (a dumped :class:`flows.params.ChooseKParams`).
+        Validated parameters (a dumped :class:`ChooseKFlowParams`).
     source : str
         The resolved source.
     out_dir : str
@@ -78,28 +90,32 @@ def choose_k_run(params: dict, source: str, out_dir: str) -> dict:
     from kmeans_dist.data import DataError
 
     logger = get_run_logger()
-    p = ChooseKParams(**params)
+    p = ChooseKFlowParams(**params)
+    ek = engine_kwargs(p)
     ks = p.k_values()
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     write_status(out_dir, "running", flow="choose_k_flow", params=p.model_dump())
     try:
+        if ek["engine"] == "ray":  # once, before tasks run in threads of this process
+            stages.connect_ray(ek["ray_address"])
         T = stage_tasks(out_dir)
         timings: dict[str, float] = {}
         store = ingest_and_standardize(T, p, source, out_dir, timings)
         n = store["shape"][0]
         if max(ks) > n:
             raise DataError(f"k_max={max(ks)} is larger than the number of samples ({n}); lower k_max")
-        logger.info("Fitting k in %s (%d x %d), n_init=%d", ks, *store["shape"], p.n_init)
+        logger.info("Fitting k in %s (%d x %d), n_init=%d, engine=%s", ks, *store["shape"], p.n_init, ek["engine"])
         t0 = time.perf_counter()
         fits = {}
         for k in ks:
             for i in range(p.n_init):
-                s = T.seed.submit(store, out_dir, k, p.init, p.seed + i, f"k{k}-seed-{i}")
-                fits.setdefault(k, []).append(T.fit_lloyd.submit(store, s, out_dir, p.max_iter, p.tol, f"k{k}-fit-{i}"))
+                s = T.seed.submit(store, out_dir, k, p.init, p.seed + i, f"k{k}-seed-{i}", **ek)
+                fits.setdefault(k, []).append(T.fit_lloyd.submit(store, s, out_dir, p.max_iter, p.tol, f"k{k}-fit-{i}",
+                                                                 **ek))
         best = {k: min((f.result() for f in fs), key=lambda r: r["inertia"]) for k, fs in fits.items()}
         timings["seed + fit (all k)"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        evals = {k: T.evaluate.submit(store, best[k], out_dir, p.silhouette_sample, p.seed) for k in ks}
+        evals = {k: T.evaluate.submit(store, best[k], out_dir, p.silhouette_sample, p.seed, **ek) for k in ks}
         results = []
         for k in ks:
             m = evals[k].result()
@@ -145,8 +161,10 @@ def choose_k_flow(
     limit: Optional[int] = None,
     chunk_rows: Optional[int] = None,
     silhouette_sample: int = 2000,
+    engine: str = "auto",
+    ray_address: Optional[str] = None,
 ) -> dict:
-    """Fit every k of ``k_min..k_max`` (or ``ks``) in parallel on Dask and recommend one.
+    """Fit every k of ``k_min..k_max`` (or ``ks``) in parallel and recommend one.
 
     Same validation, caching, checkpoints and Dask set-up as ``clustering_flow``: parameters are
     validated before any work starts, the source and the Dask scheduler are checked before anything
@@ -192,6 +210,11 @@ def choose_k_flow(
         Rows per chunk of the ingested store.
     silhouette_sample : int, default: 2000
         Size of the sample the silhouette is estimated on (0: none).
+    engine : {"auto", "dask", "ray", "local"}, default: "auto"
+        Where the k-means passes run: "auto" (Dask; Ray when ``ray_address`` is given), "dask", "ray"
+        (Ray actors) or "local" (the flow's process).  Every engine gives the same results, bit for bit.
+    ray_address : str, optional
+        Ray cluster for ``engine="ray"``; empty: ``RAY_ADDRESS``, else a local Ray bound to 127.0.0.1.
 
     Returns
     -------
@@ -201,7 +224,8 @@ def choose_k_flow(
     Raises
     ------
     flows.params.ParameterError
-        If a parameter is invalid, the source does not exist or the Dask scheduler cannot be reached.
+        If a parameter is invalid, the source does not exist, the Dask scheduler cannot be reached or Ray
+        cannot be connected to.
     kmeans_dist.data.DataError
         If the largest k is larger than the number of samples.
     """
@@ -209,19 +233,25 @@ def choose_k_flow(
     values = dict(source=source, k_min=k_min, k_max=k_max, k_step=k_step, ks=ks, init=init, standardize=standardize,
                   n_init=n_init, seed=seed, output_dir=output_dir, dask_address=dask_address, n_workers=n_workers,
                   threads_per_worker=threads_per_worker, max_iter=max_iter, tol=tol, limit=limit,
-                  chunk_rows=chunk_rows, silhouette_sample=silhouette_sample)
-    p = validate_params(ChooseKParams, values, "choose_k_flow")
+                  chunk_rows=chunk_rows, silhouette_sample=silhouette_sample, engine=engine, ray_address=ray_address)
+    p = validate_params(ChooseKFlowParams, values, "choose_k_flow")
     src = check_source(p.source)
+    engine = flow_engine(p)
     if p.dask_address:
         check_dask_address(p.dask_address)
-    out = default_output_dir("choose_k", p)
-    runner = make_task_runner(p.dask_address, p.n_workers, p.threads_per_worker)
-    get_run_logger().info("Output folder: %s; Dask: %s", out, p.dask_address or f"LocalCluster({p.n_workers} workers)")
+    if engine == "ray":
+        check_ray(p.ray_address)
+    # the run folder is named by the parameters that change results: not the engine
+    out = default_output_dir("choose_k", ChooseKParams(**p.model_dump(exclude={"engine", "ray_address"})))
+    runner = make_task_runner(p.dask_address, p.n_workers, p.threads_per_worker, engine=engine)
+    where = {"ray": f"Ray ({p.ray_address or 'local, 127.0.0.1'})", "local": "this process"}.get(
+        engine, f"Dask ({p.dask_address or f'LocalCluster({p.n_workers} workers)'})")
+    get_run_logger().info("Output folder: %s; engine: %s", out, where)
     return choose_k_run.with_options(task_runner=runner)(params=p.model_dump(), source=src, out_dir=out)
 
 
 def _cli(argv=None):
-    return run_cli(ChooseKParams, choose_k_flow, "python -m flows.choose_k", ("output_dir", "report", "best"), argv)
+    return run_cli(ChooseKFlowParams, choose_k_flow, "python -m flows.choose_k", ("output_dir", "report", "best"), argv)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ from typing import Literal, Optional
 os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
 
 from prefect import flow, get_run_logger, task  # noqa: E402
-from pydantic import Field, field_validator, model_validator  # noqa: E402
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator  # noqa: E402
 
 from flows.artifacts import LloydProgress, publish_history, publish_report  # noqa: E402
 from flows.params import (ClusteringParams, ParameterError, check_dask_address, check_source,  # noqa: E402
@@ -37,7 +37,7 @@ from flows.params import (ClusteringParams, ParameterError, check_dask_address, 
 from pipelines import stages  # noqa: E402
 
 __all__ = ["clustering_flow", "clustering_run", "make_task_runner", "stage_tasks", "dask_client",
-           "ParameterError", "ClusteringFlowParams", "ENGINES", "flow_engine", "engine_kwargs"]
+           "ParameterError", "ClusteringFlowParams", "EngineParams", "ENGINES", "check_ray", "flow_engine", "engine_kwargs"]
 
 RESULTS_DIR = ".prefect-results"
 # task parameters that never change a stage's output (the engines give bit-identical results)
@@ -46,27 +46,17 @@ _NOT_IN_KEY = {"out_dir", "engine", "ray_address"}
 ENGINES = ("auto", "dask", "ray", "local")
 
 
-class ClusteringFlowParams(ClusteringParams):
-    """Parameters of ``clustering_flow``: :class:`flows.params.ClusteringParams` with the engine.
+class EngineParams(BaseModel):
+    """The engine fields of the flows' parameters (a mixin of :class:`ClusteringFlowParams` and
+    :class:`flows.choose_k.ChooseKFlowParams`).
 
     ``engine`` is one of :data:`ENGINES` (``"auto"``: Dask, or Ray when ``ray_address`` is given);
     ``ray_address`` (stripped, empty means none) goes only with "ray" or "auto", and ``dask_address``
     only with "dask" or "auto".  Neither is part of the run folder's name (:func:`flows.params.run_name`):
     the engines give the same results, so runs on Dask and on Ray share their folder and cache.
-
-    Raises
-    ------
-    pydantic.ValidationError
-        If a field is invalid (an ``engine`` outside :data:`ENGINES` among them) or unknown.
-
-    Examples
-    --------
-    >>> p = ClusteringFlowParams(k=3, engine="ray")
-    >>> p.engine, p.ray_address, flow_engine(p)
-    ('ray', None, 'ray')
-    >>> flow_engine(ClusteringFlowParams(ray_address="ray://head:10001"))
-    'ray'
     """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     engine: Literal["auto", "dask", "ray", "local"] = Field(
         "auto", description="Where the k-means passes run: auto (Dask; Ray when --ray-address is given), "
@@ -86,9 +76,28 @@ class ClusteringFlowParams(ClusteringParams):
     def _engine_addresses(self):
         if self.ray_address and self.engine in ("dask", "local"):
             raise ValueError(f"ray_address is for engine 'ray' (or 'auto'), not {self.engine!r}")
-        if self.dask_address and flow_engine(self) in ("ray", "local"):
+        if getattr(self, "dask_address", None) and flow_engine(self) in ("ray", "local"):
             raise ValueError(f"dask_address is for engine 'dask' (or 'auto'), not {flow_engine(self)!r}")
         return self
+
+
+class ClusteringFlowParams(EngineParams, ClusteringParams):
+    """Parameters of ``clustering_flow``: :class:`flows.params.ClusteringParams` with the engine fields
+    (:class:`EngineParams`).
+
+    Raises
+    ------
+    pydantic.ValidationError
+        If a field is invalid (an ``engine`` outside :data:`ENGINES` among them) or unknown.
+
+    Examples
+    --------
+    >>> p = ClusteringFlowParams(k=3, engine="ray")
+    >>> p.engine, p.ray_address, flow_engine(p)
+    ('ray', None, 'ray')
+    >>> flow_engine(ClusteringFlowParams(ray_address="ray://head:10001"))
+    'ray'
+    """
 
 
 def flow_engine(p) -> str:
@@ -830,7 +839,7 @@ def clustering_flow(
     if p.dask_address:
         check_dask_address(p.dask_address)
     if engine == "ray":
-        _check_ray(p.ray_address)
+        check_ray(p.ray_address)
     # the run folder is named by the parameters that change results: not the engine (see ClusteringFlowParams)
     out = default_output_dir("clustering", ClusteringParams(**p.model_dump(exclude={"engine", "ray_address"})))
     runner = make_task_runner(p.dask_address, p.n_workers, p.threads_per_worker, engine=engine)
@@ -840,7 +849,7 @@ def clustering_flow(
     return clustering_run.with_options(task_runner=runner)(params=p.model_dump(), source=src, out_dir=out)
 
 
-def _check_ray(address: str | None) -> None:
+def check_ray(address: str | None) -> None:
     """Connect to Ray (:func:`pipelines.stages.connect_ray`) before anything is written; fail clearly."""
     try:
         stages.connect_ray(address)

@@ -7,6 +7,8 @@ for the module; flow runs use the session's ``prefect_test_harness`` and the Das
 from __future__ import annotations
 
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -153,3 +155,31 @@ def test_cli_flags_and_engines():
     assert vars(ap.parse_args([]))["engine"] == "auto"
     with pytest.raises(ParameterError, match="'auto', 'dask', 'ray' or 'local'"):
         validate_params(ClusteringFlowParams, vars(ap.parse_args(["--engine", "spark"])), "clustering_flow")
+
+
+def test_choose_k_on_ray_equals_local(prefect_harness, ray_local, store, tmp_path, ray_blocks_made):
+    """choose_k_flow with engine "ray": every seed, fit and evaluation in Ray actors, the same results as in
+    process, in the same run folder (the engine is not in its name)."""
+    from flows.choose_k import ChooseKFlowParams, choose_k_flow
+
+    kw = dict(source=store, ks=[3, 5], init="k-means++", max_iter=20, silhouette_sample=300)
+    runs = {}
+    for engine in ("local", "ray"):
+        n0 = len(ray_blocks_made)
+        st = choose_k_flow(**kw, engine=engine, output_dir=str(tmp_path / engine), return_state=True)
+        assert st.is_completed(), st.message
+        runs[engine] = (st.result(), len(ray_blocks_made) - n0)
+    (loc, made_local), (ray_run, made_ray) = runs["local"], runs["ray"]
+    assert made_local == 0 and made_ray >= 6, (made_local, made_ray)  # seed, fit, evaluate per k
+    assert ray_run["best"] == loc["best"]
+    for a, b in zip(ray_run["results"], loc["results"]):
+        assert a["k"] == b["k"] and a["inertia"] == b["inertia"] and a["n_iter"] == b["n_iter"]
+        np.testing.assert_array_equal(stages.load_centers({"path": a["centers"]}),
+                                      stages.load_centers({"path": b["centers"]}))
+    assert Path(ray_run["output_dir"]).name == Path(loc["output_dir"]).name
+
+    ap = cli_parser(ChooseKFlowParams, "python -m flows.choose_k")
+    p = validate_params(ChooseKFlowParams, vars(ap.parse_args(["--ks", "3", "--engine", "ray"])), "choose_k_flow")
+    assert (p.engine, p.ks) == ("ray", [3])
+    with pytest.raises(ParameterError, match="ray_address is for engine 'ray'"):
+        validate_params(ChooseKFlowParams, {"engine": "local", "ray_address": "h:6379"}, "choose_k_flow")
