@@ -117,6 +117,14 @@ def test_bad_datasets_are_refused_clearly(ray_local, X):
         KMeans(2, engine="ray").fit(bad)
     with pytest.raises(TypeError, match="engine='ray'"):
         KMeans(2, engine="local").fit(ds)
+
+    def boom(batch):
+        raise RuntimeError("the Dataset was executed")
+
+    unexecuted = ray.data.from_numpy(X[:20]).map_batches(boom)  # refused before it is executed
+    for engine in ("local", "dask"):
+        with pytest.raises(TypeError, match="engine='ray'"):
+            KMeans(2, engine=engine).fit(unexecuted)
     km = KMeans(2, random_state=0, engine="ray").fit(ds)
     with pytest.raises(TypeError, match="Ray Dataset"):
         km.transform(ds)

@@ -181,7 +181,7 @@ class BisectingKMeans(BaseKMeans):
         self
         """
         self._validate_params()
-        Xa, lazy = prepare_X(X)
+        Xa, lazy = prepare_X(X, engine=getattr(self, "engine", "auto"))
         if is_sparse(Xa):
             raise TypeError(f"Sparse data was passed for X, but dense data is required by {type(self).__name__}. "
                             "Use X.toarray() to convert to a dense numpy array.")

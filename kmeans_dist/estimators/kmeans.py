@@ -52,12 +52,18 @@ def _is_device_array(X) -> bool:
     return hasattr(X, "__cuda_array_interface__")
 
 
-def _prepare_X(X, name="X"):
-    """(array for the driver, is_lazy): dask for lazy inputs, an in-memory array otherwise."""
+def _prepare_X(X, name="X", engine="auto"):
+    """(array for the driver, is_lazy): dask for lazy inputs, an in-memory array otherwise.
+
+    A Ray Dataset with an ``engine`` other than "ray" or "auto" is refused before it is executed."""
     from ..data import as_dask_array, check_sparse
 
     if any(c.__module__.startswith("ray.data") for c in type(X).__mro__):  # a Ray Dataset: for engine="ray"
         import dask.array as da
+
+        if engine not in ("auto", "ray"):
+            raise TypeError(f"A Ray Dataset is read by Ray actors: use engine='ray' (or 'auto'), not {engine!r}; "
+                            "or convert it first (ds.to_pandas()).")
 
         from ..chunked.ray_engine import dataset_input
 
@@ -211,7 +217,7 @@ class _BaseKMeans(AnomalyScoresMixin, TransformerMixin, ClusterMixin, BaseEstima
     def _check_test_X(self, X):
         self._check_fitted()
         self._check_feature_names(X)
-        Xa, lazy = _prepare_X(X)
+        Xa, lazy = _prepare_X(X, engine=getattr(self, "engine", "auto"))
         if Xa.shape[1] != self.n_features_in_:
             raise ValueError(f"X has {Xa.shape[1]} features, but {type(self).__name__} is expecting "
                              f"{self.n_features_in_} features as input.")
@@ -606,7 +612,7 @@ class KMeans(_BaseKMeans):
         self
         """
         self._validate_params()
-        Xa, lazy = _prepare_X(X)
+        Xa, lazy = _prepare_X(X, engine=getattr(self, "engine", "auto"))
         self._set_feature_names(X)
         n, d = Xa.shape
         self._check_n_clusters(n)
@@ -866,7 +872,7 @@ class MiniBatchKMeans(_BaseKMeans):
         self
         """
         self._validate_params()
-        Xa, lazy = _prepare_X(X)
+        Xa, lazy = _prepare_X(X, engine=getattr(self, "engine", "auto"))
         self._set_feature_names(X)
         n, d = Xa.shape
         self._check_n_clusters(n)
@@ -937,7 +943,7 @@ class MiniBatchKMeans(_BaseKMeans):
             self._validate_params()
         else:
             self._check_feature_names(X)
-        Xa, lazy = _prepare_X(X)
+        Xa, lazy = _prepare_X(X, engine=getattr(self, "engine", "auto"))
         self._set_feature_names(X)
         if lazy:
             Xa = Xa.compute()

@@ -190,7 +190,7 @@ class KMedoids(BaseKMeans):
         """
         self._validate_params()
         refuse_sparse(self, X)
-        Xa, lazy = prepare_X(X)
+        Xa, lazy = prepare_X(X, engine=getattr(self, "engine", "auto"))
         self._set_feature_names(X)
         n, d = Xa.shape
         self._check_n_clusters(n)

@@ -159,7 +159,7 @@ class SphericalKMeans(BaseKMeans):
         self
         """
         self._validate_params()
-        Xa, lazy = prepare_X(X)
+        Xa, lazy = prepare_X(X, engine=getattr(self, "engine", "auto"))
         self._set_feature_names(X)
         n, d = Xa.shape
         self._check_n_clusters(n)
