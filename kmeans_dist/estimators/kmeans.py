@@ -535,6 +535,14 @@ class KMeans(_BaseKMeans):
         Rows per cluster.
     history_ : list of dict
         One record per iteration: ``iteration``, ``inertia``, ``center_shift``, ``seconds``.
+    converged_ : bool
+        Whether the center shift fell to the tolerance before ``max_iter`` (False when ``max_iter`` or a callback
+        ended the iterations).
+    seeding_seconds_ : float
+        Wall time of the seeding of the kept restart, in seconds.
+    fit_seconds_ : float
+        Wall time of the whole ``fit`` call (validation, blocks, seeding, every restart, the final pass), in
+        seconds: what a user timing ``fit()`` measures.
 
     Examples
     --------
@@ -758,6 +766,8 @@ class MiniBatchKMeans(_BaseKMeans):
         Number of features seen in fit.
     history_ : list of dict
         One record per step.
+    fit_seconds_ : float
+        Wall time of the whole ``fit`` call, in seconds.
 
     Examples
     --------
