@@ -7,6 +7,7 @@ bit-identical across engines.  Data: MNIST (70,000 x 784, float32 scaled to [0, 
 blobs (``--blobs N``, 32 features, k=64; the issue's size is 2,000,000).
 
     python benchmarks/bench_engines.py --blobs 200000 --repeats 3
+    python benchmarks/bench_engines.py --blobs 2000000 --repeats 2 --max-iter 10 --no-mnist
 """
 from __future__ import annotations
 
@@ -49,6 +50,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--blobs", type=int, default=2_000_000, help="rows of the blobs data set (32 features)")
     p.add_argument("--mnist-limit", type=int, default=None, help="first MNIST rows only")
+    p.add_argument("--no-mnist", action="store_true", help="blobs only")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--max-iter", type=int, default=20, help="Lloyd iterations per fit (tol=0)")
     a = p.parse_args(argv)
@@ -66,7 +68,7 @@ def main(argv=None):
                            dashboard_address="127.0.0.1:0", memory_limit="6GiB")
     client = Client(cluster)
     sets = []
-    if find_mnist_dir() is not None:
+    if not a.no_mnist and find_mnist_dir() is not None:
         X, _ = load_mnist(limit=a.mnist_limit, scale=1 / 255)
         sets.append((f"MNIST {X.shape[0]}x{X.shape[1]} k=10", X, 10))
     Xb, _ = blobs(a.blobs, centers=64, n_features=32, random_state=0, as_numpy=True)
