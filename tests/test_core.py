@@ -432,3 +432,24 @@ def test_a_repeated_center_never_wins(dtype, d, k):
     assert not np.isin(labels, [k // 2, k - 1]).any()
     np.testing.assert_array_equal(labels, part["labels"])
     assert fused_module.columns_layout(d, k) == (k >= 2 * d)
+
+
+def test_dask_blocks_of_an_in_memory_array_carry_only_their_rows(dask_client):
+    """Each block of a NumPy input goes to the cluster in a graph of its own rows: 16 MB in 8 blocks of 2 MB
+    sends no graph above Dask's 10 MB large-graph threshold (the whole array in every block's graph did)."""
+    import warnings
+
+    from kmeans_dist.chunked import make_blocks
+    from kmeans_dist.chunked.lloyd import data_stats
+
+    X = np.random.default_rng(0).normal(size=(8 * 16_384, 16))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        blocks = make_blocks(X, block_rows=16_384, client=dask_client, engine="dask")
+        try:
+            assert blocks.kind == "dask" and blocks.n_blocks == 8
+            stats = data_stats(blocks)
+        finally:
+            blocks.release()
+    assert not [w for w in caught if "large graph" in str(w.message)], [str(w.message) for w in caught]
+    np.testing.assert_allclose(stats["mean"], X.mean(axis=0), rtol=1e-10, atol=1e-12)
