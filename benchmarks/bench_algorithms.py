@@ -10,7 +10,9 @@ and starts from the same initial centers (scikit-learn's ``kmeans_plusplus``, ra
 scikit-learn's default ``max_iter=300, tol=1e-4``, so the three algorithms run the same iterations.  The
 algorithms alternate within every repeat (lloyd, hamerly, elkan, lloyd, ...); the table gives the best of
 ``repeats`` for the whole ``fit()`` and for the median iteration (from ``history_``), and their ratios to
-Lloyd (below 1: faster than Lloyd).  One warm-up fit per algorithm first (Numba compiles on first use).
+Lloyd (below 1: faster than Lloyd), then the first iteration (the bounds' full pass) and the slowest one of
+every algorithm, each as a ratio to Lloyd's median iteration.  One warm-up fit per algorithm first (Numba
+compiles on first use).
 """
 from __future__ import annotations
 
@@ -56,15 +58,20 @@ def run_case(X, k, repeats):
         KMeans(k, init=C0, max_iter=2, algorithm=alg, client=False).fit(X[:5000])
     fit = {a: [] for a in ALGORITHMS}
     per_it = {a: [] for a in ALGORITHMS}
+    first = {a: [] for a in ALGORITHMS}
+    worst = {a: [] for a in ALGORITHMS}
     n_iter = {}
     for _ in range(repeats):
         for alg in ALGORITHMS:
             t0 = time.perf_counter()
             km = KMeans(k, init=C0, algorithm=alg, client=False).fit(X)
             fit[alg].append(time.perf_counter() - t0)
-            per_it[alg].append(float(np.median([h["seconds"] for h in km.history_])))
+            its = [h["seconds"] for h in km.history_]
+            per_it[alg].append(float(np.median(its)))
+            first[alg].append(its[0])
+            worst[alg].append(max(its))
             n_iter[alg] = km.n_iter_
-    return {a: (min(fit[a]), min(per_it[a]), n_iter[a]) for a in ALGORITHMS}
+    return {a: (min(fit[a]), min(per_it[a]), n_iter[a], min(first[a]), min(worst[a])) for a in ALGORITHMS}
 
 
 def main(argv=None):
@@ -81,8 +88,9 @@ def main(argv=None):
              f"best of {a.repeats}, in process",
              "",
              "| data | k | iters | fit lloyd (s) | fit hamerly (s) | fit elkan (s) | hamerly/lloyd | elkan/lloyd "
-             "| iter lloyd (ms) | iter hamerly (ms) | iter elkan (ms) | hamerly/lloyd | elkan/lloyd |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| iter lloyd (ms) | iter hamerly (ms) | iter elkan (ms) | hamerly/lloyd | elkan/lloyd "
+             "| first iter / lloyd iter: lloyd, hamerly, elkan | slowest iter / lloyd iter: lloyd, hamerly, elkan |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     print("\n".join(lines), flush=True)
     for name, X, k in cases(a.n, a.d, ks, mnist=not a.no_mnist):
         r = run_case(X, k, a.repeats)
@@ -90,7 +98,9 @@ def main(argv=None):
         il, ih, ie = (1e3 * r[x][1] for x in ALGORITHMS)
         iters = "/".join(str(r[x][2]) for x in ALGORITHMS)
         line = (f"| {name} | {k} | {iters} | {fl:.3f} | {fh:.3f} | {fe:.3f} | {fh / fl:.2f} | {fe / fl:.2f} "
-                f"| {il:.1f} | {ih:.1f} | {ie:.1f} | {ih / il:.2f} | {ie / il:.2f} |")
+                f"| {il:.1f} | {ih:.1f} | {ie:.1f} | {ih / il:.2f} | {ie / il:.2f} "
+                f"| {', '.join(f'{1e3 * r[x][3] / il:.2f}' for x in ALGORITHMS)} "
+                f"| {', '.join(f'{1e3 * r[x][4] / il:.2f}' for x in ALGORITHMS)} |")
         lines.append(line)
         print(line, flush=True)
     if a.out:
