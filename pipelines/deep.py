@@ -1,8 +1,9 @@
 """Ray stage of deep k-means: the autoencoder methods of :mod:`kmeans_dist.deep` trained with Ray Train.
 
 :func:`run_deep_stage` launches a ``TorchTrainer`` with ``ScalingConfig(num_workers=N, use_gpu=<detected>)``.
-Worker ``r`` of ``N`` reads only its shard of the Zarr store: rows ``r n / N .. (r + 1) n / N``, i.e. the
-chunks that overlap them (:func:`read_shard`); the labels (one integer a row) are read whole.  It prepares the
+Worker ``r`` of ``N`` reads only its shard of the Zarr store: rows ``r n / N .. (r + 1) n / N`` rounded to
+whole blocks of the per-epoch k-means (:func:`shard_bounds`), i.e. the chunks that overlap them
+(:func:`read_shard`); the labels (one integer a row) are read whole.  It prepares the
 model (``ray.train.torch.prepare_model``, DDP) and runs the library's epoch functions, the same as the
 single-process :func:`kmeans_dist.deep.fit_method`, with the same epoch numbering.
 
@@ -21,14 +22,17 @@ checkpoint in the library's one format (:func:`kmeans_dist.deep.training_state`)
 continues from the latest one via ``ray.train.get_checkpoint()``.
 
 With several workers the methods' per-batch center updates (DCN) and centroid gradients (DKM) are
-all-reduced.  The embeddings are computed shard by shard, in parallel, after every epoch; the per-epoch
-k-means (the initial one, and CT's and DKM+reinit's re-initialisation) then runs on the embeddings of the
-whole data set: the shards' embeddings (``n x n_clusters`` float32) are all-gathered (padded to equal sizes)
-and every worker runs the same seeded k-means (:func:`kmeans_dist.kernels.kmeans_inmemory`) on the same
-array, so all workers hold identical centroids (checked after every epoch: ``centroid_divergence``).  The
-gather is allowed only up to ``gather_limit_bytes`` (default :data:`GATHER_LIMIT_BYTES`, 256 MiB:
-6.7 million rows at 10 clusters); above it the stage refuses to start with a ``ValueError`` before any
-training, rather than exhaust a worker's memory.
+all-reduced.  The embeddings are computed shard by shard, in parallel, after every epoch.  The per-epoch
+k-means (the initial one, and CT's and DKM+reinit's re-initialisation) runs through the project's chunked
+engine on blocks of :func:`kmeans_dist.deep.latent_block_rows` rows, in one of two ways with the same result bit
+for bit: on the workers' own embeddings (:func:`kmeans_dist.deep.reinit_centroids` with the worker's
+:class:`kmeans_dist.deep.Shard`, i.e. :class:`kmeans_dist.chunked.CollectiveBlocks`: each Lloyd and seeding
+pass all-gathers only the blocks' partials, per-cluster sums and counts and a few candidate rows), or, when the
+embeddings take at most ``gather_below_bytes`` (:data:`GATHER_BELOW_BYTES`, 8 MiB), on all of them gathered to
+every worker, which is faster at that size.  Every worker combines the same partials in the same tree, so all
+hold identical centroids (checked after every epoch: ``centroid_divergence``), the ones one process gets.  With
+the shards, only one value a row is gathered: the labels for the scores and the highest memberships for the
+histogram; and the embeddings of a 2,000-row sample for the PCA figures.
 
 Outputs (under ``out_dir``): ``history.json``, ``summary.json``, ``labels.npy`` and the figures users look
 at: loss curves, the highest-membership histogram before/after finetuning (the paper's Figure 3), PCA
@@ -46,17 +50,22 @@ from pathlib import Path
 import numpy as np
 
 __all__ = ["run_deep_stage", "train_loop_per_worker", "load_store_tensor", "read_shard", "shard_bounds",
-           "resolve_budget", "check_gather_size", "detect_gpu", "autoencoder_from_config", "GATHER_LIMIT_BYTES"]
+           "resolve_budget", "detect_gpu", "autoencoder_from_config", "GATHER_BELOW_BYTES"]
 
 STATE_FILE = "state.pt"
 
-#: Largest all-gathered embedding array (n_samples x n_clusters float32) the stage allows: 256 MiB.
-GATHER_LIMIT_BYTES = 256 * 2**20
+#: Embeddings (n_samples x n_clusters float32) up to this size are all-gathered for the per-epoch k-means, larger
+#: ones stay on their workers (:class:`kmeans_dist.deep.Shard`): 8 MiB, where the two cost the same on 2 workers
+#: here (``benchmarks/RESULTS-deep.md``, "The per-epoch k-means").
+GATHER_BELOW_BYTES = 8 * 2**20
 
 
 def shard_bounds(n_samples: int, rank: int, world_size: int) -> tuple[int, int]:
-    """Rows ``[lo, hi)`` of worker ``rank``'s shard: ``n r / N .. n (r + 1) / N`` (sizes differ by at most one)."""
-    return n_samples * rank // world_size, n_samples * (rank + 1) // world_size
+    """Rows ``[lo, hi)`` of worker ``rank``'s shard: whole blocks of the per-epoch k-means
+    (:meth:`kmeans_dist.deep.Shard.bounds`), ``n r / N .. n (r + 1) / N`` rounded down to a block boundary."""
+    from kmeans_dist.deep import Shard
+
+    return Shard.bounds(n_samples, rank, world_size)
 
 
 def read_shard(url, rank: int = 0, world_size: int = 1):
@@ -95,18 +104,6 @@ def resolve_budget(n_samples: int, batch_size: int, pretrain_epochs: int, finetu
 
     return (epochs_for_steps(n_samples, batch_size, pretrain_epochs, pretrain_min_steps),
             epochs_for_steps(n_samples, batch_size, finetune_epochs, finetune_min_steps))
-
-
-def check_gather_size(n_samples: int, latent_dim: int, world_size: int, limit: int = GATHER_LIMIT_BYTES) -> int:
-    """Bytes of the all-gathered embeddings; a ``ValueError`` when several workers would gather more than
-    ``limit``."""
-    nbytes = int(n_samples) * int(latent_dim) * 4
-    if world_size > 1 and nbytes > limit:
-        raise ValueError(f"the per-epoch k-means gathers the embeddings of all {n_samples} rows "
-                         f"({nbytes / 2**20:.0f} MiB of float32), more than gather_limit_bytes="
-                         f"{limit} ({limit / 2**20:.0f} MiB); raise gather_limit_bytes if every worker has "
-                         f"that much memory to spare, or train on a subsample")
-    return nbytes
 
 
 def detect_gpu() -> bool:
@@ -167,7 +164,7 @@ def train_loop_per_worker(config: dict) -> None:
     (:func:`~kmeans_dist.deep.pretrain_epoch`, :func:`~kmeans_dist.deep.start_finetune`,
     :func:`~kmeans_dist.deep.finetune_epoch`, with the same batch permutations), the same epoch numbering and
     the same checkpoint format (:func:`~kmeans_dist.deep.training_state`), reported with ``ray.train.report``
-    after every step.  Around them this loop only reads its shard, gathers the embeddings and all-reduces.
+    after every step.  Around them this loop only reads its shard, sets the method's shard and all-reduces.
     ``config["on_epoch_end"]``, when given, is called on every worker with a copy of each record before its
     checkpoint is reported (the tests inject a failure there).
 
@@ -182,8 +179,8 @@ def train_loop_per_worker(config: dict) -> None:
     from ray.train.torch import get_device, prepare_model
 
     from kmeans_dist.data import open_labels
-    from kmeans_dist.deep import (ShardLoader, embed, finetune_epoch, make_method, max_membership, pretrain_epoch,
-                                  restore_training_state, start_finetune, training_state)
+    from kmeans_dist.deep import (Shard, ShardLoader, adam, embed, finetune_epoch, make_method, max_membership,
+                                  pretrain_epoch, restore_training_state, start_finetune, training_state)
 
     torch.set_num_threads(int(config.get("threads", 1)))
     ctx = ray.train.get_context()
@@ -213,24 +210,38 @@ def train_loop_per_worker(config: dict) -> None:
     torch.manual_seed(seed)
     net = autoencoder_from_config(config, X.shape[1]).to(device)
     method = make_method(config["method"], int(config["n_clusters"]), seed=seed, **config.get("method_kwargs", {}))
-    counts = [X.shape[0]]
     shards = [{"rank": rank, "rows": [lo, lo + X.shape[0]], "chunks": list(chunks)}]
+    # the per-epoch k-means: on the shards (CollectiveBlocks), or on the gathered embeddings when they are small
+    # (faster there, measured: benchmarks/bench_latent_kmeans.py); the same centers bit for bit either way
+    shard = None
     if distributed:
         method.allreduce = lambda t: dist.all_reduce(t)
         mine, shards = shards[0], [None] * world
         dist.all_gather_object(shards, mine)
-        counts = [s["rows"][1] - s["rows"][0] for s in shards]
+        if n_total * int(config["n_clusters"]) * 4 > int(config.get("gather_below_bytes", GATHER_BELOW_BYTES)):
+            method.shard = shard = Shard(lo, X.shape[0], n_total)
+    counts = [s["rows"][1] - s["rows"][0] for s in shards]
 
-    def embed_all(m):
-        """Embeddings of this shard, all-gathered (padded to equal sizes) into those of the whole data set."""
+    def embed_fn(m):
+        """This shard's embeddings; all of them (all-gathered, padded to equal sizes) below the gather size."""
         Zl = embed(m, X)
-        if not distributed:
+        if not distributed or shard is not None:
             return Zl
         pad = torch.zeros((max(counts), Zl.shape[1]), dtype=Zl.dtype, device=Zl.device)
         pad[:Zl.shape[0]] = Zl
         out = [torch.empty_like(pad) for _ in counts]
         dist.all_gather(out, pad)
         return torch.cat([o[:c] for o, c in zip(out, counts)]).contiguous()
+
+    def gathered(values: torch.Tensor) -> np.ndarray:
+        """One value a row of the whole data set (this shard's gathered with the others')."""
+        return (values if shard is None else shard.gather_rows(values)).cpu().numpy()
+
+    def snapshot(Z, labels):
+        """Embeddings and labels of the seeded sample (its rows in this shard, gathered)."""
+        idx = sample if shard is None else shard.local_index(sample)
+        t = torch.as_tensor(idx, dtype=torch.int64, device=Z.device)
+        return gathered(Z[t]), gathered(labels[t])
 
     def divergence():
         """Largest difference between rank 0's centroids and this worker's, maximised over the workers."""
@@ -282,30 +293,31 @@ def train_loop_per_worker(config: dict) -> None:
             ray.train.report(report)
 
     if phase == "pretrain":
-        opt = torch.optim.Adam(model.parameters(), lr=lr)
+        opt = adam(model.parameters(), lr=lr)
         if state is not None and state.get("optimizer") is not None:
             opt.load_state_dict(state["optimizer"])
         loader = ShardLoader(X, n_total, lo, bs, seed=seed, world_size=world)
         for ep in range(done + 1, P + 1):
             finish(pretrain_epoch(model, opt, loader, ep), opt, None)
-        rec, Z, labels = start_finetune(model, X, method, y=y, embed_fn=embed_all)
-        if distributed:  # the same gathered embeddings and seed give the same k-means on every worker
+        rec, Z, labels = start_finetune(model, X, method, y=y, embed_fn=embed_fn)
+        if distributed:  # the same partials in the same tree give the same k-means on every worker
             rec["centroid_divergence"] = divergence()
-        extras["membership_before"] = max_membership(Z, method.centroids, method.membership())
-        extras["snapshots"] = {0: (Z[sample].cpu().numpy(), labels.cpu().numpy()[sample])}
+        extras["membership_before"] = gathered(torch.from_numpy(max_membership(Z, method.centroids,
+                                                                                method.membership())))
+        extras["snapshots"] = {0: snapshot(Z, labels)}
         finish(rec, None, method)
         phase, done = "init", 0
     if method.finetunes and done < F:
-        opt = torch.optim.Adam(list(model.parameters()) + method.parameters(), lr=lr)
+        opt = adam(list(model.parameters()) + method.parameters(), lr=lr)
         if phase == "finetune" and state is not None and state.get("optimizer") is not None:
             opt.load_state_dict(state["optimizer"])
         loader = ShardLoader(X, n_total, lo, bs, seed=seed + 1, world_size=world)
         for ep in range(done + 1, F + 1):
-            rec, Z, labels = finetune_epoch(model, opt, loader, method, X, ep, y=y, embed_fn=embed_all)
+            rec, Z, labels = finetune_epoch(model, opt, loader, method, X, ep, y=y, embed_fn=embed_fn)
             if distributed:  # every worker must hold the same centroids
                 rec["centroid_divergence"] = divergence()
             if ep in snap_epochs:
-                extras.setdefault("snapshots", {})[ep] = (Z[sample].cpu().numpy(), labels.cpu().numpy()[sample])
+                extras.setdefault("snapshots", {})[ep] = snapshot(Z, labels)
             finish(rec, opt, method)
 
 
@@ -316,7 +328,7 @@ def run_deep_stage(store_url, out_dir, *, method: str = "CT", n_clusters: int = 
                    resume_from: str | None = None, max_failures: int = 1, snapshot_epochs=None,
                    ray_init_kwargs: dict | None = None, make_plots: bool = True, ae_init: str = "torch",
                    on_epoch_end=None, pretrain_min_steps: int | None = None, finetune_min_steps: int | None = None,
-                   gather_limit_bytes: int = GATHER_LIMIT_BYTES) -> dict:
+                   gather_below_bytes: int = GATHER_BELOW_BYTES) -> dict:
     """Train ``method`` on the store at ``store_url`` with Ray Train; write outputs to ``out_dir``.
 
     Starts a local Ray instance when none is connected and ``$RAY_ADDRESS`` is unset
@@ -331,8 +343,9 @@ def run_deep_stage(store_url, out_dir, *, method: str = "CT", n_clusters: int = 
     ``max(epochs, ceil(min_steps / ceil(n / batch_size)))`` epochs; ``pretrain_min_steps`` and
     ``finetune_min_steps`` default to the paper's MNIST step counts
     (:data:`kmeans_dist.deep.PAPER_PRETRAIN_STEPS` = 13,700, :data:`~kmeans_dist.deep.PAPER_FINETUNE_STEPS` =
-    27,400); 0 runs exactly the given epochs.  ``gather_limit_bytes`` bounds the all-gathered embeddings of the
-    per-epoch k-means (:func:`check_gather_size`).
+    27,400); 0 runs exactly the given epochs.  With several workers, embeddings of at most ``gather_below_bytes``
+    (``n x n_clusters`` float32) are all-gathered for the per-epoch k-means and larger ones stay on their workers;
+    the centroids are the same bit for bit, only the time differs (0: never gather).
     Returns a summary dict (final metrics, the epochs run, the workers' shards, paths of the checkpoint,
     history and figures).
     """
@@ -346,7 +359,6 @@ def run_deep_stage(store_url, out_dir, *, method: str = "CT", n_clusters: int = 
     from pipelines.ray_local import init_local_ray, loopback_torch_config, ray_is_loopback
 
     n_total = int(open_store(store_url).shape[0])  # metadata only
-    check_gather_size(n_total, n_clusters, num_workers, gather_limit_bytes)
     pmin = PAPER_PRETRAIN_STEPS if pretrain_min_steps is None else int(pretrain_min_steps)
     fmin = PAPER_FINETUNE_STEPS if finetune_min_steps is None else int(finetune_min_steps)
     P, F = resolve_budget(n_total, batch_size, pretrain_epochs, finetune_epochs, pmin, fmin)
@@ -372,7 +384,10 @@ def run_deep_stage(store_url, out_dir, *, method: str = "CT", n_clusters: int = 
         "ae_init": ae_init,
         "scale": scale, "snapshot_epochs": list(snapshot_epochs), "on_epoch_end": on_epoch_end,
         "resume_from": os.fspath(resume_from) if resume_from else None,
+        "gather_below_bytes": int(gather_below_bytes),
     }
+    latent = ("in process" if num_workers == 1 else
+              "gathered" if n_total * int(n_clusters) * 4 <= int(gather_below_bytes) else "sharded")
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=config,
@@ -393,7 +408,7 @@ def run_deep_stage(store_url, out_dir, *, method: str = "CT", n_clusters: int = 
     summary.update(name=name, wall_seconds=wall, checkpoint=result.checkpoint.path,
                    storage_path=os.fspath(out_dir / "ray_results" / name), num_workers=num_workers,
                    use_gpu=bool(use_gpu), pretrain_epochs=P, finetune_epochs=F, batch_size=batch_size,
-                   n_samples=n_total, shards=state.get("extras", {}).get("shards"))
+                   n_samples=n_total, shards=state.get("extras", {}).get("shards"), latent_kmeans=latent)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     return summary
 

@@ -63,3 +63,10 @@ def test_bench_scaling_quick(tmp_path):
 def test_full_size_command_in_docstring(script):
     text = (BENCH / script).read_text()
     assert f".venv/bin/python benchmarks/{script}" in text.split('"""')[1]
+
+
+def test_bench_latent_kmeans_quick(tmp_path):
+    out = run_quick("bench_latent_kmeans.py", tmp_path=tmp_path)
+    heads = table_headers(out)
+    assert len(heads) == 1 and "vs sharded" in heads[0]
+    assert "same centers: True" in out  # the sharded and the gathered k-means agree bit for bit

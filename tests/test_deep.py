@@ -11,7 +11,8 @@ from kmeans_dist.deep import (Autoencoder, BatchLoader, embed, fit_method, make_
                               pretrain, reinit_centroids)
 from kmeans_dist.deep import losses as L  # noqa: E402
 from kmeans_dist.deep import METHODS, to_kernel_array  # noqa: E402
-from kmeans_dist.kernels import kmeans_inmemory  # noqa: E402
+from kmeans_dist import KMeans  # noqa: E402
+from kmeans_dist.deep import latent_block_rows  # noqa: E402
 
 N_IMAGES = 2000
 
@@ -149,9 +150,12 @@ def test_reinit_gives_exactly_the_kmeans_centers(embedded):
     ct = make_method("CT", 10, seed=4, n_init=3)
     ct.initialize(Z)
     labels = ct.end_epoch(Z, 5)
-    ref = kmeans_inmemory(Z.numpy().copy(), 10, n_init=3, random_state=4 * 10_007 + 5 + 1)
-    assert np.array_equal(ct.centroids.numpy(), ref.centers)
-    assert np.array_equal(labels.numpy(), ref.labels)
+    # the project's KMeans on the same canonical blocks (the per-epoch k-means runs the chunked engine)
+    ref = KMeans(10, init="k-means++", n_init=3, random_state=4 * 10_007 + 5 + 1,
+                 block_rows=latent_block_rows(Z.shape[0])).fit(Z.numpy().copy())
+    assert np.array_equal(ct.centroids.numpy(), ref.cluster_centers_)
+    assert np.array_equal(labels.numpy(), ref.labels_)
+    assert ct.kmeans_inertia == ref.inertia_
     # and they are the k-means fixed point of the embeddings: each center is the mean of its points
     Zn = Z.numpy().astype(np.float64)
     lab = _np_sqdist(Zn, ct.centroids.numpy().astype(np.float64)).argmin(1)

@@ -129,7 +129,6 @@ def test_read_shard_reads_only_its_chunks(small_store):
     assert [p[1] for p in parts] == [0, 256] and [p[2] for p in parts] == [N_SMALL, N_SMALL]
     assert [p[3] for p in parts] == [(0, 3), (2, 6)]  # rows 0-255: chunks 0-2; rows 256-511: chunks 2-5
     np.testing.assert_array_equal(np.concatenate([p[0] for p in parts]), X)
-    assert [shard_bounds(10, r, 3) for r in range(3)] == [(0, 3), (3, 6), (6, 10)]
 
 
 def test_budget_rule_gives_small_stores_the_papers_steps():
@@ -148,13 +147,16 @@ def test_budget_rule_gives_small_stores_the_papers_steps():
     assert resolve_budget(2_000, 256, 3, 0, 0, 0) == (3, 0)
 
 
-def test_gather_limit_is_checked_before_training():
-    from pipelines.deep import GATHER_LIMIT_BYTES, check_gather_size
+def test_shards_are_whole_blocks_of_the_latent_kmeans():
+    from kmeans_dist.deep import latent_block_rows
+    from pipelines.deep import shard_bounds
 
-    assert check_gather_size(6_000_000, 10, 2) == 240_000_000 <= GATHER_LIMIT_BYTES
-    assert check_gather_size(10**8, 10, 1) == 4 * 10**9  # one worker gathers nothing
-    with pytest.raises(ValueError, match="gather_limit_bytes"):
-        check_gather_size(7_000_000, 10, 2)
+    for n, world in [(512, 2), (70_000, 2), (70_000, 3), (2_000_000, 7), (100, 3)]:
+        b = [shard_bounds(n, r, world) for r in range(world)]
+        assert b[0][0] == 0 and b[-1][1] == n and all(x[1] == y[0] for x, y in zip(b, b[1:]))
+        assert all(lo % latent_block_rows(n) == 0 for lo, _ in b)
+    assert [shard_bounds(70_000, r, 2) for r in range(2)] == [(0, 35_000), (35_000, 70_000)]
+    assert [shard_bounds(100, r, 3) for r in range(3)] == [(0, 0), (0, 64), (64, 100)]  # 2 blocks of 64 rows
 
 
 def test_one_epoch_on_two_workers_equals_one_process(ray_local, small_store, tmp_path):
@@ -173,7 +175,8 @@ def test_one_epoch_on_two_workers_equals_one_process(ray_local, small_store, tmp
     s2 = run_deep_stage(url, tmp_path / "w2", method="CT", n_clusters=4, pretrain_epochs=1, finetune_epochs=1,
                         batch_size=64, seed=0, num_workers=2, use_gpu=False, method_kwargs={"n_init": 2},
                         scale=None, make_plots=False, ae_init="glorot", pretrain_min_steps=0,
-                        finetune_min_steps=0, max_failures=0)
+                        finetune_min_steps=0, max_failures=0, gather_below_bytes=0)
+    assert s2["latent_kmeans"] == "sharded"  # the k-means ran on the workers' own embeddings
     st2 = torch.load(Path(s2["checkpoint"]) / STATE_FILE, map_location="cpu", weights_only=False)
     assert (s2["pretrain_epochs"], s2["finetune_epochs"]) == (1, 1)
     assert [h["n_samples"] for h in st2["history"] if "n_samples" in h] == [N_SMALL, N_SMALL]

@@ -113,8 +113,8 @@ def test_deep_reinit_on_cuda_is_kmeans_of_the_embeddings(cp):
     torch = pytest.importorskip("torch")
     if not torch.cuda.is_available():
         pytest.skip("torch without CUDA")
-    from kmeans_dist.deep import reinit_centroids, to_kernel_array
-    from kmeans_dist.kernels import kmeans_inmemory
+    from kmeans_dist.chunked import LocalBlocks, kmeans_on_blocks
+    from kmeans_dist.deep import latent_block_rows, nearest_centroid, reinit_centroids, to_kernel_array
 
     Z = torch.from_numpy(_blobs(n=4000, d=10, k=10, seed=6)[0]).cuda()
     view = to_kernel_array(Z)
@@ -122,9 +122,10 @@ def test_deep_reinit_on_cuda_is_kmeans_of_the_embeddings(cp):
     assert view.data.ptr == Z.data_ptr()  # DLPack: the kernels see the tensor's memory, no copy
     c, labels, inertia = reinit_centroids(Z, 10, n_init=2, random_state=3)
     assert c.is_cuda and labels.is_cuda
-    ref = kmeans_inmemory(view.copy(), 10, n_init=2, random_state=3)
-    np.testing.assert_array_equal(c.cpu().numpy(), cp.asnumpy(ref.centers))
-    np.testing.assert_array_equal(labels.cpu().numpy(), cp.asnumpy(ref.labels))
+    # the chunked engine on CuPy blocks of the same rows (the deep stage's k-means)
+    ref = kmeans_on_blocks(LocalBlocks(view.copy(), None, latent_block_rows(4000)), 10, n_init=2, random_state=3)
+    np.testing.assert_array_equal(c.cpu().numpy(), np.asarray(ref.centers))
+    np.testing.assert_array_equal(labels.cpu().numpy(), nearest_centroid(Z, c).cpu().numpy())
     assert inertia == ref.inertia
 
 

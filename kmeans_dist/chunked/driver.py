@@ -14,6 +14,9 @@ Three transports share that contract:
   a call on a per-worker actor (client -> worker -> client), or one task per worker when actors fail.
 - :class:`StreamBlocks`: data too large for worker memory; each pass is a Dask graph that reads the
   blocks from the store, maps the kernel and reduces the partials as a tree inside the graph.
+- :class:`CollectiveBlocks`: one process among several (the workers of a ``torch.distributed`` or MPI job),
+  each holding a block-aligned range of the rows; every pass all-gathers the blocks' partials, so every
+  process combines the same partials in the same tree and holds the same result.
 """
 from __future__ import annotations
 
@@ -26,7 +29,7 @@ from ..kernels import tree_combine, tree_root, tree_subtrees
 from ..kernels.tree import auto_block_rows
 from ..kernels.sparse import is_sparse
 
-__all__ = ["make_blocks", "LocalBlocks", "DaskBlocks", "StreamBlocks", "resolve_block_rows", "get_client",
+__all__ = ["make_blocks", "LocalBlocks", "DaskBlocks", "StreamBlocks", "CollectiveBlocks", "resolve_block_rows", "get_client",
            "canonical_rows", "row_blocks", "delayed_tree", "compute", "local_threads", "resolve_engine",
            "ENGINES"]
 
@@ -302,6 +305,87 @@ class LocalBlocks(_Blocks):
 
     def release(self):
         self.blocks = []
+
+
+class CollectiveBlocks(LocalBlocks):
+    """This process's blocks of a data set whose rows are spread over the processes of a job.
+
+    Process ``r`` of ``N`` holds rows ``offset .. offset + len(X)`` of ``n_samples``, a whole number of
+    canonical blocks (the ranges in process order, covering the rows once).  Each pass runs the kernel on the
+    local blocks, as :class:`LocalBlocks` does, and ``allgather`` exchanges the blocks' partials (small: sums,
+    counts, a few rows), so every process combines all of them in block order in the one fixed tree.  Every
+    result is therefore the same on every process, and bit-identical to :class:`LocalBlocks` over the whole data
+    set with the same ``block_rows``, whatever ``N``.  Per-block state (:meth:`map_state`) stays with the process
+    that holds the block.  Each process must make the same calls in the same order, as with any collective.
+
+    Parameters
+    ----------
+    X : ndarray or CuPy array of shape (n_local, n_features)
+        This process's rows.
+    w : array of shape (n_local,) or None
+        Their weights.
+    offset : int
+        Index of the first local row in the whole data set: a multiple of ``rows``.
+    n_samples : int
+        Rows of the whole data set.
+    rows : int
+        Rows per canonical block; ``n_local`` is a multiple of it unless the range ends the data set.
+    allgather : callable
+        ``allgather(obj) -> list``: every process's ``obj``, in process order (for example
+        ``torch.distributed.all_gather_object``, or ``mpi4py``'s ``comm.allgather``).
+    split_every : int, default=8
+        Fan-in of the reduction tree.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from kmeans_dist.chunked.driver import CollectiveBlocks, LocalBlocks
+    >>> from kmeans_dist.kernels import combine_stats, stats_chunk
+    >>> X = np.arange(20.0).reshape(10, 2)
+    >>> one = CollectiveBlocks(X, None, 0, 10, 3, allgather=lambda obj: [obj])  # a job of one process
+    >>> one.map_reduce(stats_chunk, combine_stats)["mean"].tolist()
+    [9.0, 10.0]
+    """
+
+    kind = "collective"
+
+    def __init__(self, X, w, offset: int, n_samples: int, rows: int, allgather, split_every: int = 8):
+        _Blocks.__init__(self, n_samples, X.shape[1], X.dtype, rows, split_every)
+        offset, n_local = int(offset), int(X.shape[0])
+        if offset % self.block_rows or (offset + n_local != self.n_samples and n_local % self.block_rows) \
+                or offset + n_local > self.n_samples:
+            raise ValueError(f"rows {offset}..{offset + n_local} of {self.n_samples} are not whole blocks of "
+                             f"{self.block_rows} rows: every process must hold a block-aligned range")
+        self.sparse = is_sparse(X)
+        first = offset // self.block_rows
+        self.blocks = []
+        for i in range(first, first + -(-n_local // self.block_rows)):
+            lo, size = self.offsets[i] - offset, self.sizes[i]
+            self.blocks.append(Block(X[lo:lo + size, ...], None if w is None else w[lo:lo + size], self.offsets[i], i))
+        self._parallel = isinstance(X, np.ndarray) and len(self.blocks) > 1
+        self._allgather = allgather
+
+    def _gathered(self, mine: dict) -> dict:
+        out = {}
+        for part in self._allgather(mine):
+            out.update(part)
+        return out
+
+    def map(self, fn, *args, **kwargs):
+        res = LocalBlocks.map(self, fn, *args, **kwargs)
+        got = self._gathered({b.index: r for b, r in zip(self.blocks, res)})
+        return [got[i] for i in range(self.n_blocks)]
+
+    def map_state(self, fn, states, *args, only=None, **kwargs):
+        states = states or [None] * self.n_blocks
+        out_states, results = list(states), [None] * self.n_blocks
+        local = [b for b in self.blocks if only is None or b.index in only]
+        outs = self._run([lambda b=b: fn(b.X, b.w, b.offset, states[b.index], *args, **kwargs) for b in local])
+        for b, (st, _) in zip(local, outs):
+            out_states[b.index] = st
+        for i, res in self._gathered({b.index: res for b, (_, res) in zip(local, outs)}).items():
+            results[i] = res
+        return out_states, results
 
 
 class DaskBlocks(_Blocks):

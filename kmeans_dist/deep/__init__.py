@@ -30,18 +30,20 @@ Examples
 from . import plots
 from .checkpoint import restore_training_state, training_state
 from .evaluate import clustering_scores, confusion, matched_confusion
-from .latent import embed, from_kernel_array, max_membership, nearest_centroid, reinit_centroids, to_kernel_array
+from .latent import (Shard, embed, from_kernel_array, latent_block_rows, max_membership, nearest_centroid,
+                     reinit_centroids, to_kernel_array)
 from .losses import ct_loss, dcn_loss, dkm_loss, pairwise_sq_dist, reconstruction_loss, softmax_membership
 from .methods import AEKM, CT, DCN, DKM, METHODS, Method, make_method
 from .model import INITS, Autoencoder, unwrap
-from .train import (PAPER_FINETUNE_STEPS, PAPER_PRETRAIN_STEPS, BatchLoader, ShardLoader, epochs_for_steps,
+from .train import (PAPER_FINETUNE_STEPS, PAPER_PRETRAIN_STEPS, BatchLoader, ShardLoader, adam, epochs_for_steps,
                     finetune_epoch, fit_method, pretrain, pretrain_epoch, start_finetune, train_epoch)
 
 __all__ = [
     "plots", "Autoencoder", "INITS", "unwrap", "AEKM", "CT", "DCN", "DKM", "METHODS", "Method", "make_method",
     "BatchLoader", "ShardLoader", "epochs_for_steps", "PAPER_PRETRAIN_STEPS", "PAPER_FINETUNE_STEPS",
-    "train_epoch", "pretrain_epoch", "pretrain", "start_finetune", "finetune_epoch", "fit_method",
+    "adam", "train_epoch", "pretrain_epoch", "pretrain", "start_finetune", "finetune_epoch", "fit_method",
     "training_state", "restore_training_state", "embed", "reinit_centroids", "nearest_centroid", "max_membership",
+    "Shard", "latent_block_rows",
     "to_kernel_array", "from_kernel_array", "ct_loss", "dcn_loss", "dkm_loss", "pairwise_sq_dist",
     "reconstruction_loss", "softmax_membership", "clustering_scores", "confusion", "matched_confusion",
 ]

@@ -1,19 +1,93 @@
-"""The latent space: embeddings of a whole data set, and k-means on them with the project's kernels.
+"""The latent space: embeddings of a data set, and k-means on them with the project's chunked engine.
 
 The torch tensors are handed to :mod:`kmeans_dist.kernels` through DLPack (``numpy.from_dlpack`` on CPU,
-``cupy.from_dlpack`` on a GPU): no host copy.
+``cupy.from_dlpack`` on a GPU): no host copy.  The k-means runs on canonical blocks of
+:func:`latent_block_rows` rows: :class:`~kmeans_dist.chunked.LocalBlocks` in one process, and
+:class:`~kmeans_dist.chunked.CollectiveBlocks` when the embeddings are spread over the workers of a
+``torch.distributed`` job (a :class:`Shard` each), with the same result bit for bit.
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from ..kernels import assign_labels, kmeans_inmemory
+from ..chunked import CollectiveBlocks, LocalBlocks, kmeans_on_blocks
+from ..kernels import assign_labels
 from .losses import pairwise_sq_dist, softmax_membership
 from .model import unwrap
 
 __all__ = ["embed", "to_kernel_array", "from_kernel_array", "reinit_centroids", "nearest_centroid",
-           "max_membership"]
+           "max_membership", "latent_block_rows", "Shard"]
+
+# the most rows of one block of the per-epoch k-means (8192 x 10 float32: 320 KiB)
+MAX_LATENT_BLOCK_ROWS = 8192
+
+
+def latent_block_rows(n_samples: int) -> int:
+    """Rows per canonical block of the k-means on ``n_samples`` embeddings: ``ceil(n / 16)``, between 64 and
+    8,192.  A function of ``n`` alone, so that every number of workers cuts the same blocks (the workers' shards
+    are whole blocks of it, see :meth:`Shard.bounds`).
+
+    Examples
+    --------
+    >>> [latent_block_rows(n) for n in (500, 70_000, 2_000_000)]
+    [64, 4375, 8192]
+    """
+    return int(min(MAX_LATENT_BLOCK_ROWS, max(64, -(-int(n_samples) // 16))))
+
+
+class Shard:
+    """This process's rows of a data set spread over the processes of a ``torch.distributed`` job.
+
+    Process ``rank`` of ``world_size`` holds rows ``offset .. offset + n_local`` of ``n_samples`` (see
+    :meth:`bounds`).  The k-means on the embeddings runs on the shards' own rows, exchanging only the blocks'
+    partials (:func:`reinit_centroids`); :meth:`gather_rows` collects one small value a row (labels,
+    memberships) or a few rows.
+
+    Parameters
+    ----------
+    offset, n_local, n_samples : int
+        First row, rows held, rows of the whole data set.
+    group : torch.distributed process group or None
+        The default group when None.
+    """
+
+    def __init__(self, offset: int, n_local: int, n_samples: int, group=None):
+        self.offset, self.n_local, self.n_samples = int(offset), int(n_local), int(n_samples)
+        self.group = group
+
+    @staticmethod
+    def bounds(n_samples: int, rank: int, world_size: int) -> tuple[int, int]:
+        """Rows ``[lo, hi)`` of process ``rank``: whole blocks of :func:`latent_block_rows`, as equal in number
+        as they can be (``n r / N .. n (r + 1) / N`` rounded down to a block boundary).
+
+        Examples
+        --------
+        >>> [Shard.bounds(512, r, 2) for r in range(2)], Shard.bounds(70_000, 1, 2)
+        ([(0, 256), (256, 512)], (35000, 70000))
+        """
+        n, rows = int(n_samples), latent_block_rows(n_samples)
+        nb = -(-n // rows)
+        return min(n, rows * (nb * rank // world_size)), min(n, rows * (nb * (rank + 1) // world_size))
+
+    def allgather(self, obj) -> list:
+        """Every process's ``obj``, in rank order (``torch.distributed.all_gather_object``)."""
+        import torch.distributed as dist
+
+        out = [None] * dist.get_world_size(self.group)
+        dist.all_gather_object(out, obj, group=self.group)
+        return out
+
+    def gather_rows(self, t: torch.Tensor) -> torch.Tensor:
+        """The processes' tensors concatenated in rank order (rows of this shard first gathered to the host);
+        returned on ``t``'s device."""
+        parts = self.allgather(t.detach().cpu().numpy())
+        return torch.from_numpy(np.concatenate(parts)).to(t.device)
+
+    def local_index(self, index) -> np.ndarray:
+        """The positions in this shard of those global row indices (sorted) that lie in it."""
+        index = np.asarray(index)
+        return index[(index >= self.offset) & (index < self.offset + self.n_local)] - self.offset
 
 
 @torch.no_grad()
@@ -40,7 +114,7 @@ def embed(model, X: torch.Tensor, batch_size: int = 4096, device=None) -> torch.
     was_training = net.training
     net.eval()
     out = []
-    for s in range(0, X.shape[0], batch_size):
+    for s in range(0, max(1, X.shape[0]), batch_size):  # an empty shard gives an empty (0, dim) result
         xb = X[s:s + batch_size]
         if device is not None:
             xb = xb.to(device)
@@ -89,27 +163,36 @@ def from_kernel_array(a, like: torch.Tensor) -> torch.Tensor:
 
 
 def reinit_centroids(Z: torch.Tensor, n_clusters: int, *, n_init: int = 10, max_iter: int = 300, tol: float = 1e-4,
-                     random_state=None):
+                     random_state=None, shard: Shard | None = None):
     """Classical k-means (k-means++, ``n_init`` restarts, Lloyd, the lowest inertia kept) on embeddings ``Z``.
+
+    It runs :func:`kmeans_dist.chunked.kmeans_on_blocks` (what :class:`kmeans_dist.KMeans` computes) on blocks
+    of :func:`latent_block_rows` rows.  With ``shard``, ``Z`` holds only this process's rows and every process
+    of the job calls this function at once: each block's partials are all-gathered
+    (:class:`~kmeans_dist.chunked.CollectiveBlocks`), no process holds the other embeddings, and every process
+    gets the centers one process would get on the whole ``Z``, bit for bit.
 
     Parameters
     ----------
-    Z : torch.Tensor of shape (n_samples, n_latent)
-        Embeddings (CPU or CUDA; the kernels run on a DLPack view, no copy).
+    Z : torch.Tensor of shape (n_local, n_latent)
+        Embeddings (CPU or CUDA; the kernels run on a DLPack view, no copy): all of them, or this shard's.
     n_clusters : int
         Number of clusters.
     n_init, max_iter, tol : int, int, float
-        As :func:`kmeans_dist.kernels.kmeans_inmemory`.
+        As :class:`kmeans_dist.KMeans`.
     random_state : int or None
-        Seed of the k-means++ draws.
+        Seed of the restarts.
+    shard : Shard or None
+        This process's rows, when the embeddings are spread over a ``torch.distributed`` job.
 
     Returns
     -------
     centers : torch.Tensor of shape (n_clusters, n_latent)
         In ``Z``'s dtype, on its device.
-    labels : torch.Tensor of shape (n_samples,)
-        int64.
+    labels : torch.Tensor of shape (n_local,)
+        int64, nearest center of each row of ``Z``.
     inertia : float
+        Of the whole data set.
 
     Examples
     --------
@@ -119,11 +202,19 @@ def reinit_centroids(Z: torch.Tensor, n_clusters: int, *, n_init: int = 10, max_
     >>> sorted(round(v, 2) for v in c.flatten().tolist()), labels.tolist() in ([0, 0, 1, 1], [1, 1, 0, 0])
     ([0.05, 5.05], True)
     """
-    res = kmeans_inmemory(to_kernel_array(Z), int(n_clusters), n_init=n_init, max_iter=max_iter, tol=tol,
-                          random_state=random_state)
+    X = to_kernel_array(Z)
+    if shard is None:
+        blocks = LocalBlocks(X, None, latent_block_rows(X.shape[0]))
+    else:
+        blocks = CollectiveBlocks(X, None, shard.offset, shard.n_samples, latent_block_rows(shard.n_samples),
+                                  shard.allgather)
+    try:
+        res = kmeans_on_blocks(blocks, int(n_clusters), n_init=n_init, max_iter=max_iter, tol=tol,
+                               random_state=random_state)
+    finally:
+        blocks.release()
     centers = from_kernel_array(res.centers, Z)
-    labels = from_kernel_array(res.labels, torch.empty(0, dtype=torch.int64, device=Z.device))
-    return centers, labels, float(res.inertia)
+    return centers, nearest_centroid(Z, centers), float(res.inertia)
 
 
 def nearest_centroid(Z: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:

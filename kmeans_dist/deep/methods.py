@@ -39,6 +39,10 @@ class Method:
     allreduce, broadcast : callable or None
         Set by the Ray stage with several workers: sum a tensor over the workers in place, copy rank 0's
         tensor to every worker in place.
+    shard : Shard or None
+        Set by the Ray stage with several workers: this worker's rows.  The embeddings passed to
+        :meth:`initialize`, :meth:`end_epoch` and :meth:`predict` are then this shard's, and the k-means runs
+        over all the workers' shards (:func:`~kmeans_dist.deep.reinit_centroids`).
     """
 
     name = "method"
@@ -54,6 +58,7 @@ class Method:
         self.kmeans_epoch: int | None = None
         self.allreduce = None
         self.broadcast = None
+        self.shard = None
 
     def initialize(self, Z: torch.Tensor) -> torch.Tensor:
         """Centroids from k-means on the embeddings of the pretrained autoencoder; returns the labels."""
@@ -63,7 +68,8 @@ class Method:
 
     def _kmeans(self, Z: torch.Tensor, epoch: int):
         seed = self.seed if epoch == 0 else self.seed * 10_007 + epoch + 1
-        c, labels, self.kmeans_inertia = reinit_centroids(Z, self.n_clusters, n_init=self.n_init, random_state=seed)
+        c, labels, self.kmeans_inertia = reinit_centroids(Z, self.n_clusters, n_init=self.n_init, random_state=seed,
+                                                         shard=self.shard)
         self.kmeans_epoch = epoch
         return c, labels
 
@@ -99,8 +105,8 @@ class Method:
         return self.kmeans_inertia if self.kmeans_epoch == epoch else None
 
     def end_epoch(self, Z: torch.Tensor, epoch: int) -> torch.Tensor | None:
-        """Called with the embeddings of the whole data set after each finetuning epoch; may return the labels
-        it computed (the k-means labels of a re-initialisation)."""
+        """Called with the embeddings (of the whole data set, or of this worker's shard) after each finetuning
+        epoch; may return the labels it computed (the k-means labels of a re-initialisation)."""
         return None
 
     def membership(self):
@@ -150,6 +156,8 @@ class DCN(Method):
     def initialize(self, Z):
         labels = super().initialize(Z)
         self.counts = torch.bincount(labels, minlength=self.n_clusters).to(torch.float64)
+        if self.allreduce is not None:  # the labels are this worker's shard's
+            self.allreduce(self.counts)
         return labels
 
     def batch_loss(self, z):

@@ -135,6 +135,27 @@ def epochs_for_steps(n_samples: int, batch_size: int, epochs: int, min_steps: in
     return max(int(epochs), math.ceil(int(min_steps) / steps))
 
 
+def adam(params, lr: float = 1e-3) -> torch.optim.Adam:
+    """The methods' optimizer: Adam (the paper's, learning rate 1e-3), in PyTorch's fused implementation.
+
+    The fused step is the same update as the default one in one kernel over all tensors: about 5 times faster
+    on a CPU thread for the 3.3 million parameters of the MNIST autoencoder (6 ms against 31 ms a step here),
+    where the default step took a third of the training time.
+
+    Parameters
+    ----------
+    params : iterable of torch.Tensor
+        The trainable tensors (the network's, and DKM's centroids).
+    lr : float, default=1e-3
+        Learning rate.
+
+    Returns
+    -------
+    torch.optim.Adam
+    """
+    return torch.optim.Adam(list(params), lr=lr, fused=True)
+
+
 class ShardLoader:
     """Global mini-batches over ``n_total`` rows, of which this process holds the contiguous shard ``X_shard``
     (rows ``offset .. offset + len(X_shard)``).
@@ -331,7 +352,7 @@ def pretrain(model, X: torch.Tensor, *, epochs: int = 50, batch_size: int = 256,
     >>> [(h["phase"], h["epoch"]) for h in hist]
     [('pretrain', 1), ('pretrain', 2)]
     """
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    opt = adam(model.parameters(), lr=lr)
     hist, start = [], 0
     if resume is not None:
         if resume["phase"] != "pretrain":
@@ -350,8 +371,13 @@ def pretrain(model, X: torch.Tensor, *, epochs: int = 50, batch_size: int = 256,
     return hist
 
 
-def _scores(Z, labels, y) -> dict:
-    return {} if y is None else clustering_scores(y, labels.cpu().numpy())
+def _scores(labels, y, shard=None) -> dict:
+    """ACC/NMI/ARI of the labels (this shard's, gathered first: one integer a row) against ``y``."""
+    if y is None:
+        return {}
+    if shard is not None:
+        labels = shard.gather_rows(labels)
+    return clustering_scores(y, labels.cpu().numpy())
 
 
 def start_finetune(model, X: torch.Tensor, method: Method, *, y=None, embed_fn=None):
@@ -368,23 +394,24 @@ def start_finetune(model, X: torch.Tensor, method: Method, *, y=None, embed_fn=N
     y : array-like or None
         Labels, for ACC/NMI/ARI in the record (never used for training).
     embed_fn : callable or None
-        ``embed_fn(model) -> Z``, the embeddings of the whole data set, instead of ``embed(model, X)`` (the Ray
-        stage: each worker embeds its shard and they are gathered); ``X`` is then unused.
+        ``embed_fn(model) -> Z``, the embeddings, instead of ``embed(model, X)``.  In the Ray stage each worker
+        embeds only its shard and ``method.shard`` is set: the k-means runs over the workers' shards, and the
+        labels (one integer a row) are gathered for the scores.
 
     Returns
     -------
     record : dict
         ``phase="init"``, ``epoch=0``, ``method``, ``kmeans_inertia``, ``seconds`` and the scores.
     Z : torch.Tensor
-        The embeddings.
+        The embeddings (this shard's when ``method.shard`` is set).
     labels : torch.Tensor
-        The k-means labels.
+        The k-means labels of those rows.
     """
     t0 = time.perf_counter()
     Z = embed(model, X) if embed_fn is None else embed_fn(model)
     labels = method.initialize(Z)
     rec = {"phase": "init", "epoch": 0, "method": method.name, "kmeans_inertia": method.kmeans_inertia,
-           "seconds": time.perf_counter() - t0, **_scores(Z, labels, y)}
+           "seconds": time.perf_counter() - t0, **_scores(labels, y, method.shard)}
     return rec, Z, labels
 
 
@@ -415,9 +442,9 @@ def finetune_epoch(model, optimizer, loader, method: Method, X: torch.Tensor, ep
         ``phase="finetune"``, ``epoch``, ``method``, ``rec_loss``, ``clu_loss``, ``n_samples``,
         ``train_seconds``, ``end_epoch_seconds``, the scores, and ``kmeans_inertia`` after a re-initialisation.
     Z : torch.Tensor
-        The embeddings after the epoch.
+        The embeddings after the epoch (this shard's when ``method.shard`` is set).
     labels : torch.Tensor
-        The partition after the epoch (the re-initialisation's k-means labels, else the nearest centroid).
+        Their partition after the epoch (the re-initialisation's k-means labels, else the nearest centroid).
     """
     if not method.finetunes:
         raise ValueError(f"{method.name} does not finetune")
@@ -430,7 +457,7 @@ def finetune_epoch(model, optimizer, loader, method: Method, X: torch.Tensor, ep
     if labels is None:
         labels = method.predict(Z)
     rec = {"phase": "finetune", "epoch": int(epoch), "method": method.name, **m, "train_seconds": t1 - t0,
-           "end_epoch_seconds": time.perf_counter() - t1, **_scores(Z, labels, y)}
+           "end_epoch_seconds": time.perf_counter() - t1, **_scores(labels, y, method.shard)}
     inertia = method.kmeans_inertia_at(int(epoch))
     if inertia is not None:
         rec["kmeans_inertia"] = inertia
@@ -496,7 +523,7 @@ def fit_method(model: Autoencoder, X: torch.Tensor, method: Method, *, y=None, e
     rs = np.random.default_rng(seed)
     sample = np.sort(rs.choice(X.shape[0], size=min(snapshot_size, X.shape[0]), replace=False))
     n_ep = int(epochs) if method.finetunes else 0
-    opt = torch.optim.Adam(list(model.parameters()) + method.parameters(), lr=lr) if n_ep else None
+    opt = adam(list(model.parameters()) + method.parameters(), lr=lr) if n_ep else None
     if resume is None:
         rec, Z, labels = start_finetune(model, X, method, y=y)
         hist, start = [rec], 0
