@@ -60,17 +60,19 @@ STATE_FILE = "state.pt"
 GATHER_BELOW_BYTES = 8 * 2**20
 
 
-def shard_bounds(n_samples: int, rank: int, world_size: int) -> tuple[int, int]:
-    """Rows ``[lo, hi)`` of worker ``rank``'s shard: whole blocks of the per-epoch k-means
-    (:meth:`kmeans_dist.deep.Shard.bounds`), ``n r / N .. n (r + 1) / N`` rounded down to a block boundary."""
-    from kmeans_dist.deep import Shard
+def shard_bounds(n_samples: int, rank: int, world_size: int, block_rows: int | None = None) -> tuple[int, int]:
+    """Rows ``[lo, hi)`` of worker ``rank``'s shard: ``n r / N .. n (r + 1) / N``; with ``block_rows`` (the
+    per-epoch k-means on the shards), rounded down to whole blocks (:meth:`kmeans_dist.deep.Shard.bounds`)."""
+    if block_rows:
+        from kmeans_dist.deep import Shard
 
-    return Shard.bounds(n_samples, rank, world_size)
+        return Shard.bounds(n_samples, rank, world_size, block_rows)
+    return n_samples * rank // world_size, n_samples * (rank + 1) // world_size
 
 
-def read_shard(url, rank: int = 0, world_size: int = 1):
-    """Rows of worker ``rank``'s shard of the store's ``X``, read chunk by chunk (only the chunks that overlap
-    them), as float32 NumPy.
+def read_shard(url, rank: int = 0, world_size: int = 1, block_rows: int | None = None):
+    """Rows of worker ``rank``'s shard of the store's ``X`` (:func:`shard_bounds`), read chunk by chunk (only
+    the chunks that overlap them), as float32 NumPy.
 
     Returns
     -------
@@ -86,7 +88,7 @@ def read_shard(url, rank: int = 0, world_size: int = 1):
 
     X = open_store(url)
     n = int(X.shape[0])
-    lo, hi = shard_bounds(n, rank, world_size)
+    lo, hi = shard_bounds(n, rank, world_size, block_rows)
     edges = np.concatenate([[0], np.cumsum(X.chunks[0])])
     c0 = int(np.searchsorted(edges, lo, side="right") - 1)
     c1 = int(np.searchsorted(edges, hi, side="left")) if hi > lo else c0
@@ -179,8 +181,9 @@ def train_loop_per_worker(config: dict) -> None:
     from ray.train.torch import get_device, prepare_model
 
     from kmeans_dist.data import open_labels
-    from kmeans_dist.deep import (Shard, ShardLoader, adam, embed, finetune_epoch, make_method, max_membership,
-                                  pretrain_epoch, restore_training_state, start_finetune, training_state)
+    from kmeans_dist.deep import (Shard, ShardLoader, adam, embed, finetune_epoch, latent_block_rows, make_method,
+                                  max_membership, pretrain_epoch, restore_training_state, start_finetune,
+                                  training_state)
 
     torch.set_num_threads(int(config.get("threads", 1)))
     ctx = ray.train.get_context()
@@ -194,7 +197,10 @@ def train_loop_per_worker(config: dict) -> None:
     distributed = world > 1 and dist.is_available() and dist.is_initialized()
 
     # only this worker's shard of the store; "auto" scaling by the maximum over all shards
-    Xn, lo, n_total, chunks = read_shard(config["store_url"], rank, world)
+    sharded = config.get("latent_kmeans") == "sharded" and distributed
+    Xn, lo, n_total, chunks = read_shard(config["store_url"], rank, world,
+                                         config["latent_block_rows"] if sharded else None)
+    rows = int(config.get("latent_block_rows") or latent_block_rows(n_total))
     scale = config.get("scale", "auto")
     if scale == "auto":
         mx = torch.tensor([float(Xn.max()) if Xn.size else 0.0], dtype=torch.float64)
@@ -210,6 +216,7 @@ def train_loop_per_worker(config: dict) -> None:
     torch.manual_seed(seed)
     net = autoencoder_from_config(config, X.shape[1]).to(device)
     method = make_method(config["method"], int(config["n_clusters"]), seed=seed, **config.get("method_kwargs", {}))
+    method.block_rows = rows
     shards = [{"rank": rank, "rows": [lo, lo + X.shape[0]], "chunks": list(chunks)}]
     # the per-epoch k-means: on the shards (CollectiveBlocks), or on the gathered embeddings when they are small
     # (faster there, measured: benchmarks/bench_latent_kmeans.py); the same centers bit for bit either way
@@ -218,8 +225,8 @@ def train_loop_per_worker(config: dict) -> None:
         method.allreduce = lambda t: dist.all_reduce(t)
         mine, shards = shards[0], [None] * world
         dist.all_gather_object(shards, mine)
-        if n_total * int(config["n_clusters"]) * 4 > int(config.get("gather_below_bytes", GATHER_BELOW_BYTES)):
-            method.shard = shard = Shard(lo, X.shape[0], n_total)
+        if sharded:
+            method.shard = shard = Shard(lo, X.shape[0], n_total, rows)
     counts = [s["rows"][1] - s["rows"][0] for s in shards]
 
     def embed_fn(m):
@@ -328,7 +335,7 @@ def run_deep_stage(store_url, out_dir, *, method: str = "CT", n_clusters: int = 
                    resume_from: str | None = None, max_failures: int = 1, snapshot_epochs=None,
                    ray_init_kwargs: dict | None = None, make_plots: bool = True, ae_init: str = "torch",
                    on_epoch_end=None, pretrain_min_steps: int | None = None, finetune_min_steps: int | None = None,
-                   gather_below_bytes: int = GATHER_BELOW_BYTES) -> dict:
+                   gather_below_bytes: int = GATHER_BELOW_BYTES, latent_block_rows: int | None = None) -> dict:
     """Train ``method`` on the store at ``store_url`` with Ray Train; write outputs to ``out_dir``.
 
     Starts a local Ray instance when none is connected and ``$RAY_ADDRESS`` is unset
@@ -345,7 +352,9 @@ def run_deep_stage(store_url, out_dir, *, method: str = "CT", n_clusters: int = 
     (:data:`kmeans_dist.deep.PAPER_PRETRAIN_STEPS` = 13,700, :data:`~kmeans_dist.deep.PAPER_FINETUNE_STEPS` =
     27,400); 0 runs exactly the given epochs.  With several workers, embeddings of at most ``gather_below_bytes``
     (``n x n_clusters`` float32) are all-gathered for the per-epoch k-means and larger ones stay on their workers;
-    the centroids are the same bit for bit, only the time differs (0: never gather).
+    the centroids are the same bit for bit, only the time differs (0: never gather).  ``latent_block_rows`` is the
+    rows per block of that k-means (default :func:`kmeans_dist.deep.latent_block_rows`); on the shards, the
+    workers' shards are whole blocks of it.
     Returns a summary dict (final metrics, the epochs run, the workers' shards, paths of the checkpoint,
     history and figures).
     """
@@ -356,6 +365,7 @@ def run_deep_stage(store_url, out_dir, *, method: str = "CT", n_clusters: int = 
 
     from kmeans_dist.data import open_store
     from kmeans_dist.deep import PAPER_FINETUNE_STEPS, PAPER_PRETRAIN_STEPS
+    from kmeans_dist.deep import latent_block_rows as default_latent_rows
     from pipelines.ray_local import init_local_ray, loopback_torch_config, ray_is_loopback
 
     n_total = int(open_store(store_url).shape[0])  # metadata only
@@ -385,9 +395,10 @@ def run_deep_stage(store_url, out_dir, *, method: str = "CT", n_clusters: int = 
         "scale": scale, "snapshot_epochs": list(snapshot_epochs), "on_epoch_end": on_epoch_end,
         "resume_from": os.fspath(resume_from) if resume_from else None,
         "gather_below_bytes": int(gather_below_bytes),
+        "latent_kmeans": ("in process" if num_workers == 1 else
+                          "gathered" if n_total * int(n_clusters) * 4 <= int(gather_below_bytes) else "sharded"),
+        "latent_block_rows": int(latent_block_rows or default_latent_rows(n_total)),
     }
-    latent = ("in process" if num_workers == 1 else
-              "gathered" if n_total * int(n_clusters) * 4 <= int(gather_below_bytes) else "sharded")
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=config,
@@ -408,7 +419,8 @@ def run_deep_stage(store_url, out_dir, *, method: str = "CT", n_clusters: int = 
     summary.update(name=name, wall_seconds=wall, checkpoint=result.checkpoint.path,
                    storage_path=os.fspath(out_dir / "ray_results" / name), num_workers=num_workers,
                    use_gpu=bool(use_gpu), pretrain_epochs=P, finetune_epochs=F, batch_size=batch_size,
-                   n_samples=n_total, shards=state.get("extras", {}).get("shards"), latent_kmeans=latent)
+                   n_samples=n_total, shards=state.get("extras", {}).get("shards"), latent_kmeans=config["latent_kmeans"],
+                   latent_block_rows=config["latent_block_rows"])
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     return summary
 

@@ -62,6 +62,9 @@ def test_ddp_hooks_keep_centroids_identical(mnist_dir, tmp_path):
         np.testing.assert_array_equal(np.load(tmp_path / f"{name}_w0.npy"), np.load(tmp_path / f"{name}_w1.npy"))
 
 
+ROWS = 250  # rows per block of the k-means: 3,001 rows in 13 blocks
+
+
 def _shard_worker(rank, world, port, Z_np, out_dir):
     import torch.distributed as dist
 
@@ -72,8 +75,8 @@ def _shard_worker(rank, world, port, Z_np, out_dir):
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         n = Z_np.shape[0]
-        lo, hi = Shard.bounds(n, rank, world)
-        shard = Shard(lo, hi - lo, n)
+        lo, hi = Shard.bounds(n, rank, world, ROWS)
+        shard = Shard(lo, hi - lo, n, ROWS)
         Z = torch.from_numpy(Z_np[lo:hi].copy())  # this worker holds only its rows
         c, labels, inertia = reinit_centroids(Z, 6, n_init=3, random_state=11, shard=shard)
         np.save(os.path.join(out_dir, f"c{rank}.npy"), c.numpy())
@@ -95,18 +98,19 @@ def test_kmeans_on_sharded_embeddings_equals_one_process(world, tmp_path):
     one process gets on all of them, bit for bit; the labels of each shard are its rows' labels."""
     import torch.multiprocessing as mp
 
-    from kmeans_dist.deep import Shard, latent_block_rows, make_method, reinit_centroids
+    from kmeans_dist.deep import Shard, make_method, reinit_centroids
 
     rng = np.random.default_rng(5)
     n = 3001
     Z = (rng.normal(size=(n, 10)) + 5 * rng.normal(size=(6, 10))[rng.integers(0, 6, n)]).astype(np.float32)
     mp.spawn(_shard_worker, args=(world, _free_port(), Z, str(tmp_path)), nprocs=world, join=True)
-    c, labels, inertia = reinit_centroids(torch.from_numpy(Z), 6, n_init=3, random_state=11)
+    c, labels, inertia = reinit_centroids(torch.from_numpy(Z), 6, n_init=3, random_state=11, block_rows=ROWS)
     dcn = make_method("DCN", 6, seed=3, n_init=2)
+    dcn.block_rows = ROWS
     dcn.initialize(torch.from_numpy(Z))
     got = []
     for r in range(world):
-        lo, hi = Shard.bounds(n, r, world)
+        lo, hi = Shard.bounds(n, r, world, ROWS)
         got.append((lo, hi))
         np.testing.assert_array_equal(np.load(tmp_path / f"c{r}.npy"), c.numpy())
         np.testing.assert_array_equal(np.load(tmp_path / f"l{r}.npy"), labels.numpy()[lo:hi])
@@ -114,4 +118,4 @@ def test_kmeans_on_sharded_embeddings_equals_one_process(world, tmp_path):
         np.testing.assert_array_equal(np.load(tmp_path / f"dcn{r}.npy"), dcn.counts.numpy())
         np.testing.assert_array_equal(np.load(tmp_path / f"dcnc{r}.npy"), dcn.centroids.numpy())
     assert got[0][0] == 0 and got[-1][1] == n and all(a[1] == b[0] for a, b in zip(got, got[1:]))
-    assert all(lo % latent_block_rows(n) == 0 and hi > lo for lo, hi in got)  # whole blocks, none empty
+    assert all(lo % ROWS == 0 and hi > lo for lo, hi in got)  # whole blocks, none empty

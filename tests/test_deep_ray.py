@@ -151,12 +151,13 @@ def test_shards_are_whole_blocks_of_the_latent_kmeans():
     from kmeans_dist.deep import latent_block_rows
     from pipelines.deep import shard_bounds
 
-    for n, world in [(512, 2), (70_000, 2), (70_000, 3), (2_000_000, 7), (100, 3)]:
-        b = [shard_bounds(n, r, world) for r in range(world)]
+    assert [shard_bounds(10, r, 3) for r in range(3)] == [(0, 3), (3, 6), (6, 10)]  # gathered: any rows
+    for n, world, rows in [(512, 2, 64), (70_000, 2, None), (70_000, 3, None), (2_000_000, 7, None), (100, 3, 64)]:
+        b = [shard_bounds(n, r, world, rows or latent_block_rows(n)) for r in range(world)]
         assert b[0][0] == 0 and b[-1][1] == n and all(x[1] == y[0] for x, y in zip(b, b[1:]))
-        assert all(lo % latent_block_rows(n) == 0 for lo, _ in b)
-    assert [shard_bounds(70_000, r, 2) for r in range(2)] == [(0, 35_000), (35_000, 70_000)]
-    assert [shard_bounds(100, r, 3) for r in range(3)] == [(0, 0), (0, 64), (64, 100)]  # 2 blocks of 64 rows
+        assert all(lo % (rows or latent_block_rows(n)) == 0 for lo, _ in b)
+    assert [shard_bounds(70_000, r, 2, 4096) for r in range(2)] == [(0, 36_864), (36_864, 70_000)]
+    assert [shard_bounds(100, r, 3, 64) for r in range(3)] == [(0, 0), (0, 64), (64, 100)]  # 2 blocks of 64 rows
 
 
 def test_one_epoch_on_two_workers_equals_one_process(ray_local, small_store, tmp_path):
@@ -175,8 +176,8 @@ def test_one_epoch_on_two_workers_equals_one_process(ray_local, small_store, tmp
     s2 = run_deep_stage(url, tmp_path / "w2", method="CT", n_clusters=4, pretrain_epochs=1, finetune_epochs=1,
                         batch_size=64, seed=0, num_workers=2, use_gpu=False, method_kwargs={"n_init": 2},
                         scale=None, make_plots=False, ae_init="glorot", pretrain_min_steps=0,
-                        finetune_min_steps=0, max_failures=0, gather_below_bytes=0)
-    assert s2["latent_kmeans"] == "sharded"  # the k-means ran on the workers' own embeddings
+                        finetune_min_steps=0, max_failures=0, gather_below_bytes=0, latent_block_rows=64)
+    assert s2["latent_kmeans"] == "sharded"  # the k-means ran on the workers' own embeddings, blocks of 64 rows
     st2 = torch.load(Path(s2["checkpoint"]) / STATE_FILE, map_location="cpu", weights_only=False)
     assert (s2["pretrain_epochs"], s2["finetune_epochs"]) == (1, 1)
     assert [h["n_samples"] for h in st2["history"] if "n_samples" in h] == [N_SMALL, N_SMALL]
@@ -192,6 +193,7 @@ def test_one_epoch_on_two_workers_equals_one_process(ray_local, small_store, tmp
         Xt = torch.from_numpy(X)
         h1 = pretrain(net, Xt, epochs=1, batch_size=64, seed=0)
         method = make_method("CT", 4, seed=0, n_init=2)
+        method.block_rows = 64  # the stage's blocks of the per-epoch k-means
         h1 += fit_method(net, Xt, method, y=y, epochs=1, batch_size=64, seed=0)["history"]
     finally:
         torch.set_num_threads(threads)

@@ -43,6 +43,8 @@ class Method:
         Set by the Ray stage with several workers: this worker's rows.  The embeddings passed to
         :meth:`initialize`, :meth:`end_epoch` and :meth:`predict` are then this shard's, and the k-means runs
         over all the workers' shards (:func:`~kmeans_dist.deep.reinit_centroids`).
+    block_rows : int or None
+        Rows per block of that k-means without a shard (default :func:`~kmeans_dist.deep.latent_block_rows`).
     """
 
     name = "method"
@@ -59,6 +61,7 @@ class Method:
         self.allreduce = None
         self.broadcast = None
         self.shard = None
+        self.block_rows = None
 
     def initialize(self, Z: torch.Tensor) -> torch.Tensor:
         """Centroids from k-means on the embeddings of the pretrained autoencoder; returns the labels."""
@@ -69,7 +72,7 @@ class Method:
     def _kmeans(self, Z: torch.Tensor, epoch: int):
         seed = self.seed if epoch == 0 else self.seed * 10_007 + epoch + 1
         c, labels, self.kmeans_inertia = reinit_centroids(Z, self.n_clusters, n_init=self.n_init, random_state=seed,
-                                                         shard=self.shard)
+                                                         shard=self.shard, block_rows=self.block_rows)
         self.kmeans_epoch = epoch
         return c, labels
 
