@@ -28,7 +28,7 @@ engine on blocks of :func:`kmeans_dist.deep.latent_block_rows` rows, in one of t
 for bit: on the workers' own embeddings (:func:`kmeans_dist.deep.reinit_centroids` with the worker's
 :class:`kmeans_dist.deep.Shard`, i.e. :class:`kmeans_dist.chunked.CollectiveBlocks`: each Lloyd and seeding
 pass all-gathers only the blocks' partials, per-cluster sums and counts and a few candidate rows), or, when the
-embeddings take at most ``gather_below_bytes`` (:data:`GATHER_BELOW_BYTES`, 8 MiB), on all of them gathered to
+embeddings take at most ``gather_below_bytes`` (:data:`GATHER_BELOW_BYTES`, 16 MiB), on all of them gathered to
 every worker, which is faster at that size.  Every worker combines the same partials in the same tree, so all
 hold identical centroids (checked after every epoch: ``centroid_divergence``), the ones one process gets.  With
 the shards, only one value a row is gathered: the labels for the scores and the highest memberships for the
@@ -55,9 +55,9 @@ __all__ = ["run_deep_stage", "train_loop_per_worker", "load_store_tensor", "read
 STATE_FILE = "state.pt"
 
 #: Embeddings (n_samples x n_clusters float32) up to this size are all-gathered for the per-epoch k-means, larger
-#: ones stay on their workers (:class:`kmeans_dist.deep.Shard`): 8 MiB, where the two cost the same on 2 workers
-#: here (``benchmarks/RESULTS-deep.md``, "The per-epoch k-means").
-GATHER_BELOW_BYTES = 8 * 2**20
+#: ones stay on their workers (:class:`kmeans_dist.deep.Shard`): 16 MiB, between the sizes where either was
+#: measured faster on 2 workers (``benchmarks/RESULTS-deep.md``, "The per-epoch k-means").
+GATHER_BELOW_BYTES = 16 * 2**20
 
 
 def shard_bounds(n_samples: int, rank: int, world_size: int, block_rows: int | None = None) -> tuple[int, int]:

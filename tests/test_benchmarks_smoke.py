@@ -70,3 +70,8 @@ def test_bench_latent_kmeans_quick(tmp_path):
     heads = table_headers(out)
     assert len(heads) == 1 and "vs sharded" in heads[0]
     assert "same centers: True" in out  # the sharded and the gathered k-means agree bit for bit
+
+
+def test_bench_adam_quick(tmp_path):
+    out = run_quick("bench_adam.py", tmp_path=tmp_path)
+    assert "| fused (kmeans_dist.deep.adam) |" in out and "| default (foreach) |" in out

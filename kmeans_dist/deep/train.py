@@ -138,9 +138,9 @@ def epochs_for_steps(n_samples: int, batch_size: int, epochs: int, min_steps: in
 def adam(params, lr: float = 1e-3) -> torch.optim.Adam:
     """The methods' optimizer: Adam (the paper's, learning rate 1e-3), in PyTorch's fused implementation.
 
-    The fused step is the same update as the default one in one kernel over all tensors: about 5 times faster
-    on a CPU thread for the 3.3 million parameters of the MNIST autoencoder (6 ms against 31 ms a step here),
-    where the default step took a third of the training time.
+    The fused step is the same update as the default one in one kernel over all tensors: about 7 times faster
+    on a CPU thread for the 3.3 million parameters of the MNIST autoencoder (``benchmarks/bench_adam.py``),
+    where the default step took a third of a Ray worker's training step.
 
     Parameters
     ----------
