@@ -50,7 +50,8 @@ from pathlib import Path
 import numpy as np
 
 __all__ = ["run_deep_stage", "train_loop_per_worker", "load_store_tensor", "read_shard", "shard_bounds",
-           "resolve_budget", "detect_gpu", "autoencoder_from_config", "GATHER_BELOW_BYTES"]
+           "resolve_budget", "detect_gpu", "autoencoder_from_config", "store_max", "predict_store",
+           "GATHER_BELOW_BYTES"]
 
 STATE_FILE = "state.pt"
 
@@ -137,6 +138,63 @@ def load_store_tensor(url, scale="auto"):
     lab = open_labels(url)
     y = None if lab is None else np.asarray(lab.compute(scheduler="synchronous")).astype(np.int64)
     return torch.from_numpy(np.ascontiguousarray(Xn)), y
+
+
+def store_max(url) -> float:
+    """The largest value of the store's ``X`` (0 when empty), one stored chunk at a time: what ``scale="auto"``
+    divides by when it exceeds 1."""
+    from kmeans_dist.data import open_store
+
+    X = open_store(url)
+    mx = 0.0
+    for i in range(X.numblocks[0]):
+        b = np.asarray(X.blocks[i, 0].compute(scheduler="synchronous"), dtype=np.float32)
+        if b.size:
+            mx = max(mx, float(b.max()))
+    return mx
+
+
+def predict_store(net, method, url, scale="auto"):
+    """Labels and highest soft memberships of every row of the store's ``X`` under a trained ``net`` and
+    ``method``, read, scaled and embedded one stored chunk at a time, so that the driver never holds ``X``.
+
+    Parameters
+    ----------
+    net : kmeans_dist.deep.Autoencoder
+        The trained autoencoder.
+    method : kmeans_dist.deep.Method
+        The trained method (its centroids and membership).
+    url : str or path
+        The store.
+    scale : {"auto"}, float or None
+        As :func:`load_store_tensor`.
+
+    Returns
+    -------
+    labels : numpy.ndarray of shape (n_samples,), int64
+    membership : numpy.ndarray of shape (n_samples,)
+        :func:`kmeans_dist.deep.max_membership` of every row.
+    """
+    import torch
+
+    from kmeans_dist.data import open_store
+    from kmeans_dist.deep import embed, max_membership
+
+    X = open_store(url)
+    mx = store_max(url) if scale == "auto" else 0.0
+    labels, memb = [], []
+    for i in range(X.numblocks[0]):
+        b = np.array(X.blocks[i, 0].compute(scheduler="synchronous"), dtype=np.float32)
+        if mx > 1.0:  # the workers' scaling, the same float32 operation
+            b /= np.float32(mx)
+        elif scale not in ("auto", None):
+            b *= np.float32(scale)
+        Z = embed(net, torch.from_numpy(np.ascontiguousarray(b)))
+        labels.append(method.predict(Z).cpu().numpy().astype(np.int64))
+        memb.append(max_membership(Z, method.centroids, method.membership()))
+    if not labels:
+        return np.zeros(0, np.int64), np.zeros(0, np.float32)
+    return np.concatenate(labels), np.concatenate(memb)
 
 
 def autoencoder_from_config(config: dict, input_dim: int):
@@ -426,13 +484,14 @@ def run_deep_stage(store_url, out_dir, *, method: str = "CT", n_clusters: int = 
 
 
 def _write_outputs(state: dict, config: dict, out_dir: Path, make_plots: bool = True) -> dict:
-    """Final embeddings, labels, scores and figures from the last checkpoint (on the driver)."""
+    """Final labels, scores and figures from the last checkpoint, on the driver, which reads the store one
+    chunk at a time (:func:`predict_store`) and holds one value a row."""
 
-    from kmeans_dist.deep import embed, make_method, max_membership
+    from kmeans_dist.data import open_labels, open_store
+    from kmeans_dist.deep import make_method
     from kmeans_dist.deep.evaluate import clustering_scores, matched_confusion
 
-    X, y = load_store_tensor(config["store_url"], config.get("scale", "auto"))
-    net = autoencoder_from_config(config, X.shape[1])
+    net = autoencoder_from_config(config, int(open_store(config["store_url"]).shape[1]))
     net.load_state_dict(state["model"])
     method = make_method(config["method"], config["n_clusters"], seed=config["seed"], **config["method_kwargs"])
     method.load_state_dict(state["method"])
@@ -444,9 +503,10 @@ def _write_outputs(state: dict, config: dict, out_dir: Path, make_plots: bool = 
                "model": net.config(), "history": os.fspath(out_dir / "history.json"), "figures": {}}
     if method.centroids is None:  # pretraining only: nothing to cluster with yet
         return summary
-    Z = embed(net, X)
-    labels = method.predict(Z).numpy()
+    labels, after = predict_store(net, method, config["store_url"], config.get("scale", "auto"))
     np.save(out_dir / "labels.npy", labels)
+    lab = open_labels(config["store_url"])
+    y = None if lab is None else np.asarray(lab.compute(scheduler="synchronous")).astype(np.int64)
     if y is not None:
         summary["final_scores"] = clustering_scores(y, labels)
         summary["confusion"] = matched_confusion(y, labels).tolist()
@@ -456,7 +516,6 @@ def _write_outputs(state: dict, config: dict, out_dir: Path, make_plots: bool = 
         ex = state.get("extras", {})
         figs = summary["figures"]
         figs["losses"] = os.fspath(plots.plot_losses(history, out_dir / "losses.png", title=config["method"]))
-        after = max_membership(Z, method.centroids, method.membership())
         before = ex.get("membership_before")
         if before is not None:
             figs["membership"] = os.fspath(plots.plot_membership_histogram(before, after, out_dir / "membership.png",

@@ -80,6 +80,11 @@ def test_ingest_mnist_idx_streams(tmp_path, gz):
     np.testing.assert_array_equal(X, imgs.reshape(250, -1).astype(np.float32))
     np.testing.assert_array_equal(data.open_labels(url).compute(), labs)
     assert data.open_store(url).chunks[0][0] == 64
+    # a limit that ends inside a chunk keeps the partial tail (within the first file and across into the second)
+    for limit in (150, 230):
+        url = data.ingest_mnist(tmp_path, tmp_path / f"m{limit}.zarr", chunk_rows=64, limit=limit)
+        np.testing.assert_array_equal(data.open_store(url).compute(), imgs.reshape(250, -1)[:limit])
+        np.testing.assert_array_equal(data.open_labels(url).compute(), labs[:limit])
 
 
 def test_real_mnist_subset(mnist_dir, tmp_path):

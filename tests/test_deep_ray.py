@@ -42,6 +42,33 @@ def test_load_store_tensor_by_chunks(mnist_store):
     np.testing.assert_array_equal(y, yr)
 
 
+@pytest.mark.parametrize("raw, scale", [(True, "auto"), (False, "auto"), (False, None), (False, 2.0)])
+def test_predict_store_streams_the_chunks_as_the_whole_tensor(mnist_dir, mnist_store, tmp_path, raw, scale):
+    """The driver's final labels and memberships, read a stored chunk at a time (uneven chunks), equal those of
+    the whole store loaded and scaled as the workers scale it."""
+    import torch
+
+    from kmeans_dist.data import ingest_mnist
+    from kmeans_dist.deep import Autoencoder, embed, make_method, max_membership
+    from pipelines.deep import load_store_tensor, predict_store, store_max
+
+    url = mnist_store
+    if raw:
+        url = str(tmp_path / "raw.zarr")
+        ingest_mnist(mnist_dir, url, limit=700, chunk_rows=300)
+        assert store_max(url) > 1.0
+    torch.manual_seed(0)
+    net = Autoencoder(784, 5, hidden=(32,))
+    X, _ = load_store_tensor(url, scale)
+    Z = embed(net, X)
+    method = make_method("CT", 5, n_init=2, seed=0)
+    method.initialize(Z)
+    labels, memb = predict_store(net, method, url, scale)
+    np.testing.assert_array_equal(labels, method.predict(Z).numpy())
+    np.testing.assert_allclose(memb, max_membership(Z, method.centroids, method.membership()), rtol=1e-6)
+    assert labels.shape == (X.shape[0],) and labels.dtype == np.int64
+
+
 @pytest.mark.slow
 def test_flow_runs_ray_train_with_resume(ray_local, prefect_harness, mnist_store, tmp_path, monkeypatch):
     """One injected worker failure at finetuning epoch 2 (raised once by the epoch callback, before that

@@ -329,11 +329,13 @@ def ingest_mnist(directory, url, *, splits=("train", "test"), limit: int | None 
         left = n
         pend_x, pend_y = [], []
         for img, lab in files:
+            if left <= 0:
+                break
             labels = read_idx(lab).astype(np.int64)
             pos = 0
             for xb in iter_idx_chunks(img, rows):
-                if left <= 0:
-                    return
+                if left <= 0:  # the limit is reached: the pending tail is written below
+                    break
                 xb = xb[:left]
                 yb = labels[pos:pos + xb.shape[0]]
                 pos += xb.shape[0]
