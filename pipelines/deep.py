@@ -50,7 +50,7 @@ from pathlib import Path
 import numpy as np
 
 __all__ = ["run_deep_stage", "train_loop_per_worker", "load_store_tensor", "read_shard", "shard_bounds",
-           "resolve_budget", "detect_gpu", "autoencoder_from_config", "store_max", "predict_store",
+           "resolve_budget", "detect_gpu", "autoencoder_from_config", "store_max", "predict_store", "scale_rows", "read_labels",
            "GATHER_BELOW_BYTES"]
 
 STATE_FILE = "state.pt"
@@ -118,6 +118,25 @@ def detect_gpu() -> bool:
         return False
 
 
+def scale_rows(Xn: np.ndarray, scale, maximum: float) -> np.ndarray:
+    """Scale float32 rows in place as the stage does: ``scale="auto"`` divides by ``maximum`` (the store's
+    largest value) when it exceeds 1, a number multiplies, None leaves the values as stored."""
+    if scale == "auto":
+        if maximum > 1.0:
+            Xn /= np.float32(maximum)
+    elif scale is not None:
+        Xn *= np.float32(scale)
+    return Xn
+
+
+def read_labels(url):
+    """The store's labels as int64 NumPy (one value a row), or None when it has none."""
+    from kmeans_dist.data import open_labels
+
+    lab = open_labels(url)
+    return None if lab is None else np.asarray(lab.compute(scheduler="synchronous")).astype(np.int64)
+
+
 def load_store_tensor(url, scale="auto"):
     """The store's ``X`` read chunk by chunk into one float32 torch tensor, and its labels (NumPy or None).
 
@@ -126,18 +145,9 @@ def load_store_tensor(url, scale="auto"):
     """
     import torch
 
-    from kmeans_dist.data import open_labels
-
     Xn = read_shard(url)[0]
-    if scale == "auto":
-        mx = float(Xn.max()) if Xn.size else 1.0
-        if mx > 1.0:
-            Xn /= np.float32(mx)
-    elif scale is not None:
-        Xn *= np.float32(scale)
-    lab = open_labels(url)
-    y = None if lab is None else np.asarray(lab.compute(scheduler="synchronous")).astype(np.int64)
-    return torch.from_numpy(np.ascontiguousarray(Xn)), y
+    scale_rows(Xn, scale, float(Xn.max()) if Xn.size else 0.0)
+    return torch.from_numpy(np.ascontiguousarray(Xn)), read_labels(url)
 
 
 def store_max(url) -> float:
@@ -154,7 +164,7 @@ def store_max(url) -> float:
     return mx
 
 
-def predict_store(net, method, url, scale="auto"):
+def predict_store(net, method, url, scale="auto", maximum: float | None = None):
     """Labels and highest soft memberships of every row of the store's ``X`` under a trained ``net`` and
     ``method``, read, scaled and embedded one stored chunk at a time, so that the driver never holds ``X``.
 
@@ -168,6 +178,9 @@ def predict_store(net, method, url, scale="auto"):
         The store.
     scale : {"auto"}, float or None
         As :func:`load_store_tensor`.
+    maximum : float or None
+        The store's largest value, which ``scale="auto"`` divides by (the stage's workers record it); None
+        reads it (:func:`store_max`, one more pass).
 
     Returns
     -------
@@ -181,15 +194,12 @@ def predict_store(net, method, url, scale="auto"):
     from kmeans_dist.deep import embed, max_membership
 
     X = open_store(url)
-    mx = store_max(url) if scale == "auto" else 0.0
+    if scale == "auto" and maximum is None:
+        maximum = store_max(url)
     labels, memb = [], []
     for i in range(X.numblocks[0]):
         b = np.array(X.blocks[i, 0].compute(scheduler="synchronous"), dtype=np.float32)
-        if mx > 1.0:  # the workers' scaling, the same float32 operation
-            b /= np.float32(mx)
-        elif scale not in ("auto", None):
-            b *= np.float32(scale)
-        Z = embed(net, torch.from_numpy(np.ascontiguousarray(b)))
+        Z = embed(net, torch.from_numpy(scale_rows(b, scale, float(maximum or 0.0))))
         labels.append(method.predict(Z).cpu().numpy().astype(np.int64))
         memb.append(max_membership(Z, method.centroids, method.membership()))
     if not labels:
@@ -238,7 +248,6 @@ def train_loop_per_worker(config: dict) -> None:
     import torch.distributed as dist
     from ray.train.torch import get_device, prepare_model
 
-    from kmeans_dist.data import open_labels
     from kmeans_dist.deep import (Shard, ShardLoader, adam, embed, finetune_epoch, latent_block_rows, make_method,
                                   max_membership, pretrain_epoch, restore_training_state, start_finetune,
                                   training_state)
@@ -259,18 +268,12 @@ def train_loop_per_worker(config: dict) -> None:
     Xn, lo, n_total, chunks = read_shard(config["store_url"], rank, world,
                                          config["latent_block_rows"] if sharded else None)
     rows = int(config.get("latent_block_rows") or latent_block_rows(n_total))
-    scale = config.get("scale", "auto")
-    if scale == "auto":
-        mx = torch.tensor([float(Xn.max()) if Xn.size else 0.0], dtype=torch.float64)
-        if distributed:
-            dist.all_reduce(mx, op=dist.ReduceOp.MAX)
-        if float(mx) > 1.0:
-            Xn /= np.float32(float(mx))
-    elif scale is not None:
-        Xn *= np.float32(scale)
+    mx = torch.tensor([float(Xn.max()) if Xn.size else 0.0], dtype=torch.float64)
+    if distributed:
+        dist.all_reduce(mx, op=dist.ReduceOp.MAX)
+    scale_rows(Xn, config.get("scale", "auto"), float(mx))
     X = torch.from_numpy(Xn).to(device)
-    lab = open_labels(config["store_url"])
-    y = None if lab is None else np.asarray(lab.compute(scheduler="synchronous")).astype(np.int64)
+    y = read_labels(config["store_url"])
     torch.manual_seed(seed)
     net = autoencoder_from_config(config, X.shape[1]).to(device)
     method = make_method(config["method"], int(config["n_clusters"]), seed=seed, **config.get("method_kwargs", {}))
@@ -329,6 +332,7 @@ def train_loop_per_worker(config: dict) -> None:
     history = [] if state is None else list(state["history"])
     extras = {} if state is None else dict(state["extras"])
     extras["shards"] = shards
+    extras["store_max"] = float(mx)  # what scale="auto" divided by: the driver's final pass reuses it
     resumed = None if state is None else f"{phase} {done}"
     model = prepare_model(net)
     sample = np.sort(np.random.default_rng(seed).choice(n_total, size=min(2000, n_total), replace=False))
@@ -487,7 +491,7 @@ def _write_outputs(state: dict, config: dict, out_dir: Path, make_plots: bool = 
     """Final labels, scores and figures from the last checkpoint, on the driver, which reads the store one
     chunk at a time (:func:`predict_store`) and holds one value a row."""
 
-    from kmeans_dist.data import open_labels, open_store
+    from kmeans_dist.data import open_store
     from kmeans_dist.deep import make_method
     from kmeans_dist.deep.evaluate import clustering_scores, matched_confusion
 
@@ -503,10 +507,10 @@ def _write_outputs(state: dict, config: dict, out_dir: Path, make_plots: bool = 
                "model": net.config(), "history": os.fspath(out_dir / "history.json"), "figures": {}}
     if method.centroids is None:  # pretraining only: nothing to cluster with yet
         return summary
-    labels, after = predict_store(net, method, config["store_url"], config.get("scale", "auto"))
+    labels, after = predict_store(net, method, config["store_url"], config.get("scale", "auto"),
+                                  state.get("extras", {}).get("store_max"))
     np.save(out_dir / "labels.npy", labels)
-    lab = open_labels(config["store_url"])
-    y = None if lab is None else np.asarray(lab.compute(scheduler="synchronous")).astype(np.int64)
+    y = read_labels(config["store_url"])
     if y is not None:
         summary["final_scores"] = clustering_scores(y, labels)
         summary["confusion"] = matched_confusion(y, labels).tolist()
