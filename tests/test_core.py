@@ -378,7 +378,8 @@ def test_tree_finished_from_worker_subtrees_is_the_same_tree():
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("weighted", [False, True])
-@pytest.mark.parametrize("shape", [(1000, 7, 5), (333, 1, 3), (50, 4, 1), (3000, 40, 12), (2000, 4, 64), (777, 8, 33)])
+@pytest.mark.parametrize("shape", [(1000, 7, 5), (333, 1, 3), (50, 4, 1), (3000, 40, 12), (2000, 4, 64), (777, 8, 33),
+                                   (1501, 300, 7), (903, 784, 10), (7, 300, 2)])
 def test_fused_kernel_equals_array_api_path(dtype, weighted, shape, monkeypatch):
     """The compiled NumPy loop (kmeans_dist.kernels.fused) gives what the array-API path gives: the same labels,
     counts and farthest rows exactly, sums/inertia up to float rounding (it accumulates in float64)."""
@@ -410,13 +411,15 @@ def test_fused_kernel_equals_array_api_path(dtype, weighted, shape, monkeypatch)
             np.testing.assert_allclose(fused["far_dist"], ref["far_dist"], rtol=rtol)
             # ||x||^2 + min(||c||^2 - 2 x.c) cancels for a row on its center: rounding is relative to ||x||^2
             np.testing.assert_allclose(fused["dist"], ref["dist"], rtol=rtol, atol=rtol * float(ref["dist"].max()))
-            np.testing.assert_allclose(fused["sum"], ref["sum"], rtol=rtol, atol=1e-6)
+            # the reference sums in the data's dtype: its rounding grows like sqrt(rows) x eps x max|x|
+            atol = max(1e-6, float(np.finfo(dtype).eps * np.sqrt(n) * np.abs(X).max()))
+            np.testing.assert_allclose(fused["sum"], ref["sum"], rtol=rtol, atol=atol)
             np.testing.assert_allclose(fused["weight"], ref["weight"], rtol=1e-6)
             np.testing.assert_allclose(fused["inertia"], ref["inertia"], rtol=rtol)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("d,k", [(6, 16), (4, 64), (32, 64), (40, 12)])
+@pytest.mark.parametrize("d,k", [(6, 16), (4, 64), (32, 64), (40, 12), (300, 8), (784, 10)])
 def test_a_repeated_center_never_wins(dtype, d, k):
     """Equal centers: the first copy takes every row, in both layouts of the compiled loop (centers by columns
     or by rows of the distance GEMM) and in the nearest-center kernel, as in exact arithmetic."""
@@ -432,6 +435,32 @@ def test_a_repeated_center_never_wins(dtype, d, k):
     assert not np.isin(labels, [k // 2, k - 1]).any()
     np.testing.assert_array_equal(labels, part["labels"])
     assert fused_module.columns_layout(d, k) == (k >= 2 * d)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("d,k", [(300, 7), (784, 10)])
+def test_direct_products_do_not_depend_on_the_rows_place(dtype, d, k):
+    """Few centers and long rows take the compiled direct products (four rows at a time); a row's labels and
+    distances are the same bit for bit wherever it sits in the block, the last, padded rows included, and equal
+    to the products one row at a time."""
+    from kmeans_dist.kernels import fused as fused_module
+
+    if not fused_module.available():
+        pytest.skip("numba not importable")
+    assert fused_module.direct_layout(d, k)
+    rng = np.random.default_rng(d + k)
+    X = rng.normal(size=(203, d)).astype(dtype)
+    C = X[rng.choice(len(X), k, replace=False)].copy()
+    labels, dist = fused_module.nearest_block(X, C)
+    for shift in (1, 2, 3, 5):
+        lab_s, dist_s = fused_module.nearest_block(np.ascontiguousarray(X[shift:]), C)
+        np.testing.assert_array_equal(lab_s, labels[shift:])
+        np.testing.assert_array_equal(dist_s, dist[shift:])
+    one = [fused_module.nearest_block(X[i:i + 1], C) for i in range(0, len(X), 17)]
+    np.testing.assert_array_equal(np.concatenate([o[0] for o in one]), labels[::17])
+    np.testing.assert_array_equal(np.concatenate([o[1] for o in one]), dist[::17])
+    part = kernels.lloyd_partial(X, None, C, return_labels=True)
+    np.testing.assert_array_equal(part["labels"], labels)
 
 
 def test_dask_blocks_of_an_in_memory_array_carry_only_their_rows(dask_client):
