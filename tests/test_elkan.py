@@ -46,6 +46,27 @@ def test_elkan_equals_hamerly_bit_for_bit_and_lloyd(seed, weighted):
     assert sum(h["n_relocated"] for h in el.history_) >= 1
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_long_rows_and_few_centers_take_the_direct_products_in_all_three(dtype):
+    """300 features and 8 centers: Lloyd's kernel and both bounded passes compute the products by the compiled
+    direct loop (kmeans_dist.kernels.fused.direct_layout), and the three fits agree as on short rows."""
+    from kmeans_dist.kernels import fused
+
+    assert fused.direct_layout(300, 8)
+    X = _blobs(3, n=3000, d=300, k=5, std=4.0, dtype=dtype)
+    C0 = X[np.random.default_rng(3).choice(len(X), 8, replace=False)].copy()
+    kw = dict(init=C0, max_iter=30, tol=0.0, block_rows=700, client=False)
+    el = KMeans(8, algorithm="elkan", **kw).fit(X)
+    _same_fit(el, KMeans(8, algorithm="hamerly", **kw).fit(X))
+    lloyd = KMeans(8, **kw).fit(X)
+    np.testing.assert_array_equal(el.cluster_centers_, lloyd.cluster_centers_)
+    np.testing.assert_array_equal(el.labels_, lloyd.labels_)
+    sk = SKKMeans(8, init=C0, n_init=1, max_iter=30, tol=0.0, algorithm="lloyd").fit(X)
+    np.testing.assert_array_equal(lloyd.labels_, sk.labels_)
+    np.testing.assert_allclose(lloyd.cluster_centers_, sk.cluster_centers_, rtol=1e-4 if dtype == np.float32 else 1e-9,
+                               atol=1e-4 if dtype == np.float32 else 1e-9)
+
+
 @pytest.mark.parametrize("dtype,rtol", [(np.float64, 1e-6), (np.float32, 1e-4)])
 def test_elkan_equals_sklearn_elkan(dtype, rtol):
     X = _blobs(3, n=3000, d=5, k=12, std=2.0, dtype=dtype)

@@ -35,7 +35,7 @@ import numpy as np
 
 from . import fused
 from .distances import FUSED_SUB_BYTES, row_norms_sq
-from .fused import jit, scratch, warm_blas
+from .fused import DIRECT_TILE, direct_layout, direct_products, jit, scratch, warm_blas
 from .hamerly import REL_SLACK, accumulate_bounded, exact_sqdist, inertia_from_sums, norms64
 from .lloyd import lloyd_partial
 
@@ -254,6 +254,10 @@ def elkan_partial(X, sample_weight, centers, state, params: dict, *, offset: int
     C = np.ascontiguousarray(centers, dtype=dt)
     C64 = C.astype(np.float64)
     m2C_T = np.ascontiguousarray((-2 * C).T)
+    direct = direct_layout(d, k)  # the Lloyd kernel's direct products where it takes them
+    m2C = -2 * C if direct else None
+    pad = np.zeros((DIRECT_TILE, d), dtype=dt) if direct else None
+    Ppad = np.empty((DIRECT_TILE, k), dtype=dt) if direct else None
     c_sq = row_norms_sq(C)
     e_coef = 2.0 * (4.0 * (d + 4) * float(np.finfo(dt).eps) + REL_SLACK)
     shrink, grow = 1.0 - REL_SLACK, 1.0 + REL_SLACK
@@ -301,7 +305,10 @@ def elkan_partial(X, sample_weight, centers, state, params: dict, *, offset: int
         if mg:
             if mg >= BLAS_FRACTION * rows:  # the sub-chunk's GEMM
                 P = P_buf[:rows]
-                np.matmul(Xs, m2C_T, out=P)
+                if direct:
+                    direct_products(Xs, m2C, P, pad, Ppad)
+                else:
+                    np.matmul(Xs, m2C_T, out=P)
                 _resolve_all(P, True, c_sq, Xs, C64, xs_sq, todo_g, mg, lab_s, up_s, low_s, c_max2, e_coef,
                              shrink, store, grow)
             else:  # a GEMM of the rows that need it (two at least: one row would be a GEMV)
@@ -309,7 +316,10 @@ def elkan_partial(X, sample_weight, centers, state, params: dict, *, offset: int
                 Xg = G_buf[:g]
                 np.take(Xs, todo_g[:g] if mg >= 2 else np.repeat(todo_g[:1], 2), axis=0, out=Xg)
                 P = P_buf[:g]
-                np.matmul(Xg, m2C_T, out=P)
+                if direct:
+                    direct_products(Xg, m2C, P, pad, Ppad)
+                else:
+                    np.matmul(Xg, m2C_T, out=P)
                 _resolve_all(P, False, c_sq, Xs, C64, xs_sq, todo_g, mg, lab_s, up_s, low_s, c_max2, e_coef,
                              shrink, store, grow)
         accumulate_bounded(Xs, lab_s, up_s, C64, xs_sq, w_arr[start:stop] if sample_weight is not None else w_arr,

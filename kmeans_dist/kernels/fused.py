@@ -35,6 +35,7 @@ Numba is a dependency of the package, but it stays optional at run time: if it c
 """
 from __future__ import annotations
 
+import math
 import os
 import threading
 
@@ -298,7 +299,7 @@ def _dots_tile(X, i, M, P, p0):  # pragma: no cover - compiled
 
 
 @jit_fast
-def _direct_products(X, M, P, pad, Ppad):  # pragma: no cover - compiled
+def direct_products(X, M, P, pad, Ppad):  # pragma: no cover - compiled
     # P[i, j] = X[i] . M[j] for every row, by tiles of DIRECT_TILE rows; the last rows are copied into a zeroed
     # tile (pad) so that every row's products come from the same code, whatever its place in the block
     n, d = X.shape
@@ -330,7 +331,7 @@ def _direct_block(X, M, c_sq, dup, x_sq, w, exact, C, sums, weights, counts, lab
         Ps = P[:r]
         bs = best[:r]
         lab = labels[start:stop]
-        _direct_products(Xs, M, Ps, pad, Ppad)
+        direct_products(Xs, M, Ps, pad, Ppad)
         _argmin_rows(Ps, c_sq, dup, bs, lab)
         inertia += _accumulate(Xs, bs, x_sq if exact else x_sq[start:stop], w[start:stop] if weighted else w,
                                exact, C, start, sums, weights, counts, lab, dist[start:stop], hd, hi, hn)
@@ -347,9 +348,10 @@ def direct_layout(n_features: int, k: int) -> bool:
     OpenBLAS runs far below its peak, and the sums that follow read the sub-chunk a second time.  The direct loop
     (:func:`_direct_block`: four rows by two centers at a time, each product a vector sum over the features,
     then the argmin and the sums of 64 rows while they are still in cache) reads the block once.  Measured with
-    ``benchmarks/bench_products.py`` (OpenBLAS 0.3.31, one thread, 110 MB blocks): 0.65-0.88x the GEMM path's
-    time for 784 features and 2-24 centers, 0.80-0.98x for 256 features and 2-16 centers, and 0.78-1.24x for 128
-    features, 0.90-1.21x for 64 (so those keep the GEMM).
+    ``benchmarks/bench_products.py`` (OpenBLAS 0.3.31, one thread, 110 MB blocks, the table in
+    ``benchmarks/RESULTS-fit.md``): 0.70-0.87x the GEMM path's time for 784 features and 2-16 centers, 0.76-0.98x
+    for 256 features and 2-12 centers, but 1.06-1.12x from 16-24 centers on, and 0.75-1.26x for 128 features,
+    0.93-1.21x for 64 (so those keep the GEMM).
 
     Parameters
     ----------
@@ -364,7 +366,7 @@ def direct_layout(n_features: int, k: int) -> bool:
     return k <= DIRECT_MAX_K and n_features >= DIRECT_MIN_FEATURES
 
 
-DIRECT_MAX_K = 16
+DIRECT_MAX_K = 12
 DIRECT_MIN_FEATURES = 256
 
 
@@ -451,10 +453,30 @@ class _Products:
         else:
             P = P_buf[:r]
             if self.direct:
-                _direct_products(Xs, self.m2, P, self.pad, self.Ppad)
+                direct_products(Xs, self.m2, P, self.pad, self.Ppad)
             else:
                 np.matmul(Xs, self.m2, out=P)
             _argmin_rows(P, self.c_sq, self.dup, best, labels)
+
+
+def products_for(centers, dt, n_features: int) -> _Products:
+    """The centers' side of the distance products (:class:`_Products`), reused across the blocks of a pass.
+
+    Every block of a pass gets the same centers; this thread's last one is kept, with a copy of the centers it
+    was built from, and reused when the centers are equal bit for bit (a few microseconds against the tens it
+    takes to build, once per block).
+    """
+    dt = np.dtype(dt)
+    last = getattr(_LOCAL, "products", None)
+    if last is not None:
+        key, prod = last
+        if (key.dtype == dt and key.shape == centers.shape and prod.C.shape[1] == n_features
+                and np.array_equal(key, centers)):
+            return prod
+    key = np.array(centers, dtype=dt, order="C", copy=True)  # private: a caller's later writes never reach it
+    prod = _Products(key, dt, n_features)
+    _LOCAL.products = (key, prod)
+    return prod
 
 
 def nearest_block(X, centers, x_sq=None, sub_rows: int = 8192):
@@ -483,7 +505,7 @@ def nearest_block(X, centers, x_sq=None, sub_rows: int = 8192):
     warm_blas()
     n, d = X.shape
     dt = X.dtype
-    prod = _Products(centers, dt, d)
+    prod = products_for(centers, dt, d)
     labels = np.empty(n, dtype=np.int64)
     dist = np.empty(n, dtype=dt)
     sub = max(1, min(int(sub_rows), n))
@@ -522,7 +544,7 @@ def scratch(name: str, shape, dtype):
     cache = getattr(_LOCAL, "bufs", None)
     if cache is None:
         cache = _LOCAL.bufs = {}
-    size = int(np.prod(shape))
+    size = math.prod(shape)
     buf = cache.get(key)
     if buf is None or buf.size < size:
         buf = cache[key] = np.empty(size, dtype=dtype)
@@ -579,7 +601,7 @@ def lloyd_block(X, w, centers, x_sq, sub_rows: int, exact_inertia: bool, n_far: 
     n, d = X.shape
     k = centers.shape[0]
     dt = X.dtype
-    prod = _Products(centers, dt, d)
+    prod = products_for(centers, dt, d)
     C = prod.C
     sums = np.zeros((k, d), dtype=np.float64)
     weights = np.zeros(k, dtype=np.float64)

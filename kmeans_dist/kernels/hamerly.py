@@ -48,7 +48,8 @@ import math
 
 import numpy as np
 
-from .fused import columns_layout, heap_offer, jit, scratch, warm_blas, worse
+from .fused import (DIRECT_TILE, columns_layout, direct_layout, direct_products, heap_offer, jit, scratch, warm_blas,
+                    worse)
 from .distances import FUSED_SUB_BYTES, row_norms_sq
 
 __all__ = ["bound_params", "lloyd_block_bounded", "exact_sqdist", "accumulate_bounded", "inertia_from_sums",
@@ -362,6 +363,9 @@ def lloyd_block_bounded(X, w, centers, n_far: int, state, bounds: dict):
     sub = min(sub_rows, max(n, 1))
     PT_buf = scratch("hPT", (k, sub) if cols else (0, 0), dt)
     m2C = -2 * C
+    direct = not cols and direct_layout(d, k)  # the Lloyd kernel's direct products where it takes them
+    pad = np.zeros((DIRECT_TILE, d), dtype=dt) if direct else None
+    Ppad = np.empty((DIRECT_TILE, k), dtype=dt) if direct else None
     pb_buf, ps_buf = scratch("hpb", (sub,), dt), scratch("hps", (sub,), dt)
     pl_buf = scratch("hpl", (sub,), np.int64)
     no_b, no_l = np.zeros(0, dtype=dt), np.zeros(0, dtype=np.int64)
@@ -394,7 +398,10 @@ def lloyd_block_bounded(X, w, centers, n_far: int, state, bounds: dict):
                          c_max2, e_coef)
             elif mt >= BLAS_FRACTION * rows:  # the sub-chunk's GEMM, as the Lloyd kernel's
                 P = P_buf[:rows]
-                np.matmul(Xs, m2C_T, out=P)
+                if direct:
+                    direct_products(Xs, m2C, P, pad, Ppad)
+                else:
+                    np.matmul(Xs, m2C_T, out=P)
                 _resolve(P, True, False, no_b, no_l, no_b, c_sq, Xs, C64, xs_sq, todo, mt, lab_s, up_s,
                          low_s, c_max2, e_coef)
             else:  # a GEMM of the rows that need it (two at least: one row would be a GEMV)
@@ -402,7 +409,10 @@ def lloyd_block_bounded(X, w, centers, n_far: int, state, bounds: dict):
                 Xg = G_buf[:g]
                 np.take(Xs, todo[:g] if mt >= 2 else np.repeat(todo[:1], 2), axis=0, out=Xg)
                 P = P_buf[:g]
-                np.matmul(Xg, m2C_T, out=P)
+                if direct:
+                    direct_products(Xg, m2C, P, pad, Ppad)
+                else:
+                    np.matmul(Xg, m2C_T, out=P)
                 _resolve(P, False, False, no_b, no_l, no_b, c_sq, Xs, C64, xs_sq, todo, mt, lab_s, up_s,
                          low_s, c_max2, e_coef)
         _accumulate(Xs, lab_s, up_s, C64, xs_sq, w_arr[start:stop] if w is not None else w_arr, start,
