@@ -1,6 +1,7 @@
 """The distance products of a Lloyd block: BLAS GEMM against the compiled direct loop, by shape.
 
     .venv/bin/python benchmarks/bench_products.py [--features 64,128,256,784] [--ks 2,5,8,10,12,16,24]
+    .venv/bin/python benchmarks/bench_products.py --quick     # smoke test: two small shapes
 
 For every (features, k): a float32 block of about 110 MB of normal rows (out of cache), k of its rows as the
 centers, one thread; :func:`kmeans_dist.kernels.fused.lloyd_block` (products, argmin, sums, inertia, farthest
@@ -25,7 +26,10 @@ def main(argv=None):
     ap.add_argument("--ks", default="2,5,8,10,12,16,24")
     ap.add_argument("--block-mb", type=float, default=110.0)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--quick", action="store_true", help="two small shapes, 2 MB blocks, one repeat")
     args = ap.parse_args(argv)
+    if args.quick:
+        args.features, args.ks, args.block_mb, args.repeats = "64,300", "3,10", 2.0, 1
     import threadpoolctl
 
     from kmeans_dist.kernels import fused

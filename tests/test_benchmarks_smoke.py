@@ -75,3 +75,9 @@ def test_bench_latent_kmeans_quick(tmp_path):
 def test_bench_adam_quick(tmp_path):
     out = run_quick("bench_adam.py", tmp_path=tmp_path)
     assert "| fused (kmeans_dist.deep.adam) |" in out and "| default (foreach) |" in out
+
+
+def test_bench_products_quick(tmp_path):
+    out = run_quick("bench_products.py", tmp_path=tmp_path)
+    assert "| features | k | GEMM path ms | direct loop ms | direct / GEMM | rule picks |" in table_headers(out)
+    assert "| 300 | 10 |" in out and out.rstrip().endswith("| direct |")
