@@ -1,10 +1,12 @@
 """Elkan against Hamerly against Lloyd: per-iteration and end-to-end ``KMeans.fit()`` wall time.
 
-    .venv/bin/python benchmarks/bench_algorithms.py [--n 100000] [--d 32] [--ks 10,64,256] [--repeats 3]
-                                                    [--no-mnist] [--out FILE]
+    .venv/bin/python benchmarks/bench_algorithms.py [--n 100000] [--d 32] [--ks 10,64,256] [--stds 1]
+                                                    [--repeats 3] [--no-mnist] [--out FILE]
 
-Cases: blobs (``sklearn.datasets.make_blobs``, ``n`` x ``d`` float32, as many blobs as clusters, std 1,
-random_state 0) and MNIST 70,000 x 784 float32 scaled to [0, 1] when
+Cases: blobs (``sklearn.datasets.make_blobs``, ``n`` x ``d`` float32, as many blobs as clusters, centers in
+scikit-learn's default box of -10 to 10, random_state 0) for every blob standard deviation of ``--stds`` (at 1
+the blobs are apart and k-means++ converges in 2-3 iterations; at 5 and more they overlap and Lloyd takes tens
+of iterations, the case the bounds are for) and MNIST 70,000 x 784 float32 scaled to [0, 1] when
 :func:`kmeans_dist.data.find_mnist_dir` finds it, for every k.  Every run is in process (``client=False``)
 and starts from the same initial centers (scikit-learn's ``kmeans_plusplus``, random_state 0), with
 scikit-learn's default ``max_iter=300, tol=1e-4``, so the three algorithms run the same iterations.  The
@@ -30,12 +32,13 @@ sys.path.insert(0, str(HERE.parent))
 ALGORITHMS = ("lloyd", "hamerly", "elkan")
 
 
-def cases(n, d, ks, mnist=True):
+def cases(n, d, ks, mnist=True, stds=(1.0,)):
     from sklearn.datasets import make_blobs
 
-    for k in ks:
-        X, _ = make_blobs(n, d, centers=k, cluster_std=1.0, random_state=0)
-        yield f"blobs {n}x{d}", X.astype(np.float32), k
+    for std in stds:
+        for k in ks:
+            X, _ = make_blobs(n, d, centers=k, cluster_std=std, random_state=0)
+            yield f"blobs {n}x{d}, std {std:g}", X.astype(np.float32), k
     if mnist:
         from kmeans_dist.data import find_mnist_dir, load_mnist
 
@@ -79,10 +82,14 @@ def main(argv=None):
     ap.add_argument("--n", type=int, default=100_000)
     ap.add_argument("--d", type=int, default=32)
     ap.add_argument("--ks", default="10,64,256")
+    ap.add_argument("--stds", default="1", help="blob standard deviations, comma-separated")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--no-mnist", action="store_true")
     ap.add_argument("--out", default=None, help="also write the table (markdown) to this file")
+    ap.add_argument("--quick", action="store_true", help="3,000 rows, k=4, stds 1 and 5, one repeat, no MNIST")
     a = ap.parse_args(argv)
+    if a.quick:
+        a.n, a.ks, a.stds, a.repeats, a.no_mnist = 3000, "4", "1,5", 1, True
     ks = [int(v) for v in a.ks.split(",")]
     lines = [f"host: {platform.processor() or platform.machine()}, python {platform.python_version()}, "
              f"best of {a.repeats}, in process",
@@ -90,9 +97,9 @@ def main(argv=None):
              "| data | k | iters | fit lloyd (s) | fit hamerly (s) | fit elkan (s) | hamerly/lloyd | elkan/lloyd "
              "| iter lloyd (ms) | iter hamerly (ms) | iter elkan (ms) | hamerly/lloyd | elkan/lloyd "
              "| first iter / lloyd iter: lloyd, hamerly, elkan | slowest iter / lloyd iter: lloyd, hamerly, elkan |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     print("\n".join(lines), flush=True)
-    for name, X, k in cases(a.n, a.d, ks, mnist=not a.no_mnist):
+    for name, X, k in cases(a.n, a.d, ks, mnist=not a.no_mnist, stds=[float(v) for v in a.stds.split(",")]):
         r = run_case(X, k, a.repeats)
         fl, fh, fe = (r[x][0] for x in ALGORITHMS)
         il, ih, ie = (1e3 * r[x][1] for x in ALGORITHMS)

@@ -81,3 +81,10 @@ def test_bench_products_quick(tmp_path):
     out = run_quick("bench_products.py", tmp_path=tmp_path)
     assert "| features | k | GEMM path ms | direct loop ms | direct / GEMM | rule picks |" in table_headers(out)
     assert "| 300 | 10 |" in out and out.rstrip().endswith("| direct |")
+
+
+def test_bench_algorithms_quick(tmp_path):
+    out = run_quick("bench_algorithms.py", tmp_path=tmp_path)
+    heads = table_headers(out)
+    assert len(heads) == 1 and "fit hamerly (s)" in heads[0] and "first iter / lloyd iter" in heads[0]
+    assert "std 1 " in out and "std 5 " in out

@@ -85,6 +85,46 @@ def test_same_result_any_chunking_workers_and_transport(dask_client):
             assert km.n_iter_ == ref.n_iter_
 
 
+@pytest.mark.parametrize("chunks", [(230,), (100, 0, 130), (7,) * 32 + (6,), (64, 64, 64, 38), (1,) * 230])
+def test_block_cuts_give_the_canonical_blocks_of_any_chunking(chunks):
+    """Each canonical block cut straight from the source's chunks holds its rows, C-contiguous and starting on
+    a cache line (a view only when the chunk's rows already do); the 1-D weights the same way."""
+    import dask
+
+    from kmeans_dist.chunked.driver import ALIGN, block_cuts
+
+    X = np.arange(230 * 3, dtype=np.float32).reshape(230, 3)
+    w = np.arange(230, dtype=np.float64)
+    offsets = list(range(0, 230, 64))
+    sizes = [min(64, 230 - o) for o in offsets]
+    for src, chunk_spec in ((X, (chunks, 3)), (w, (chunks,))):
+        a = da.from_array(src, chunks=chunk_spec)
+        for o, s, b in zip(offsets, sizes, dask.compute(*block_cuts(a, offsets, sizes), scheduler="sync")):
+            np.testing.assert_array_equal(b, src[o:o + s])
+            assert b.flags.c_contiguous and b.ctypes.data % ALIGN == 0
+
+
+def test_blocks_of_a_persisted_input_start_on_a_cache_line(dask_client):
+    """Arrays received from another process can start at any byte of their frame (not even aligned to their
+    dtype); the blocks cut from a persisted input are not views of such data."""
+    from distributed import wait
+
+    from kmeans_dist.chunked.driver import ALIGN, make_blocks
+
+    X = _data(9, n=3000).astype(np.float32)
+    Xp = dask_client.persist(da.from_array(X, chunks=(700, -1)))
+    wait(Xp)
+    b = make_blocks(Xp, block_rows=256, client=dask_client, persist=True)
+    try:
+        starts = dask_client.gather([dask_client.submit(lambda blk: blk.X.ctypes.data % ALIGN, f)
+                                     for f in b.futures])
+        assert starts == [0] * b.n_blocks
+        got = np.concatenate(dask_client.gather([dask_client.submit(lambda blk: blk.X, f) for f in b.futures]))
+        np.testing.assert_array_equal(got, X)
+    finally:
+        b.release()
+
+
 def test_one_worker_equals_two_workers():
     from distributed import Client, LocalCluster
 

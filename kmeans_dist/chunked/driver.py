@@ -408,20 +408,18 @@ class DaskBlocks(_Blocks):
         super().__init__(Xd.shape[0], Xd.shape[1], Xd.dtype, rows, split_every)
         self.sparse = is_sparse(getattr(Xd, "_meta", None))
         self.client = client
-        Xr = Xd.rechunk({0: rows, 1: -1})
-        wr = None if wd is None else wd.rechunk({0: rows})
-        # one graph per block, culled to that block's inputs: the chunks of ``to_delayed()`` share the whole
-        # array's graph, so computing them one by one sent all of an in-memory input once per block
-        def chunk(a, i):
-            return None if a is None else a.blocks[i].to_delayed().ravel()[0]
-
-        parts = [delayed(_make_block, pure=True)(chunk(Xr, i), chunk(wr, i), o, i) for i, o in enumerate(self.offsets)]
-        # contiguous, balanced ranges of blocks per worker (placement is a hint: dask may move them)
+        Xc = Xd if Xd.numblocks[1] == 1 else Xd.rechunk({1: -1})
+        xs = block_cuts(Xc, self.offsets, self.sizes)
+        ws = [None] * self.n_blocks if wd is None else block_cuts(wd, self.offsets, self.sizes)
+        parts = [delayed(_make_block, pure=True)(x, w, o, i) for i, (x, w, o) in enumerate(zip(xs, ws, self.offsets))]
         addrs = sorted(_worker_addresses(client))
-        if addrs:
-            W = len(addrs)
-            self.futures = [client.compute(p, workers=[addrs[i * W // len(parts)]], allow_other_workers=True)
-                            for i, p in enumerate(parts)]
+        if addrs:  # one submission per worker; placement is a hint (dask may move a block)
+            place = _placement(client, Xc, self.offsets, addrs)
+            self.futures = [None] * len(parts)
+            for a in addrs:
+                idx = [i for i, h in enumerate(place) if h == a]
+                for i, f in zip(idx, client.compute([parts[i] for i in idx], workers=[a], allow_other_workers=True)):
+                    self.futures[i] = f
         else:
             self.futures = client.compute(parts)
         self._groups = None
@@ -557,6 +555,125 @@ def _concat_rows(parts):
     from ..kernels.xp import get_namespace
 
     return get_namespace(parts[0]).concat(list(parts), axis=0)
+
+
+def _placement(client, a, offsets, addrs) -> list:
+    """The worker each canonical block is cut on: where the chunk it starts in already is (a persisted input:
+    no copy, no transfer), unless that leaves the workers unbalanced; otherwise contiguous, balanced ranges."""
+    import bisect
+
+    from distributed import futures_of
+
+    n, W = len(offsets), len(addrs)
+    balanced = [addrs[i * W // n] for i in range(n)]
+    held = futures_of(a)
+    keys = [k for k in np.ravel(np.array(a.__dask_keys__(), dtype=object))] if a.ndim == 1 else \
+        [row[0] for row in a.__dask_keys__()]
+    if len(held) < len(keys) or {f.key for f in held} != set(keys):
+        return balanced
+    who = client.who_has(held)
+    bounds = np.cumsum((0,) + tuple(int(c) for c in a.chunks[0])).tolist()
+    place = []
+    for o in offsets:
+        hosts = sorted(who.get(keys[bisect.bisect_right(bounds, o) - 1], ()))
+        place.append(hosts[0] if hosts and hosts[0] in addrs else None)
+    most = max((place.count(h) for h in addrs), default=0)
+    return place if None not in place and most <= -(-n // W) * 5 // 4 + 1 else balanced
+
+
+ALIGN = 64  # bytes: a cache line, and the width of the widest SIMD loads
+
+
+def aligned_empty(shape, dtype) -> np.ndarray:
+    """An uninitialised C-contiguous NumPy array whose data starts on an ``ALIGN``-byte boundary."""
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    buf = np.empty(nbytes + ALIGN, dtype=np.uint8)
+    o = (-buf.ctypes.data) % ALIGN
+    return buf[o:o + nbytes].view(dtype).reshape(shape)
+
+
+def _cut_rows(parts, start: int, size: int):
+    """Rows ``start:start + size`` of the consecutive chunks ``parts``.
+
+    A NumPy block is a view of its chunk when the chunk holds all its rows and they start on a cache line;
+    otherwise the rows are copied into a new array that does (an array received from another process can
+    start at any byte of its frame, even one its dtype is not aligned to, and the compiled kernels' vector
+    loads are slower on such data).  Other arrays (CuPy, scipy.sparse) are sliced, or concatenated."""
+    first = parts[0]
+    if not isinstance(first, np.ndarray):
+        if len(parts) == 1 or first.shape[0] - start >= size:
+            return first[start:start + size]
+        pieces, need = [], size
+        for j, p in enumerate(parts):
+            a = start if j == 0 else 0
+            take = min(p.shape[0] - a, need)
+            pieces.append(p[a:a + take])
+            need -= take
+        return _concat_rows(pieces)
+    if first.shape[0] - start >= size:
+        v = first[start:start + size]
+        if v.flags.c_contiguous and v.ctypes.data % ALIGN == 0:
+            return v
+    out = aligned_empty((size,) + first.shape[1:], first.dtype)
+    r, need = 0, size
+    for j, p in enumerate(parts):
+        a = start if j == 0 else 0
+        take = min(p.shape[0] - a, need)
+        out[r:r + take] = p[a:a + take]
+        r += take
+        need -= take
+    return out
+
+
+def block_cuts(a, offsets, sizes) -> list:
+    """Each canonical block of the dask array ``a`` (1-D, or 2-D with one column chunk) as a Delayed cut
+    straight from ``a``'s row chunks, without a rechunk graph.
+
+    A block that lies inside one chunk is a view of it (no copy: an input already chunked in whole
+    multiples of the block rows is not copied at all); one that straddles chunks is one concatenation.
+    Every chunk's Delayed has a graph culled to that chunk: the chunks of ``a.to_delayed()`` share the
+    whole array's graph, so computing them one by one would send all of an in-memory input once per block.
+
+    Parameters
+    ----------
+    a : dask.array.Array
+        The source, with known row chunks.
+    offsets, sizes : list of int
+        First row and number of rows of every canonical block.
+
+    Returns
+    -------
+    list of Delayed
+        One per block, in block order.
+
+    Examples
+    --------
+    >>> import dask, dask.array as da, numpy as np
+    >>> from kmeans_dist.chunked.driver import block_cuts
+    >>> a = da.from_array(np.arange(10), chunks=6)
+    >>> [b.tolist() for b in dask.compute(*block_cuts(a, [0, 4, 8], [4, 4, 2]))]
+    [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    """
+    import bisect
+
+    from dask import delayed
+
+    bounds = np.cumsum((0,) + tuple(int(c) for c in a.chunks[0])).tolist()
+    chunk: dict[int, object] = {}
+
+    def source(j):
+        if j not in chunk:
+            chunk[j] = a.blocks[j].to_delayed().ravel()[0]
+        return chunk[j]
+
+    cuts = []
+    for o, s in zip(offsets, sizes):
+        j0 = bisect.bisect_right(bounds, o) - 1
+        j1 = max(j0, bisect.bisect_left(bounds, o + s) - 1)
+        cuts.append(delayed(_cut_rows, pure=True)([source(j) for j in range(j0, j1 + 1)], int(o - bounds[j0]),
+                                                  int(s)))
+    return cuts
 
 
 def _group_blocks(xs, ws, g0, idx, offsets, sizes):
