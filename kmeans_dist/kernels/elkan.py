@@ -161,28 +161,34 @@ def _resolve_all(P, by_row, c_sq, X, C64, x_sq, todo, m, labels, upper, lower, c
         p = i if by_row else t
         best = P[p, 0] + c_sq[0]
         lab = 0
-        for j in range(1, k):
+        for j in range(1, k):  # the first argmin; selects, not branches
             v = P[p, j] + c_sq[j]
-            if v < best:
-                best = v
-                lab = j
+            lt = v < best
+            lab = j if lt else lab
+            best = v if lt else best
         xs = np.float64(x_sq[i])
         e = e_coef * (xs + c_max2)
         cut = np.float64(best) + e
-        dl = -1.0
-        for j in range(k):
+        base = xs - e
+        near = 0
+        for j in range(k):  # every lower bound from the products: no branch, so the loop is vectorised
             v = np.float64(P[p, j] + c_sq[j])
-            lo2 = xs + v - e
-            lower[i, j] = (math.sqrt(lo2) * shrink if lo2 > 0.0 else 0.0) * store
-            if v <= cut and j != lab:  # a near-tie: exact distances decide
-                if dl < 0.0:
-                    dl = exact_sqdist(X, i, C64, lab)
-                dj = exact_sqdist(X, i, C64, j)
-                lower[i, j] = math.sqrt(dj) * shrink * store
-                if dj < dl or (dj == dl and j < lab):
-                    lower[i, lab] = math.sqrt(dl) * shrink * store
-                    dl = dj
-                    lab = j
+            lo2 = base + v
+            lower[i, j] = math.sqrt(lo2 if lo2 > 0.0 else 0.0) * shrink * store
+            near += v <= cut
+        dl = -1.0
+        if near > 1:  # a near-tie: exact distances decide, and give those centers' bounds
+            for j in range(k):
+                v = np.float64(P[p, j] + c_sq[j])
+                if v <= cut and j != lab:
+                    if dl < 0.0:
+                        dl = exact_sqdist(X, i, C64, lab)
+                    dj = exact_sqdist(X, i, C64, j)
+                    lower[i, j] = math.sqrt(dj) * shrink * store
+                    if dj < dl or (dj == dl and j < lab):
+                        lower[i, lab] = math.sqrt(dl) * shrink * store
+                        dl = dj
+                        lab = j
         if dl < 0.0:
             dl = exact_sqdist(X, i, C64, lab)
         labels[i] = lab
