@@ -125,6 +125,28 @@ def test_blocks_of_a_persisted_input_start_on_a_cache_line(dask_client):
         b.release()
 
 
+def test_blocks_of_an_input_persisted_on_one_worker_are_spread_evenly(dask_client):
+    """A pass lasts as long as its busiest worker: blocks are cut where their chunk is, except those moved to
+    keep every worker within one block of its share; the results do not depend on it."""
+    from distributed import wait
+
+    from kmeans_dist.chunked.driver import make_blocks
+
+    X = _data(10, n=3000).astype(np.float32)
+    one = sorted(dask_client.scheduler_info()["workers"])[0]
+    Xp = dask_client.persist(da.from_array(X, chunks=(1000, -1)), workers=[one])
+    wait(Xp)
+    b = make_blocks(Xp, block_rows=256, client=dask_client, persist=True)
+    try:
+        sizes = sorted(len(v) for v in b._worker_groups().values())
+        assert len(sizes) == 2 and sizes[1] - sizes[0] <= 1, sizes
+    finally:
+        b.release()
+    km = KMeans(4, init=X[:4].copy(), block_rows=256, client=dask_client).fit(Xp)
+    ref = KMeans(4, init=X[:4].copy(), block_rows=256).fit(X)
+    np.testing.assert_array_equal(km.cluster_centers_, ref.cluster_centers_)
+
+
 def test_one_worker_equals_two_workers():
     from distributed import Client, LocalCluster
 

@@ -558,8 +558,9 @@ def _concat_rows(parts):
 
 
 def _placement(client, a, offsets, addrs) -> list:
-    """The worker each canonical block is cut on: where the chunk it starts in already is (a persisted input:
-    no copy, no transfer), unless that leaves the workers unbalanced; otherwise contiguous, balanced ranges."""
+    """The worker each canonical block is cut on.  A persisted input: where the chunk it starts in already is
+    (no transfer), except for the blocks moved to keep every worker within one block of its share.  Otherwise
+    contiguous, balanced ranges."""
     import bisect
 
     from distributed import futures_of
@@ -577,8 +578,19 @@ def _placement(client, a, offsets, addrs) -> list:
     for o in offsets:
         hosts = sorted(who.get(keys[bisect.bisect_right(bounds, o) - 1], ()))
         place.append(hosts[0] if hosts and hosts[0] in addrs else None)
-    most = max((place.count(h) for h in addrs), default=0)
-    return place if None not in place and most <= -(-n // W) * 5 // 4 + 1 else balanced
+    if None in place:
+        return balanced
+    # a pass lasts as long as the busiest worker: move blocks (the last ones first) off the workers that hold
+    # more than their share, onto the least busy ones
+    cap = -(-n // W)
+    count = {h: place.count(h) for h in addrs}
+    for i in reversed(range(n)):
+        if count[place[i]] > cap:
+            to = min(addrs, key=lambda h: count[h])
+            count[place[i]] -= 1
+            count[to] += 1
+            place[i] = to
+    return place
 
 
 ALIGN = 64  # bytes: a cache line, and the width of the widest SIMD loads
