@@ -147,6 +147,26 @@ def test_blocks_of_an_input_persisted_on_one_worker_are_spread_evenly(dask_clien
     np.testing.assert_array_equal(km.cluster_centers_, ref.cluster_centers_)
 
 
+@pytest.mark.parametrize("chunk_rows", [512, 700])
+def test_streamed_passes_over_a_store_read_their_own_rows(dask_client, tmp_path, chunk_rows):
+    """A store opened as is is streamed by one task per group that reads its rows itself (no read task per
+    chunk); any array derived from it goes through its chunks' tasks.  Both equal the in-memory fit bit for bit,
+    with chunks that are whole multiples of the block rows (512) and chunks that are not (700)."""
+    from kmeans_dist.chunked.driver import StreamBlocks, make_blocks
+    from kmeans_dist.data import open_store, write_store
+
+    X = _data(11, n=3000).astype(np.float32)
+    url = write_store(str(tmp_path / "s.zarr"), X, chunk_rows=chunk_rows)
+    ref = KMeans(4, init=X[:4].copy(), block_rows=256, max_iter=5, tol=0.0).fit(X)
+    for src, reads_itself in ((open_store(url), True), (open_store(url) * 1, False)):
+        b = make_blocks(src, block_rows=256, client=dask_client, persist=False)
+        assert isinstance(b, StreamBlocks) and isinstance(b._xs[0], list) is not reads_itself
+        km = KMeans(4, init=X[:4].copy(), block_rows=256, max_iter=5, tol=0.0, client=dask_client,
+                    persist=False).fit(src)
+        np.testing.assert_array_equal(km.cluster_centers_, ref.cluster_centers_)
+        assert km.inertia_ == ref.inertia_
+
+
 def test_one_worker_equals_two_workers():
     from distributed import Client, LocalCluster
 

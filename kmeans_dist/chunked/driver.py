@@ -689,8 +689,10 @@ def block_cuts(a, offsets, sizes) -> list:
 
 
 def _group_blocks(xs, ws, g0, idx, offsets, sizes):
-    """The canonical blocks ``idx`` of one group, as views of the group's rows (read once)."""
-    x = _concat_rows(xs)
+    """The canonical blocks ``idx`` of one group, as views of the group's rows (read once): ``xs`` is the list
+    of the group's row pieces, or a store reader (:func:`kmeans_dist.data.row_reader`) that the task reads its
+    rows from itself."""
+    x = _concat_rows(xs) if isinstance(xs, list) else xs[g0:offsets[idx[-1]] + sizes[idx[-1]]]
     w = None if ws is None else _concat_rows(ws)
     return [Block(x[offsets[i] - g0:offsets[i] - g0 + sizes[i]],
                   None if w is None else w[offsets[i] - g0:offsets[i] - g0 + sizes[i]], offsets[i], i) for i in idx]
@@ -747,10 +749,13 @@ def stream_groups(offsets, sizes, chunks) -> list:
 class StreamBlocks(_Blocks):
     """Blocks read from the source on every pass (data larger than worker memory).
 
-    A pass is one task per group of blocks (:func:`stream_groups`): the task reads its rows straight from
-    the source's chunks, maps the kernel over its canonical blocks and combines the complete subtrees of the
-    reduction tree; the client finishes the same tree.  No task holds more than about one source chunk, and
-    the result is bit-identical to the in-memory one.
+    A pass is one task per group of blocks (:func:`stream_groups`): the task gets its rows, maps the kernel
+    over its canonical blocks and combines the complete subtrees of the reduction tree; the client finishes
+    the same tree.  A store opened by :func:`kmeans_dist.data.open_store` and not transformed since is read
+    inside that task, through the store's checked reader (:func:`kmeans_dist.data.row_reader`): one task
+    per group and no chunk left in worker memory between tasks.  Any other dask array is read by its own
+    chunk tasks, which the group's task depends on.  No task holds more than about one source chunk, and the
+    result is bit-identical to the in-memory one.
     """
 
     kind = "stream"
@@ -759,9 +764,18 @@ class StreamBlocks(_Blocks):
         super().__init__(Xd.shape[0], Xd.shape[1], Xd.dtype, rows, split_every)
         self.sparse = is_sparse(getattr(Xd, "_meta", None))
         self.client = client
+        from dask import delayed
+
+        from ..data import row_reader
+
+        reader = row_reader(Xd)
         Xd = Xd if Xd.numblocks[1] == 1 else Xd.rechunk({1: -1})
         self.groups = stream_groups(self.offsets, self.sizes, Xd.chunks[0])
-        self._xs = [list(Xd[g0:g1].to_delayed().ravel()) for g0, g1, _ in self.groups]
+        if reader is not None:  # a store opened as is: each task reads its own rows (one task per group)
+            src = delayed(reader, pure=False)
+            self._xs = [src] * len(self.groups)
+        else:  # any other dask array: the group's tasks depend on its chunks' tasks
+            self._xs = [list(Xd[g0:g1].to_delayed().ravel()) for g0, g1, _ in self.groups]
         self._ws = [None] * len(self.groups) if wd is None else \
             [list(wd[g0:g1].to_delayed().ravel()) for g0, g1, _ in self.groups]
 

@@ -14,12 +14,12 @@ from .ingest import (MNIST_FILES, SOURCE_KINDS, resolve_source, find_mnist_dir, 
                      load_mnist, read_idx)
 from .atomic import OutputError, OutputExistsError, atomic_dir, atomic_write_bytes, atomic_write_json, check_output
 from .store import (DIMS, STORE_FORMAT, DataError, IntegrityWarning, check_integrity, as_dask_array, as_labels_array, is_local_path, open_dataarray,
-                    open_labels, open_store, store_info, write_store, check_sparse, write_sparse_store, chunk_fingerprint)
+                    open_labels, open_store, row_reader, store_info, write_store, check_sparse, write_sparse_store, chunk_fingerprint)
 
 __all__ = [
     "datasets", "chunk_fingerprint", "DIMS", "STORE_FORMAT", "IntegrityWarning", "check_integrity", "DataError", "as_dask_array", "as_labels_array", "atomic_dir", "atomic_write_bytes", "OutputError", "OutputExistsError", "check_output",
     "atomic_write_json", "is_local_path",
-    "open_dataarray", "open_labels", "open_store", "store_info", "write_store", "check_sparse", "write_sparse_store",
+    "open_dataarray", "open_labels", "open_store", "row_reader", "store_info", "write_store", "check_sparse", "write_sparse_store",
     "MNIST_FILES", "SOURCE_KINDS", "resolve_source", "find_mnist_dir", "ingest", "ingest_mnist", "ingest_npy", "ingest_sparse_npz", "ingest_table", "iter_idx_chunks",
     "load_mnist", "read_idx",
 ]

@@ -30,6 +30,7 @@ __all__ = [
     "as_dask_array",
     "as_labels_array",
     "open_store",
+    "row_reader",
     "open_dataarray",
     "open_labels",
     "write_store",
@@ -177,8 +178,46 @@ def open_store(url, *, array: str = "X", storage_options=None):
                         "numbers (bool, int or float): convert the column(s) before ingesting")
     check_integrity(g, z, url, array)
     fps = (dict(g.attrs).get("chunk_fingerprints") or {}).get(array)
-    return da.from_array(_CheckedArray(z, os.fspath(url), array, fps), chunks=z.chunks, asarray=True,
-                         name=f"zarr-{array}-" + _token(url, z), meta=np.empty((0,) * z.ndim, dtype=z.dtype))
+    reader = _CheckedArray(z, os.fspath(url), array, fps)
+    out = da.from_array(reader, chunks=z.chunks, asarray=True, name=f"zarr-{array}-" + _token(url, z),
+                        meta=np.empty((0,) * z.ndim, dtype=z.dtype))
+    _ROW_READERS[out.name] = reader
+    return out
+
+
+# dask array name -> the checked reader of the store it was opened from (see row_reader)
+_ROW_READERS: dict = {}
+
+
+def row_reader(a):
+    """The checked store reader behind a dask array that :func:`open_store` returned, else None.
+
+    ``reader[start:stop]`` reads those rows (every feature) as one NumPy array, with the same checks as the dask
+    array's chunks (a missing chunk, a chunk that does not decode, a chunk swapped with another are errors that
+    name it).  A task can read its rows itself instead of depending on one read task per chunk.  Any array
+    derived from the opened one (a slice, a dtype change, a rechunk) has another name and gets None.
+
+    Parameters
+    ----------
+    a : object
+        Usually a dask array.
+
+    Returns
+    -------
+    object or None
+        The reader (picklable: it holds the Zarr array, not its data).
+
+    Examples
+    --------
+    >>> import tempfile, os, numpy as np
+    >>> from kmeans_dist.data import write_store, open_store, row_reader
+    >>> url = write_store(os.path.join(tempfile.mkdtemp(), "s.zarr"), np.arange(12.0).reshape(6, 2), chunk_rows=4)
+    >>> X = open_store(url)
+    >>> row_reader(X)[3:5].tolist(), row_reader(X[1:]) is None
+    ([[6.0, 7.0], [8.0, 9.0]], True)
+    """
+    name = getattr(a, "name", None)
+    return _ROW_READERS.get(name) if isinstance(name, str) else None
 
 
 def _open_array(group, url, name):
