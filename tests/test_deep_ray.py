@@ -192,8 +192,9 @@ def test_one_epoch_on_two_workers_equals_one_process(ray_local, small_store, tmp
     Ray stage on 2 workers, each reading only its shard, give the network and centroids of the single-process
     library run (:func:`pretrain` + :func:`fit_method`, the protocol of 1 worker) up to floating-point
     reduction order.  (Adam divides by the gradients' scale, so rounding differences in near-zero gradients grow:
-    about 1e-5 relative after these 16 steps; one process run with 2 threads instead of 1 already differs by
-    7e-4 after the 8 pretraining steps.)"""
+    after these 16 steps, about 1e-5 relative on an Intel Xeon and up to 2.8e-4, in a decoder bias, on an AMD
+    EPYC of the Zen 5 generation; one process run with 2 threads instead of 1 already differs by 7e-4 after the
+    8 pretraining steps.)"""
     import torch
 
     from kmeans_dist.deep import Autoencoder, fit_method, make_method, pretrain
@@ -224,9 +225,8 @@ def test_one_epoch_on_two_workers_equals_one_process(ray_local, small_store, tmp
         h1 += fit_method(net, Xt, method, y=y, epochs=1, batch_size=64, seed=0)["history"]
     finally:
         torch.set_num_threads(threads)
-    for key, a in net.state_dict().items():
-        b = st2["model"][key]
-        assert float((a - b).norm() / a.norm().clamp_min(1e-12)) < 1e-4, key
+    rel = {key: float((a - st2["model"][key]).norm() / a.norm().clamp_min(1e-12)) for key, a in net.state_dict().items()}
+    assert max(rel.values()) < 1e-3, rel
     h2 = st2["history"]
     assert [(h["phase"], h["epoch"]) for h in h1] == [(h["phase"], h["epoch"]) for h in h2]
     for a, b in zip(h1, h2):
