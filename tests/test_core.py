@@ -136,6 +136,7 @@ def test_blocks_of_an_input_persisted_on_one_worker_are_spread_evenly(dask_clien
     one = sorted(dask_client.scheduler_info()["workers"])[0]
     Xp = dask_client.persist(da.from_array(X, chunks=(1000, -1)), workers=[one])
     wait(Xp)
+    assert {w for ws in dask_client.who_has(Xp).values() for w in ws} == {one}  # the premise: one holder
     b = make_blocks(Xp, block_rows=256, client=dask_client, persist=True)
     try:
         sizes = sorted(len(v) for v in b._worker_groups().values())

@@ -568,9 +568,8 @@ def _placement(client, a, offsets, addrs) -> list:
     n, W = len(offsets), len(addrs)
     balanced = [addrs[i * W // n] for i in range(n)]
     held = futures_of(a)
-    keys = [k for k in np.ravel(np.array(a.__dask_keys__(), dtype=object))] if a.ndim == 1 else \
-        [row[0] for row in a.__dask_keys__()]
-    if len(held) < len(keys) or {f.key for f in held} != set(keys):
+    keys = [row[0] for row in a.__dask_keys__()]  # a 2-D array of one column chunk
+    if not set(keys) <= {f.key for f in held}:
         return balanced
     who = client.who_has(held)
     bounds = np.cumsum((0,) + tuple(int(c) for c in a.chunks[0])).tolist()
@@ -612,38 +611,29 @@ def _cut_rows(parts, start: int, size: int):
     otherwise the rows are copied into a new array that does (an array received from another process can
     start at any byte of its frame, even one its dtype is not aligned to, and the compiled kernels' vector
     loads are slower on such data).  Other arrays (CuPy, scipy.sparse) are sliced, or concatenated."""
-    first = parts[0]
-    if not isinstance(first, np.ndarray):
-        if len(parts) == 1 or first.shape[0] - start >= size:
-            return first[start:start + size]
-        pieces, need = [], size
-        for j, p in enumerate(parts):
-            a = start if j == 0 else 0
-            take = min(p.shape[0] - a, need)
-            pieces.append(p[a:a + take])
-            need -= take
-        return _concat_rows(pieces)
-    if first.shape[0] - start >= size:
-        v = first[start:start + size]
-        if v.flags.c_contiguous and v.ctypes.data % ALIGN == 0:
-            return v
-    out = aligned_empty((size,) + first.shape[1:], first.dtype)
-    r, need = 0, size
+    pieces, need = [], size
     for j, p in enumerate(parts):
         a = start if j == 0 else 0
         take = min(p.shape[0] - a, need)
-        out[r:r + take] = p[a:a + take]
-        r += take
+        pieces.append(p[a:a + take])
         need -= take
-    return out
+        if need == 0:
+            break
+    if not isinstance(pieces[0], np.ndarray):
+        return _concat_rows(pieces)
+    v = pieces[0]
+    if len(pieces) == 1 and v.flags.c_contiguous and v.ctypes.data % ALIGN == 0:
+        return v
+    out = aligned_empty((size,) + v.shape[1:], v.dtype)
+    return np.concatenate(pieces, axis=0, out=out)
 
 
 def block_cuts(a, offsets, sizes) -> list:
     """Each canonical block of the dask array ``a`` (1-D, or 2-D with one column chunk) as a Delayed cut
     straight from ``a``'s row chunks, without a rechunk graph.
 
-    A block that lies inside one chunk is a view of it (no copy: an input already chunked in whole
-    multiples of the block rows is not copied at all); one that straddles chunks is one concatenation.
+    A NumPy block that lies inside one chunk and starts on a cache line is a view of it; any other is one
+    copy into an aligned array (see :func:`_cut_rows`).
     Every chunk's Delayed has a graph culled to that chunk: the chunks of ``a.to_delayed()`` share the
     whole array's graph, so computing them one by one would send all of an in-memory input once per block.
 

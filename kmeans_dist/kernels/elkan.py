@@ -121,6 +121,19 @@ def _update_and_test(lower, upper, labels, todo_loop, todo_gemm, counts, delta, 
 
 
 @jit
+def _nearer(X, i, C64, j, a, da2, lower, scale):  # pragma: no cover - compiled
+    """Row ``i``'s exact distance to center ``j``, which becomes its lower bound there (``scale``: the bounds'
+    rounding down); ``j`` takes the label from ``a`` if it is nearer (the lower index on a tie), and then ``a``
+    gets its bound.  Returns the label and its squared distance."""
+    dj2 = exact_sqdist(X, i, C64, j)
+    lower[i, j] = math.sqrt(dj2) * scale
+    if dj2 < da2 or (dj2 == da2 and j < a):
+        lower[i, a] = math.sqrt(da2) * scale
+        return j, dj2
+    return a, da2
+
+
+@jit
 def _elkan_rows(X, C64, todo, m, labels, upper, lower, half_cc, shrink, store, grow):  # pragma: no cover
     """Elkan's inner loop for the rows ``todo[:m]``: tighten ``u`` once, then the exact distance to every
     center that passes neither test; the nearest by exact distance wins (the lower index on a tie)."""
@@ -138,13 +151,10 @@ def _elkan_rows(X, C64, todo, m, labels, upper, lower, half_cc, shrink, store, g
                 u = math.sqrt(da2) * grow
                 if u < np.float64(lower[i, j]) or u < half_cc[a, j]:
                     continue
-            dj2 = exact_sqdist(X, i, C64, j)
-            lower[i, j] = math.sqrt(dj2) * shrink * store
-            if dj2 < da2 or (dj2 == da2 and j < a):
-                lower[i, a] = math.sqrt(da2) * shrink * store
-                a = j
-                da2 = dj2
-                u = math.sqrt(dj2) * grow
+            b, da2 = _nearer(X, i, C64, j, a, da2, lower, shrink * store)
+            if b != a:
+                a = b
+                u = math.sqrt(da2) * grow
         labels[i] = a
         upper[i] = u
 
@@ -183,12 +193,7 @@ def _resolve_all(P, by_row, c_sq, X, C64, x_sq, todo, m, labels, upper, lower, c
                 if v <= cut and j != lab:
                     if dl < 0.0:
                         dl = exact_sqdist(X, i, C64, lab)
-                    dj = exact_sqdist(X, i, C64, j)
-                    lower[i, j] = math.sqrt(dj) * shrink * store
-                    if dj < dl or (dj == dl and j < lab):
-                        lower[i, lab] = math.sqrt(dl) * shrink * store
-                        dl = dj
-                        lab = j
+                    lab, dl = _nearer(X, i, C64, j, lab, dl, lower, shrink * store)
         if dl < 0.0:
             dl = exact_sqdist(X, i, C64, lab)
         labels[i] = lab
