@@ -133,6 +133,12 @@ def test_bounded_pass_labels_are_lloyds_except_near_ties(case):
         # a different label only at a near-tie, and then the exactly nearer center
         assert np.all(np.abs(exact[diff, lab[diff]] - exact[diff, ref["labels"][diff]]) <= bound[diff])
         assert np.all(exact[diff, lab[diff]] <= exact[diff, ref["labels"][diff]])
+        # the bounds the state carries to the next pass hold: upper >= the distance to the own center,
+        # lower <= the distance to every other center
+        assert np.all(state["upper"] >= np.sqrt(own) * (1 - 1e-12))
+        if k > 1:
+            others = np.where(np.arange(k)[None, :] == lab[:, None], np.inf, exact).min(1)
+            assert np.all(state["lower"] <= np.sqrt(others) * (1 + 1e-12))
         # the inertia from per-center sums, in float64
         assert inertia == pytest.approx(float(own.sum()), rel=1e-9, abs=1e-12 * float((X64 ** 2).sum()))
         # the far rows: the farthest by exact distance, farthest first
@@ -243,3 +249,22 @@ def test_one_cluster_runs_plain_lloyd():
     a = KMeans(1, init=X[:1], algorithm="hamerly", client=False).fit(X)
     b = KMeans(1, init=X[:1], client=False).fit(X)
     np.testing.assert_array_equal(a.cluster_centers_, b.cluster_centers_)
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 4, 5, 6, 9, 13, 64, 257])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_best_two_of_the_columns_equal_numpys(k, dtype):
+    """The smallest value of every column of ``PT + c_sq``, its first index and the second smallest (equal to
+    the smallest where two tie), four centers at a time: the same as NumPy's, ties and every remainder of k
+    by 4 included."""
+    rng = np.random.default_rng(k)
+    n = 301
+    PT = rng.integers(-4, 4, size=(k, n)).astype(dtype)  # small integers: many exact ties
+    c_sq = rng.integers(0, 3, size=k).astype(dtype)
+    best, second = np.empty(n, dtype=dtype), np.empty(n, dtype=dtype)
+    lab = np.empty(n, dtype=np.int32)
+    H._best_two_cols(PT, c_sq, best, lab, second)
+    V = PT + c_sq[:, None]
+    np.testing.assert_array_equal(lab, V.argmin(0))
+    np.testing.assert_array_equal(best, V.min(0))
+    np.testing.assert_array_equal(second, np.sort(V, axis=0)[1] if k > 1 else np.full(n, np.inf, dtype=dtype))

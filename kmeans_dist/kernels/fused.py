@@ -174,24 +174,49 @@ def _argmin_rows(P, c_sq, dup, best, labels):  # pragma: no cover - compiled
 def _argmin_cols(PT, c_sq, dup, best, labels):  # pragma: no cover - compiled
     # PT is (k, rows): the rows are the vector lanes, one branch-free select per center, so the loop
     # compiles to SIMD; a strict ``<`` over increasing centers keeps the first minimum, as _argmin_rows.
+    # Four centers per sweep over the rows: their minimum (the first on a tie) is found in registers and
+    # merged into the running one, a quarter of the loads and stores of the running state.
     # A center equal to an earlier one (dup) is skipped: BLAS may round the products of two equal rows of
     # the left operand differently (they sit at different places of its micro-kernel), and the later copy
-    # must never win the tie
+    # must never win the tie; a group of four with a repeated center goes one center at a time
     k, n = PT.shape
     c0 = c_sq[0]
     for i in range(n):
         best[i] = PT[0, i] + c0
         labels[i] = 0
-    for j in range(1, k):
-        if dup[j]:
-            continue
-        cj = c_sq[j]
-        for i in range(n):
-            v = PT[j, i] + cj
-            b = best[i]
-            lt = v < b
-            best[i] = v if lt else b
-            labels[i] = j if lt else labels[i]
+    j = 1
+    while j < k:
+        if j + 4 <= k and not (dup[j] or dup[j + 1] or dup[j + 2] or dup[j + 3]):
+            c1, c2, c3, c4 = c_sq[j], c_sq[j + 1], c_sq[j + 2], c_sq[j + 3]
+            for i in range(n):
+                v0 = PT[j, i] + c1
+                v1 = PT[j + 1, i] + c2
+                v2 = PT[j + 2, i] + c3
+                v3 = PT[j + 3, i] + c4
+                la = v1 < v0
+                ma = v1 if la else v0
+                ia = j + 1 if la else j
+                lb = v3 < v2
+                mb = v3 if lb else v2
+                ib = j + 3 if lb else j + 2
+                lc = mb < ma
+                m = mb if lc else ma
+                idx = ib if lc else ia
+                b = best[i]
+                lt = m < b
+                best[i] = m if lt else b
+                labels[i] = idx if lt else labels[i]
+            j += 4
+        else:
+            if not dup[j]:
+                cj = c_sq[j]
+                for i in range(n):
+                    v = PT[j, i] + cj
+                    b = best[i]
+                    lt = v < b
+                    best[i] = v if lt else b
+                    labels[i] = j if lt else labels[i]
+            j += 1
 
 
 @jit

@@ -172,23 +172,58 @@ def _best_two(P, p, c_sq):  # pragma: no cover - compiled
 @jit
 def _best_two_cols(PT, c_sq, best, lab, second):  # pragma: no cover - compiled
     """:func:`_best_two` of every row at once from the products by centers ``PT`` (k, rows): the rows are the
-    SIMD lanes, so the loop over the centers is branch-free and vectorised."""
+    SIMD lanes, so the loop over the centers is branch-free and vectorised.  Four centers per sweep over the
+    rows: their two smallest (the first index on a tie) are found in registers and merged into the running
+    pair, which halves the loads and stores of the running state against one center per sweep.  ``lab``
+    is int32 (as many lanes as float32 values)."""
     k, n = PT.shape
     c0 = c_sq[0]
     for i in range(n):
         best[i] = PT[0, i] + c0
         lab[i] = 0
         second[i] = np.inf
-    for j in range(1, k):
+    j = 1
+    while j + 4 <= k:
+        c1, c2, c3, c4 = c_sq[j], c_sq[j + 1], c_sq[j + 2], c_sq[j + 3]
+        j1, j2, j3, j4 = np.int32(j), np.int32(j + 1), np.int32(j + 2), np.int32(j + 3)
+        for i in range(n):
+            v0 = PT[j, i] + c1
+            v1 = PT[j + 1, i] + c2
+            v2 = PT[j + 2, i] + c3
+            v3 = PT[j + 3, i] + c4
+            la = v1 < v0  # pair (v0, v1): its min, max and the min's index (the first on a tie)
+            ma = v1 if la else v0
+            xa = v0 if la else v1
+            ia = j2 if la else j1
+            lb = v3 < v2  # pair (v2, v3)
+            mb = v3 if lb else v2
+            xb = v2 if lb else v3
+            ib = j4 if lb else j3
+            lc = mb < ma  # the smallest of the four, and the second: the other pair's min or the winner's max
+            m = mb if lc else ma
+            idx = ib if lc else ia
+            o = ma if lc else mb
+            xw = xb if lc else xa
+            m2 = o if o < xw else xw
+            b = best[i]
+            s2 = second[i]
+            lt = m < b
+            second[i] = (b if b < m2 else m2) if lt else (m if m < s2 else s2)
+            lab[i] = idx if lt else lab[i]
+            best[i] = m if lt else b
+        j += 4
+    while j < k:
         cj = c_sq[j]
+        jj = np.int32(j)
         for i in range(n):
             v = PT[j, i] + cj
             b = best[i]
             lt = v < b
             s2 = second[i]
             second[i] = b if lt else (v if v < s2 else s2)
-            lab[i] = j if lt else lab[i]
+            lab[i] = jj if lt else lab[i]
             best[i] = v if lt else b
+        j += 1
 
 
 @jit
@@ -224,8 +259,11 @@ def _resolve(P, by_row, cols, pb, pl, ps, c_sq, X, C64, x_sq, todo, m, labels, u
             lo2 = xs + np.float64(best) - e
             upper[i] = math.sqrt(dl) * (1.0 + REL_SLACK)
         else:
+            # the products' distance plus the rounding bound bounds the exact one from above: no exact
+            # distance needed (a later pass tightens the bound only for the rows whose test it fails)
             lo2 = xs + np.float64(second) - e
-            upper[i] = math.sqrt(_sqdist(X, i, C64, lab)) * (1.0 + REL_SLACK)
+            u2 = xs + np.float64(best) + e
+            upper[i] = math.sqrt(u2 if u2 > 0.0 else 0.0) * (1.0 + REL_SLACK)
         lower[i] = math.sqrt(lo2) if lo2 > 0.0 else 0.0
         labels[i] = lab
 
@@ -277,13 +315,30 @@ def _inertia_from_sums(C64, sums, weights, sq):  # pragma: no cover - compiled
 
 @jit
 def _norms64(X, out):  # pragma: no cover - compiled
+    """Squared row norms in float64, four lanes (a fixed order, as :func:`_sqdist`: the same value wherever
+    the row lives; four chains instead of one make long rows about twice as fast)."""
     n, d = X.shape
     for i in range(n):
-        s = 0.0
-        for f in range(d):
-            t = np.float64(X[i, f])
-            s += t * t
-        out[i] = s
+        s0 = 0.0
+        s1 = 0.0
+        s2 = 0.0
+        s3 = 0.0
+        f = 0
+        while f + 4 <= d:
+            t0 = np.float64(X[i, f])
+            t1 = np.float64(X[i, f + 1])
+            t2 = np.float64(X[i, f + 2])
+            t3 = np.float64(X[i, f + 3])
+            s0 += t0 * t0
+            s1 += t1 * t1
+            s2 += t2 * t2
+            s3 += t3 * t3
+            f += 4
+        while f < d:
+            t0 = np.float64(X[i, f])
+            s0 += t0 * t0
+            f += 1
+        out[i] = (s0 + s1) + (s2 + s3)
 
 
 def _valid(state, n: int, pass_index: int) -> bool:
@@ -294,9 +349,10 @@ def _valid(state, n: int, pass_index: int) -> bool:
 
 
 def _new_state(X):
+    """A block's state before its first pass; the rows' norms are filled by the pass, sub-chunk by sub-chunk
+    (while the sub-chunk is in cache for its products)."""
     n = X.shape[0]
     x_sq64 = np.empty(n, dtype=np.float64)
-    _norms64(X, x_sq64)
     return {"pass": -1, "labels": np.zeros(n, dtype=np.int32), "upper": np.zeros(n), "lower": np.zeros(n),
             "x_sq64": x_sq64}
 
@@ -367,7 +423,7 @@ def lloyd_block_bounded(X, w, centers, n_far: int, state, bounds: dict):
     pad = np.zeros((DIRECT_TILE, d), dtype=dt) if direct else None
     Ppad = np.empty((DIRECT_TILE, k), dtype=dt) if direct else None
     pb_buf, ps_buf = scratch("hpb", (sub,), dt), scratch("hps", (sub,), dt)
-    pl_buf = scratch("hpl", (sub,), np.int64)
+    pl_buf = scratch("hpl", (sub,), np.int32)
     no_b, no_l = np.zeros(0, dtype=dt), np.zeros(0, dtype=np.int64)
     todo_buf = scratch("todo", (min(sub_rows, max(n, 1)),), np.int64)
     G_buf = scratch("gathered", (max(2, int(BLAS_FRACTION * sub_rows) + 1), d), dt)
@@ -383,6 +439,7 @@ def lloyd_block_bounded(X, w, centers, n_far: int, state, bounds: dict):
         lab_s, up_s, low_s, xs_sq = labels[start:stop], upper[start:stop], lower[start:stop], x_sq64[start:stop]
         todo = todo_buf[:rows]
         if fresh:
+            _norms64(Xs, xs_sq)
             todo[:] = np.arange(rows)
             mt = rows
         else:
