@@ -27,7 +27,8 @@ same generator for the in-memory arrays and the streamed stores).  Every fit sta
 - Streamed (every n of ``--stream-ns`` up to ``--max-n``; an n in both lists is run both ways): the store is
   written to a temporary folder under ``--tmp`` (skipped with a message when ``shutil.disk_usage`` shows too
   little room), then ours ``KMeans(client=client, persist=False).fit(path)`` runs on a LocalCluster of 2
-  workers x 1 thread (an untimed warm-up fit first unless ``--no-stream-warmup``); scikit-learn is not run (it
+  workers x 1 thread, with ``kmeans_dist.chunked.tune_worker_malloc`` (an untimed warm-up fit first unless
+  ``--no-stream-warmup``); scikit-learn is not run (it
   needs the array in memory).  The store is deleted afterwards.  Where the machine's memory exceeds the store,
   part of the reads may come from the page cache rather than the disk.
 
@@ -86,6 +87,7 @@ def streamed(n, k, args):
     import dask.array as da
     from distributed import Client, LocalCluster
 
+    from kmeans_dist.chunked import tune_worker_malloc
     from kmeans_dist.data.datasets import blobs
     from kmeans_dist.estimators import KMeans
 
@@ -104,6 +106,7 @@ def streamed(n, k, args):
         cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
                                dashboard_address="127.0.0.1:0")
         client = Client(cluster)
+        tune_worker_malloc(client)  # decoded chunks reuse memory (docs/guide/cluster.md)
         try:
             def fit(r):
                 return KMeans(k, init=C0, n_init=1, max_iter=args.iters, tol=0.0, client=client,

@@ -13,6 +13,8 @@ import sys
 import time
 from contextlib import contextmanager
 
+from .chunked.workers import tune_worker_malloc
+
 
 @contextmanager
 def _client(args):
@@ -39,6 +41,7 @@ def _client(args):
         return
     with LocalCluster(n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1",
                       dashboard_address="127.0.0.1:0") as lc, Client(lc) as c:
+        tune_worker_malloc(c)  # the workers this command starts decode stored chunks into reused memory
         yield c
 
 

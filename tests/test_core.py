@@ -168,6 +168,32 @@ def test_streamed_passes_over_a_store_read_their_own_rows(dask_client, tmp_path,
         assert km.inertia_ == ref.inertia_
 
 
+def test_tuned_worker_malloc_holds_on_every_worker_and_changes_no_result(tmp_path):
+    """tune_worker_malloc sets glibc's thresholds on every worker, again on a worker that restarts (a plugin),
+    and a streamed fit on the tuned workers equals the in-memory fit bit for bit."""
+    import platform
+
+    from distributed import Client, LocalCluster
+
+    from kmeans_dist.chunked import MALLOC_ENV, tune_worker_malloc
+    from kmeans_dist.data import write_store
+
+    glibc = platform.libc_ver()[0] == "glibc"
+    X = _data(13, n=2000).astype(np.float32)
+    url = write_store(str(tmp_path / "s.zarr"), X, chunk_rows=512)
+    ref = KMeans(3, init=X[:3].copy(), block_rows=256, max_iter=4, tol=0.0).fit(X)
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address="127.0.0.1:0") as lc, Client(lc) as c:
+        assert tune_worker_malloc(c) == {w: glibc for w in c.scheduler_info()["workers"]}
+        c.restart()
+        assert c.run(lambda dask_worker: dask_worker.kmeans_dist_malloc) == {
+            w: glibc for w in c.scheduler_info()["workers"]}
+        km = KMeans(3, init=X[:3].copy(), block_rows=256, max_iter=4, tol=0.0, client=c, persist=False).fit(url)
+    np.testing.assert_array_equal(km.cluster_centers_, ref.cluster_centers_)
+    assert km.inertia_ == ref.inertia_
+    assert set(MALLOC_ENV) == {"MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"}
+
+
 def test_one_worker_equals_two_workers():
     from distributed import Client, LocalCluster
 

@@ -301,6 +301,9 @@ def test_dask_commands_use_tls_and_bind_the_pod_ip():
         assert env["DASK_DISTRIBUTED__COMM__TLS__CA_FILE"] == "/etc/dask-tls/ca.crt"
         assert env[f"DASK_DISTRIBUTED__COMM__TLS__{role}__CERT"] == "/etc/dask-tls/tls.crt"
         assert env["DASK_DISTRIBUTED__COMM__TLS__CLIENT__KEY"] == "/etc/dask-tls/tls.key"
+    from kmeans_dist.chunked import MALLOC_ENV
+
+    assert {k: env_w[k] for k in MALLOC_ENV} == MALLOC_ENV  # the worker processes' allocator thresholds
 
 
 def test_podcmd_follows_the_kubelet_rules():
