@@ -77,6 +77,12 @@ def test_bench_adam_quick(tmp_path):
     assert "| fused (kmeans_dist.deep.adam) |" in out and "| default (foreach) |" in out
 
 
+def test_bench_ddp_step_quick(tmp_path):
+    out = run_quick("bench_ddp_step.py", tmp_path=tmp_path)
+    assert "| 2 DDP processes, 128 rows each |" in out and "| 1 process, 256 rows |" in out
+    assert "all-reduce added to the backward pass:" in out
+
+
 def test_bench_products_quick(tmp_path):
     out = run_quick("bench_products.py", tmp_path=tmp_path)
     assert "| features | k | GEMM path ms | direct loop ms | direct / GEMM | rule picks |" in table_headers(out)
