@@ -7,7 +7,8 @@ rows: 256 rows in one process, 128 rows in each of 2 DDP processes (``torch.dist
 
 - forward (with the loss), backward, optimizer step;
 - for DDP also the backward without the gradients' all-reduce (``no_sync``), and one bare ``all_reduce`` of a
-  flat tensor as large as all gradients: what the all-reduce adds to a step, and what it costs alone.
+  flat tensor as large as all gradients: what the all-reduce adds to a step, and what it costs alone;
+- two plain processes of 128 rows side by side, without DDP: what sharing the machine costs by itself.
 
     .venv/bin/python benchmarks/bench_ddp_step.py --steps 30
 """
@@ -83,6 +84,18 @@ def _ddp_worker(rank, world, port, steps, out):
         dist.destroy_process_group()
 
 
+def _plain_worker(rank, world, port, steps, out):
+    """The same 128-row step as a DDP worker, without DDP, beside another such process: what sharing the
+    machine's cores and memory costs, apart from the all-reduce."""
+    import torch
+
+    torch.set_num_threads(1)
+    net, opt, x = _net_and_data(256 // world, seed=rank)
+    t = _time_steps(net, opt, x, steps)
+    if rank == 0:
+        out.put(t)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -108,10 +121,13 @@ def main(argv=None):
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     mp.start_processes(_ddp_worker, args=(2, _free_port(), steps, q), nprocs=2, join=True, start_method="spawn")
     ddp = q.get()
+    mp.start_processes(_plain_worker, args=(2, 0, steps, q), nprocs=2, join=True, start_method="spawn")
+    pair = q.get()
     print(f"| run (one thread per process, {ddp['params']:,} parameters) | forward ms | backward ms | "
           f"optimizer step ms | step total ms |")
     print("| --- | ---: | ---: | ---: | ---: |")
     rows = [("1 process, 256 rows", one[256]), ("1 process, 128 rows", one[128]),
+            ("2 processes side by side, 128 rows each, no DDP", pair),
             ("2 DDP processes, 128 rows each", ddp["synced"]),
             ("2 DDP processes, 128 rows each, backward without all-reduce (no_sync)", ddp["local"])]
     for name, t in rows:
