@@ -15,7 +15,7 @@ from prefect import flow, get_run_logger, task
 
 from flows.artifacts import publish_report
 from flows.clustering import (EngineParams, check_ray, engine_kwargs, flow_engine, ingest_and_standardize,
-                              make_task_runner, quiet_dask_logs, stage_tasks, write_status)
+                              make_task_runner, quiet_dask_logs, stage_tasks, tune_own_cluster, write_status)
 from flows.params import (ChooseKParams, check_dask_address, check_source, default_output_dir, run_cli,
                           validate_params)
 from pipelines import stages
@@ -98,6 +98,7 @@ def choose_k_run(params: dict, source: str, out_dir: str) -> dict:
     try:
         if ek["engine"] == "ray":  # once, before tasks run in threads of this process
             stages.connect_ray(ek["ray_address"])
+        tune_own_cluster(p)
         T = stage_tasks(out_dir)
         timings: dict[str, float] = {}
         store = ingest_and_standardize(T, p, source, out_dir, timings)

@@ -591,6 +591,36 @@ def make_task_runner(dask_address: str | None, n_workers: int = 2, threads_per_w
                                           "dashboard_address": "127.0.0.1:0"})
 
 
+def tune_own_cluster(p) -> bool:
+    """Raise the worker allocator's thresholds on the flow's own LocalCluster
+    (:func:`kmeans_dist.chunked.tune_worker_malloc`: decoded chunks reuse memory instead of being mapped anew).
+
+    Only for a run on the ``LocalCluster`` that :func:`make_task_runner` starts (no ``dask_address``, a Dask
+    engine); a cluster at ``dask_address`` belongs to its operator and is left as it is.
+
+    Parameters
+    ----------
+    p : ClusteringFlowParams or pydantic.BaseModel
+        Validated parameters with ``dask_address`` and the engine fields.
+
+    Returns
+    -------
+    bool
+        Whether the thresholds were set on the workers.
+    """
+    if getattr(p, "dask_address", None) or flow_engine(p) in ("ray", "local"):
+        return False
+    from prefect.context import FlowRunContext
+    from prefect_dask import DaskTaskRunner
+
+    from kmeans_dist.chunked import tune_worker_malloc
+
+    runner = getattr(FlowRunContext.get(), "task_runner", None)
+    if not isinstance(runner, DaskTaskRunner):
+        return False
+    return all(tune_worker_malloc(runner.client).values())
+
+
 def write_status(out_dir: str, status: str, **extra) -> None:
     """Write ``run.json``: 'running' while the run goes, 'completed' only once everything is written.
 
@@ -676,8 +706,9 @@ def clustering_run(params: dict, source: str, out_dir: str) -> dict:
     -------
     dict
         ``output_dir``, ``report``, ``summary``, ``plots``, ``centers`` (path of the best fit),
-        ``n_iter``, ``ms_per_iteration``, ``inertia``, ``metrics``, ``timings``, ``store`` and
-        ``shape``.
+        ``n_iter``, ``ms_per_iteration``, ``inertia``, ``metrics``, ``timings``, ``store``, ``shape`` and
+        ``workers_tuned`` (whether the run raised its own LocalCluster's allocator thresholds,
+        :func:`tune_own_cluster`).
     """
     logger = get_run_logger()
     p = ClusteringFlowParams(**params)
@@ -687,6 +718,7 @@ def clustering_run(params: dict, source: str, out_dir: str) -> dict:
     try:
         if ek["engine"] == "ray":  # once, before tasks run in threads of this process
             stages.connect_ray(ek["ray_address"])
+        tuned = tune_own_cluster(p)
         T = stage_tasks(out_dir)
         timings: dict[str, float] = {}
         store = ingest_and_standardize(T, p, source, out_dir, timings)
@@ -724,7 +756,7 @@ def clustering_run(params: dict, source: str, out_dir: str) -> dict:
                   "inertia": metrics["inertia"], "metrics": {k: v for k, v in metrics.items()
                                                               if k in ("ari", "nmi", "accuracy", "silhouette",
                                                                        "inertia")},
-                  "timings": timings, "store": store["url"], "shape": store["shape"]}
+                  "timings": timings, "store": store["url"], "shape": store["shape"], "workers_tuned": tuned}
         write_status(out_dir, "completed", flow="clustering_flow", report=rep["report_path"])
         logger.info("Report: %s", rep["report_path"])
         return result

@@ -235,7 +235,9 @@ def _resolve(P, by_row, cols, pb, pl, ps, c_sq, X, C64, x_sq, todo, m, labels, u
 
     The label is the first argmin of ``P + ||c||^2``, as Lloyd's, unless another center comes within the
     rounding bound of the minimum: then the centers within it are compared by exact distance (float64
-    direct differences; the lower index on an exact tie)."""
+    direct differences; the lower index on an exact tie).  Outside a near-tie the upper bound is the products'
+    distance plus the rounding bound, with no exact distance computed; the lower bound is the second smallest
+    products' distance minus it."""
     k = c_sq.shape[0]
     for t in range(m):
         i = todo[t]
