@@ -268,3 +268,21 @@ def test_best_two_of_the_columns_equal_numpys(k, dtype):
     np.testing.assert_array_equal(lab, V.argmin(0))
     np.testing.assert_array_equal(best, V.min(0))
     np.testing.assert_array_equal(second, np.sort(V, axis=0)[1] if k > 1 else np.full(n, np.inf, dtype=dtype))
+
+
+@pytest.mark.parametrize("offset", [0.0, 1e3])
+def test_center_distances_below_never_exceed_the_exact_ones(offset):
+    """The GEMM's center distances, less their rounding bound, are lower bounds on the exact distances (SciPy's
+    direct differences), also for repeated and nearly repeated centers far from the origin, and tight
+    elsewhere."""
+    from scipy.spatial.distance import cdist
+
+    rng = np.random.default_rng(1)
+    C = rng.standard_normal((40, 784)) + offset
+    C[5] = C[3]  # repeated
+    C[7] = C[6] + 1e-9  # nearly repeated
+    D = H.center_distances_below(C)
+    exact = cdist(C, C)
+    assert np.all(D <= exact) and np.all(np.diag(D) == 0)
+    far = exact > 1.0
+    np.testing.assert_allclose(D[far], exact[far], rtol=1e-6)

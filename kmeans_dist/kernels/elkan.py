@@ -36,7 +36,8 @@ import numpy as np
 from . import fused
 from .distances import FUSED_SUB_BYTES, row_norms_sq
 from .fused import DIRECT_TILE, direct_layout, direct_products, jit, scratch, warm_blas
-from .hamerly import REL_SLACK, accumulate_bounded, exact_sqdist, inertia_from_sums, norms64
+from .hamerly import (REL_SLACK, accumulate_bounded, center_distances_below, exact_sqdist, inertia_from_sums,
+                      norms64)
 from .lloyd import lloyd_partial
 
 __all__ = ["elkan_params", "elkan_partial", "state_nbytes"]
@@ -68,10 +69,7 @@ def elkan_params(centers, prev_centers, pass_index: int) -> dict:
     """
     C = np.asarray(centers, dtype=np.float64)
     k = C.shape[0]
-    cc = np.empty((k, k))
-    for a in range(k):  # direct differences, row by row (no (k, k, d) temporary)
-        cc[a] = np.sqrt(((C - C[a]) ** 2).sum(axis=1))
-    half_cc = 0.5 * cc * (1 - REL_SLACK)
+    half_cc = 0.5 * center_distances_below(C)  # rounded down (kmeans_dist.kernels.hamerly)
     np.fill_diagonal(half_cc, np.inf)
     half_s = half_cc.min(axis=1) if k >= 2 else np.full(k, np.inf)
     delta = np.zeros(k)

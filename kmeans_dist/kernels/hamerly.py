@@ -52,12 +52,42 @@ from .fused import (DIRECT_TILE, columns_layout, direct_layout, direct_products,
                     worse)
 from .distances import FUSED_SUB_BYTES, row_norms_sq
 
-__all__ = ["bound_params", "lloyd_block_bounded", "exact_sqdist", "accumulate_bounded", "inertia_from_sums",
-           "norms64"]
+__all__ = ["bound_params", "center_distances_below", "lloyd_block_bounded", "exact_sqdist", "accumulate_bounded",
+           "inertia_from_sums", "norms64"]
 
 # fraction of a sub-chunk's rows above which their distances come from one GEMM of the whole sub-chunk
 BLAS_FRACTION = 0.2
 REL_SLACK = 1e-12
+
+def center_distances_below(C) -> np.ndarray:
+    """Lower bounds on the exact distances between the rows of ``C``, from one float64 GEMM.
+
+    ``||a||^2 + ||b||^2 - 2 a.b`` in float64 is within ``4 (d + 4) eps (||a||^2 + ||b||^2)`` of the exact
+    squared distance (the dot product's error bound, with room to spare); that much is subtracted before the
+    root and the result rounded down by ``REL_SLACK``, so every entry is at most the exact distance.  The bounds
+    only decide which distances a pass may skip, never a label, so their last bits do not matter; a GEMM
+    takes milliseconds where direct differences of all pairs took a (k, k, d) temporary (411 MB at k=256 and
+    784 features).
+
+    Parameters
+    ----------
+    C : array of shape (n_clusters, n_features)
+        The centers.
+
+    Returns
+    -------
+    ndarray of shape (n_clusters, n_clusters)
+        Float64 lower bounds; the diagonal is 0.
+    """
+    C = np.asarray(C, dtype=np.float64)
+    d = C.shape[1]
+    sq = (C * C).sum(axis=1)
+    pair = sq[:, None] + sq[None, :]
+    G = pair - 2.0 * (C @ C.T) - 4.0 * (d + 4) * float(np.finfo(np.float64).eps) * pair
+    D = np.sqrt(np.maximum(G, 0.0)) * (1 - REL_SLACK)
+    np.fill_diagonal(D, 0.0)
+    return D
+
 
 def bound_params(centers, prev_centers) -> dict:
     """What every block needs for a bounded pass with ``centers`` after ``prev_centers`` (client side).
@@ -81,9 +111,9 @@ def bound_params(centers, prev_centers) -> dict:
     out = {"sep": np.zeros(k), "c_max": float(np.sqrt((C * C).sum(axis=1)).max()) if k else 0.0,
            "delta": np.zeros(k), "delta_max": 0.0, "delta_arg": -1, "delta_2nd": 0.0}
     if k >= 2:
-        G = ((C[:, None, :] - C[None, :, :]) ** 2).sum(axis=2)
+        G = center_distances_below(C)
         np.fill_diagonal(G, np.inf)
-        out["sep"] = np.sqrt(G.min(axis=1)) * (1 - REL_SLACK)
+        out["sep"] = G.min(axis=1)
     if prev_centers is not None:
         P = np.asarray(prev_centers, dtype=np.float64)
         delta = np.sqrt(((C - P) ** 2).sum(axis=1)) * (1 + REL_SLACK)
